@@ -1,0 +1,107 @@
+"""The policy contract (POLICIES.md): decide what to verify, then learn from what was accepted.
+
+Called by both engines (echo_sim.engine with a simulated clock, echo_runtime.engine with real
+forwards), once per engine step, in this order:
+
+    shape = policy.draft            # before drafting: how deep/wide the drafter grows this step
+    sel = policy.select(lattices, context)   # after drafting: which nodes the target verifies
+    policy.observe(outcome)         # after verification: what was accepted
+
+Rules: a policy never calls a model and holds no global state; everything it needs comes in
+through these arguments (plain numpy arrays) and its own instance fields, so two engines in one
+process never interact. Selections are prefix-closed boolean masks over the batch's lattice
+nodes (echo_sim.trees), or, for chain policies, per-request chain lengths over the spine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from echo_sim.trees import LatticeBatch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from echo_sim.cost import CostModel
+
+
+@dataclass(frozen=True)
+class DraftShape:
+    """What the drafter grows for the coming step: `depth` levels (S), `width` k per level.
+
+    depth 0 means no drafting (`ar`). A chain is width 1.
+    """
+
+    depth: int
+    width: int
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Everything about the step a policy may use besides the lattices.
+
+    kv_lens   int64 [bs]  tokens already in each request's KV cache (prompt + committed output)
+    cost      the step-time model (echo_sim.cost.CostModel): verify/draft/step times
+    draft     the DraftShape actually grown this step
+    trace_depth / trace_width   S and k of the lattices in the trace (upper bounds)
+    """
+
+    batch_size: int
+    kv_lens: np.ndarray
+    cost: "CostModel"
+    draft: DraftShape
+    trace_depth: int
+    trace_width: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A policy's answer for one step.
+
+    nodes     bool [n]   selected lattice nodes, prefix-closed per request (all False for chains)
+    chain     int32 [bs] or None: chain policies verify this many spine drafts per request instead
+    padding   extra verified tokens that fill a captured graph bucket (cost like real tokens,
+              never accepted)
+    eager     True when the step's shape is not a captured graph (pays eager launch overhead)
+    budget    the batch budget B the policy settled on (draft nodes beyond the roots), for logs
+    """
+
+    nodes: np.ndarray
+    chain: np.ndarray | None = None
+    padding: int = 0
+    eager: bool = False
+    budget: int | None = None
+
+    def draft_tokens_per_request(self, lattices: LatticeBatch) -> np.ndarray:
+        """int64 [bs]: n_r, the verified draft tokens of each request (roots excluded)."""
+        if self.chain is not None:
+            return np.asarray(self.chain, dtype=np.int64)
+        return np.bincount(lattices.request_of_node()[self.nodes], minlength=lattices.batch_size)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What verification found, handed to observe().
+
+    accepted        bool [n]   selected nodes that the target accepted (empty mask for chains)
+    accepted_depth  int32 [bs] a_r, accepted draft tokens per request (bonus token excluded)
+    """
+
+    lattices: LatticeBatch
+    selection: Selection
+    accepted: np.ndarray
+    accepted_depth: np.ndarray
+
+
+class Policy(Protocol):
+    name: str
+    draft: DraftShape
+
+    def select(self, lattices: LatticeBatch, context: StepContext) -> Selection: ...
+
+    def observe(self, outcome: Outcome) -> None: ...
+
+
+class PolicyError(ValueError):
+    """A policy cannot run on this input (unknown name, bad knob, chain-only trace for a tree policy)."""

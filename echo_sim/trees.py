@@ -1,0 +1,169 @@
+"""Draft lattices and selected trees as flat struct-of-arrays over a batch.
+
+A *lattice* is the candidate tree a drafter grows at one output position of one request
+(TRACES.md). A step sees one lattice per running request, concatenated:
+
+    request r owns nodes offsets[r] : offsets[r + 1]
+
+Shape conventions (n = total nodes in the batch, bs = requests):
+    offsets    int64   [bs + 1]
+    token      int32   [n]
+    parent     int32   [n]   index *within the request's lattice*; ROOT_PARENT = child of the root
+    depth      int32   [n]   1 … S; depth == parent's depth + 1
+    cond_prob  float32 [n]   draft conditional probability of the node's token
+    score      float32 [n]   cumulative score: product of cond_prob along the path
+    on_path    bool    [n]   node's path spells the target's greedy continuation
+    spine_run  int32   [bs]  consecutive positions from here whose draft rank of y is 0
+                             (what a greedy chain accepts, TRACES.md "Chains")
+
+Invariant relied on everywhere: within a lattice nodes are in level order (depth
+non-decreasing), so a parent's global index is smaller than its child's and any
+root-to-leaf propagation is one vectorised pass per depth level.
+
+Selections are boolean masks over the n nodes. They must be prefix-closed: a selected
+node's parent is selected or is the root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+ROOT_PARENT = -1
+
+
+@dataclass(frozen=True)
+class LatticeBatch:
+    """The batch's draft lattices for one engine step (see module docstring for shapes)."""
+
+    offsets: np.ndarray
+    token: np.ndarray
+    parent: np.ndarray
+    depth: np.ndarray
+    cond_prob: np.ndarray
+    score: np.ndarray
+    on_path: np.ndarray
+    spine_run: np.ndarray
+    has_confidences: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depth.max()) if self.num_nodes else 0
+
+    def request_of_node(self) -> np.ndarray:
+        """int64 [n]: the batch row that owns each node."""
+        return np.repeat(np.arange(self.batch_size), np.diff(self.offsets))
+
+    def global_parent(self) -> np.ndarray:
+        """int64 [n]: parent's index in the flat arrays, ROOT_PARENT for children of the root."""
+        base = self.offsets[:-1][self.request_of_node()]
+        return np.where(self.parent == ROOT_PARENT, ROOT_PARENT, self.parent + base)
+
+    def truncate_depth(self, max_depth: int) -> "LatticeBatch":
+        """Keep only nodes with depth <= max_depth (levels the drafter actually grew)."""
+        if self.num_nodes == 0 or max_depth >= self.max_depth:
+            return self
+        keep = self.depth <= max_depth
+        counts = np.bincount(self.request_of_node()[keep], minlength=self.batch_size)
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+        # Level order makes the kept nodes a prefix of each lattice: local parents stay valid.
+        return replace(
+            self,
+            offsets=offsets,
+            token=self.token[keep],
+            parent=self.parent[keep],
+            depth=self.depth[keep],
+            cond_prob=self.cond_prob[keep],
+            score=self.score[keep],
+            on_path=self.on_path[keep],
+        )
+
+
+def propagate_all(batch: LatticeBatch, mask: np.ndarray) -> np.ndarray:
+    """bool [n]: mask[i] and mask of every ancestor of i (gates a node with its subtree)."""
+    out = mask.astype(bool).copy()
+    gparent = batch.global_parent()
+    has_parent = gparent != ROOT_PARENT
+    for level in range(2, batch.max_depth + 1):
+        at_level = (batch.depth == level) & has_parent
+        idx = np.flatnonzero(at_level)
+        out[idx] &= out[gparent[idx]]
+    return out
+
+
+def running_min(batch: LatticeBatch, values: np.ndarray) -> np.ndarray:
+    """float [n]: min of values over each node's path from the root (non-increasing along paths)."""
+    out = np.asarray(values, dtype=np.float64).copy()
+    gparent = batch.global_parent()
+    for level in range(2, batch.max_depth + 1):
+        idx = np.flatnonzero((batch.depth == level) & (gparent != ROOT_PARENT))
+        out[idx] = np.minimum(out[idx], out[gparent[idx]])
+    return out
+
+
+def is_prefix_closed(batch: LatticeBatch, selected: np.ndarray) -> bool:
+    """True when every selected node's parent is selected or is the root."""
+    gparent = batch.global_parent()
+    sel = np.flatnonzero(selected)
+    parents = gparent[sel]
+    inner = parents != ROOT_PARENT
+    return bool(np.all(selected[parents[inner]]))
+
+
+def accepted_nodes(batch: LatticeBatch, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy acceptance of a prefix-closed selection (TRACES.md replay semantics).
+
+    Returns (accepted bool [n], accepted_depth int32 [bs]): a node is accepted when it is
+    selected, on-path and its parent is accepted (or is the root); the accepted depth is the
+    deepest accepted node's depth, 0 if none.
+    """
+    accepted = propagate_all(batch, selected & batch.on_path)
+    depth = np.zeros(batch.batch_size, dtype=np.int32)
+    if batch.num_nodes:
+        rows = batch.request_of_node()[accepted]
+        np.maximum.at(depth, rows, batch.depth[accepted])
+    return accepted, depth
+
+
+def nodes_per_request(batch: LatticeBatch, mask: np.ndarray) -> np.ndarray:
+    """int64 [bs]: how many nodes of each request the mask holds."""
+    return np.bincount(batch.request_of_node()[mask], minlength=batch.batch_size)
+
+
+def top_b(
+    rank_value: np.ndarray, score: np.ndarray, depth: np.ndarray, eligible: np.ndarray, budget: int
+) -> np.ndarray:
+    """bool [n]: the `budget` best eligible nodes of the whole batch.
+
+    Order (POLICIES.md, the one tie-break of the project): rank_value desc, score desc,
+    depth asc, request asc, node asc. Flat index order is (request asc, node asc), so the
+    last two keys are the flat index. Uses a partial selection: only the boundary ties
+    are sorted.
+    """
+    chosen = np.zeros(len(rank_value), dtype=bool)
+    candidates = np.flatnonzero(eligible)
+    if budget <= 0 or len(candidates) == 0:
+        return chosen
+    if budget >= len(candidates):
+        chosen[candidates] = True
+        return chosen
+    values = rank_value[candidates]
+    kth = len(candidates) - budget
+    boundary = np.partition(values, kth)[kth]
+    above = candidates[values > boundary]
+    chosen[above] = True
+    ties = candidates[values == boundary]
+    need = budget - len(above)
+    # lexsort: last key is primary. Ties on rank_value -> score desc, depth asc, index asc.
+    order = np.lexsort((ties, depth[ties], -score[ties].astype(np.float64)))
+    chosen[ties[order[:need]]] = True
+    return chosen
