@@ -1,0 +1,19 @@
+"""`echo-run`: real speculative decoding (torch). Same subcommand pattern as `echo-sim`."""
+
+from __future__ import annotations
+
+import sys
+
+from echo_sim.cli import dispatch
+
+SUBCOMMANDS = {
+    "trace": ("echo_runtime.trace_gen", "generate a real acceptance trace with a draft/target pair"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch("echo-run", SUBCOMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
