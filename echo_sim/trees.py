@@ -167,3 +167,22 @@ def top_b(
     order = np.lexsort((ties, depth[ties], -score[ties].astype(np.float64)))
     chosen[ties[order[:need]]] = True
     return chosen
+
+
+def supertree_select(
+    batch: LatticeBatch,
+    rank_value: np.ndarray,
+    gate_value: np.ndarray,
+    threshold: float,
+    budget: int,
+) -> np.ndarray:
+    """bool [n]: echo's super-tree selection (POLICIES.md steps 1 and 4), the reference that
+    `kernels.select` must reproduce exactly.
+
+    Gate: a node is eligible when gate_value >= threshold for it and all its ancestors.
+    Rank: the `budget` best eligible nodes of the whole batch by rank_value (the calibrated ĉ),
+    ties by raw cumulative score desc, depth asc, request asc, node asc (see top_b). With
+    rank_value non-increasing along paths the result is prefix-closed per request.
+    """
+    eligible = propagate_all(batch, gate_value >= threshold)
+    return top_b(rank_value, batch.score, batch.depth, eligible, budget)

@@ -1,0 +1,110 @@
+"""Random but valid acceptance traces for tests (hypothesis strategies and unit tests share it).
+
+The lattices follow TRACES.md's growth rule (level 1: k children of the root; each next level: the
+k best of the frontier's k² children by cumulative score), with random draft probabilities and a
+target path that agrees with the draft's top choice with probability `agreement`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from echo_sim.traces import FORMAT_VERSION, TraceSet
+
+
+def _child_probs(rng: np.random.Generator, k: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """k distinct tokens with descending conditional probabilities summing to < 1."""
+    tokens = rng.choice(vocab, size=k, replace=False)
+    probs = np.sort(rng.dirichlet(np.ones(k + 1)))[::-1][:k]
+    return tokens.astype(np.int32), probs.astype(np.float32)
+
+
+def _grow_lattice(rng, y, t, k, depth, vocab, agreement):
+    tokens, parents, depths, conds, scores = [], [], [], [], []
+
+    def children(parent_index, parent_depth, parent_score, on_path_parent):
+        toks, probs = _child_probs(rng, k, vocab)
+        target_pos = t + parent_depth
+        if on_path_parent and target_pos < len(y) and rng.random() < agreement:
+            slot = 0 if rng.random() < 0.7 else int(rng.integers(k))
+            toks[toks == y[target_pos]] = (y[target_pos] + 1) % vocab  # keep siblings distinct
+            toks[slot] = y[target_pos]
+        return [(tok, parent_index, parent_depth + 1, p, parent_score * p) for tok, p in zip(toks, probs)]
+
+    def on_path_of(index):
+        # recomputed from tokens, so it is exactly the TRACES.md definition
+        node_depth = depths[index]
+        pos = t + node_depth - 1
+        if pos >= len(y) or tokens[index] != y[pos]:
+            return False
+        return parents[index] == -1 or on_path_of(parents[index])
+
+    frontier = children(-1, 0, 1.0, True)
+    for level in range(1, depth + 1):
+        base = len(tokens)
+        for tok, par, dep, cond, score in frontier:
+            tokens.append(tok), parents.append(par), depths.append(dep), conds.append(cond), scores.append(score)
+        if level == depth:
+            break
+        candidates = []
+        for i in range(base, len(tokens)):
+            candidates += children(i - 0, depths[i], scores[i], on_path_of(i))
+        candidates.sort(key=lambda c: -c[4])
+        frontier = candidates[:k]
+        # local parent indices are positions in this lattice
+    on_path = [on_path_of(i) for i in range(len(tokens))]
+    return tokens, parents, depths, conds, scores, on_path
+
+
+def random_trace(
+    rng: np.random.Generator,
+    num_requests: int = 3,
+    output_len: tuple[int, int] = (4, 12),
+    width: int = 2,
+    depth: int = 3,
+    vocab: int = 40,
+    agreement: float = 0.7,
+) -> TraceSet:
+    """A small valid TraceSet with random lattices (level order, parents earlier, on_path exact)."""
+    out_lens = rng.integers(output_len[0], output_len[1] + 1, size=num_requests).astype(np.int32)
+    position_offsets = np.concatenate(([0], np.cumsum(out_lens))).astype(np.int64)
+    targets, ranks, node_offsets = [], [], [0]
+    columns = {name: [] for name in ("token", "parent", "depth", "cond", "score", "on_path")}
+    for length in out_lens:
+        y = rng.integers(0, vocab, size=length).astype(np.int32)
+        targets.append(y)
+        for t in range(length):
+            lattice = _grow_lattice(rng, y, t, width, depth, vocab, agreement)
+            for name, values in zip(columns, lattice):
+                columns[name] += values
+            node_offsets.append(node_offsets[-1] + len(lattice[0]))
+            level1 = [i for i, d in enumerate(lattice[2]) if d == 1]
+            level1_tokens = [lattice[0][i] for i in level1]
+            ranks.append(level1_tokens.index(y[t]) if y[t] in level1_tokens else -1)
+    header = {
+        "format_version": FORMAT_VERSION,
+        "generator": "echo_sim.testing.random_trace",
+        "draft_model": "random",
+        "target_model": "random",
+        "width": width,
+        "depth": depth,
+        "decoding": "greedy",
+        "absent_columns": ["target_prob"],
+    }
+    return TraceSet(
+        header=header,
+        request_ids=[f"r{i}" for i in range(num_requests)],
+        prompt_len=rng.integers(8, 64, size=num_requests).astype(np.int32),
+        output_len=out_lens,
+        position_offsets=position_offsets,
+        target_token=np.concatenate(targets),
+        draft_rank=np.asarray(ranks, dtype=np.int16),
+        draft_prob=rng.random(len(ranks)).astype(np.float32),
+        node_offsets=np.asarray(node_offsets, dtype=np.int64),
+        node_token=np.asarray(columns["token"], dtype=np.int32),
+        node_parent=np.asarray(columns["parent"], dtype=np.int32),
+        node_depth=np.asarray(columns["depth"], dtype=np.int32),
+        node_cond_prob=np.asarray(columns["cond"], dtype=np.float32),
+        node_score=np.asarray(columns["score"], dtype=np.float32),
+        node_on_path=np.asarray(columns["on_path"], dtype=bool),
+    )
