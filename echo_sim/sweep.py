@@ -1,0 +1,174 @@
+"""`echo-sim sweep`: the grid policies × load (× workloads × seeds), resumable and parallel.
+
+Every grid point is one `simulate()` call, written to DIR/points/<key>.json atomically the moment
+it finishes, so an interrupted sweep keeps its finished points and a re-run only computes the rest.
+The tables (results.parquet, summary.csv) and the plots are rebuilt from the point files at the end.
+Inputs are validated before DIR is touched: bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from echo_sim import recommend
+from echo_sim.atomic import write_bytes_atomic, write_text_atomic
+from echo_sim.config import SimConfig
+from echo_sim.engine import simulate
+from echo_sim.policies.registry import POLICY_NAMES, make_policy
+from echo_sim.run_cmd import add_simulation_arguments, config_from_args
+
+DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SUMMARY_FIELDS = (
+    "policy", "concurrency", "rate", "workload", "seed", "requests", "output_tokens_per_s",
+    "speedup_vs_ar", "mean_accepted_tokens", "verified_tokens_per_step", "waste", "ttft_p50",
+    "tpot_p50", "tpot_p99", "sim_cpu_seconds", "acceptance_source", "cost_source",
+)
+
+
+def parse_list(text: str, kind, name: str) -> list:
+    try:
+        values = [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"--{name}: cannot parse {text!r} as a comma-separated list of {kind.__name__}")
+    if not values:
+        raise ValueError(f"--{name}: empty list")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policies", default=",".join(POLICY_NAMES),
+                        help="comma-separated policy specs, e.g. 'ar,static,echo:budget=fixed' (default: all)")
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)),
+                      help="closed-loop client counts (default 1..256, powers of two)")
+    load.add_argument("--rates", default=None, help="open-loop Poisson arrival rates in requests/s instead")
+    parser.add_argument("--workloads", default=None, help="comma-separated workloads (default: --workload)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give error bars")
+    parser.add_argument("--out", default="sweep-out", help="output folder (default: sweep-out)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("--step-log", action="store_true", help="write per-step records to DIR/steps/")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_simulation_arguments(parser, sweep=True)
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    config: SimConfig
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(asdict(self.config), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def build_grid(args: argparse.Namespace) -> list[GridPoint]:
+    """Validate every input, then list the points (ar is always included: speedups need it)."""
+    policies = parse_list(args.policies, str, "policies")
+    for spec in policies:
+        make_policy(spec)  # raises PolicyError listing the known names
+    if "ar" not in policies:
+        policies = ["ar", *policies]
+    seeds = parse_list(args.seeds, int, "seeds")
+    base = config_from_args(args)  # validates trace, workload, hardware, model, calibration
+    workloads = parse_list(args.workloads, str, "workloads") if args.workloads else [base.workload]
+    if args.rates:
+        loads = [("rate", rate) for rate in parse_list(args.rates, float, "rates")]
+    else:
+        loads = [("concurrency", c) for c in parse_list(args.concurrency, int, "concurrency")]
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    points = []
+    for workload in workloads:
+        for seed in seeds:
+            for field, value in loads:
+                for spec in policies:
+                    config = replace(base, policy=spec, workload=workload, seed=seed,
+                                     step_log=args.step_log, **{field: value})
+                    config.validate()
+                    points.append(GridPoint(config))
+    return points
+
+
+def run_point(point: GridPoint, out: Path) -> dict:
+    """Worker: simulate one point and persist it atomically (metrics JSON, then optional step log)."""
+    result = simulate(point.config)
+    record = dict(result.metrics, key=point.key, config=asdict(point.config))
+    if point.config.step_log and result.steps is not None:
+        path = out / "steps" / f"{point.key}.parquet"
+        write_bytes_atomic(path, result.steps.to_parquet(index=False))
+    write_text_atomic(out / "points" / f"{point.key}.json", json.dumps(record, default=str))
+    return record
+
+
+def load_point(out: Path, point: GridPoint) -> dict | None:
+    path = out / "points" / f"{point.key}.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("config") == json.loads(json.dumps(asdict(point.config), default=str)) else None
+
+
+def run_grid(points: list[GridPoint], out: Path, jobs: int) -> list[dict]:
+    done = {p.key: r for p in points if (r := load_point(out, p)) is not None}
+    todo = [p for p in points if p.key not in done]
+    if done:
+        print(f"resuming: {len(done)} of {len(points)} points already done in {out}", file=sys.stderr)
+    with tqdm(total=len(points), initial=len(done), desc="sweep", unit="point", file=sys.stderr) as bar:
+        if jobs == 1 or len(todo) <= 1:
+            for point in todo:
+                done[point.key] = run_point(point, out)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(run_point, p, out): p for p in todo}
+                for future in as_completed(futures):
+                    done[futures[future].key] = future.result()
+                    bar.update()
+    return [done[p.key] for p in points]
+
+
+def tidy(records: list[dict]) -> pd.DataFrame:
+    """One row per point; speedup_vs_ar from the ar point with the same load, workload and seed."""
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "config"} for r in records])
+    for column in ("concurrency", "rate"):
+        if column not in table:
+            table[column] = None
+    match = ["workload", "seed", "concurrency", "rate"]
+    ar = table[table["policy"] == "ar"][match + ["output_tokens_per_s"]]
+    ar = ar.rename(columns={"output_tokens_per_s": "ar_tokens_per_s"})
+    table = table.drop(columns=["speedup_vs_ar"], errors="ignore").merge(ar, on=match, how="left")
+    table["speedup_vs_ar"] = table["output_tokens_per_s"] / table["ar_tokens_per_s"]
+    return table.drop(columns=["ar_tokens_per_s"])
+
+
+def write_outputs(table: pd.DataFrame, out: Path, plots: bool) -> None:
+    write_bytes_atomic(out / "results.parquet", table.to_parquet(index=False))
+    fields = [f for f in SUMMARY_FIELDS if f in table.columns]
+    write_text_atomic(out / "summary.csv", table[fields].to_csv(index=False))
+    if plots:
+        from echo_sim import plots as plotting
+
+        plotting.save_sweep_plots(table, out)
+
+
+def run(args: argparse.Namespace) -> int:
+    points = build_grid(args)  # all validation happens before anything is written
+    out = Path(args.out)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    table = tidy(run_grid(points, out, args.jobs))
+    write_outputs(table, out, plots=not args.no_plots)
+    print(recommend.format_table(table))
+    print()
+    print(recommend.format_recommendations(table))
+    print(f"\nwrote {out}/results.parquet, summary.csv" + ("" if args.no_plots else ", plots"), file=sys.stderr)
+    return 0
