@@ -1,0 +1,166 @@
+"""SimConfig: everything one simulation needs, as a frozen, picklable value.
+
+The sweep builds one SimConfig per grid point and calls `echo_sim.engine.simulate(config)` in a
+worker process, so a config holds only plain values (names, numbers, paths as strings) and
+constructing one does nothing: `validate()` checks it, `simulate()` calls `validate()` first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+# The repository root: traces/ (shipped acceptance traces, workload files) lives there.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TRACES_DIR = REPO_ROOT / "traces"
+# The shipped MT-Bench acceptance trace (issue 2): the first match, in sorted order.
+DEFAULT_TRACE_GLOB = "mt_bench*.trace.npz"
+ARRIVAL_MODES = ("auto", "closed", "poisson", "replay")
+# KV-cache tokens when the cost model gives none: Llama-3.1-8B on one H200. KV per token =
+# 2 (K,V) x 32 layers x 8 KV heads x 128 dims x 2 bytes = 128 KiB; pool = 0.9 (SGLang-style static
+# memory fraction) x 141 GB - 16.1 GB of bf16 weights ~ 110 GB -> ~840k tokens, rounded down.
+DEFAULT_KV_CAPACITY_TOKENS = 800_000
+
+
+class SimConfigError(ValueError):
+    """An impossible or incomplete simulation config; the message names the field and value."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulation: a policy, a load, a workload, an acceptance trace and a step-time model.
+
+    Defaults and where they come from:
+        policy="echo"            the method under study (registry spec, e.g. "static:S=5,k=4,N=16")
+        concurrency=None         closed loop: N clients, each sends its next request the moment the
+                                 previous one finishes (zero think time): the x-axis of every curve
+        rate=None                open loop: Poisson arrivals at this many requests/s (seeded); with
+                                 arrival="replay", the real arrival times rescaled to this mean rate
+        arrival="auto"           "closed" when concurrency is set, "poisson" when rate is set;
+                                 "replay" replays the workload file's real arrival times (azure-*)
+        requests=1000            enough completions for a steady-state window at concurrency 256
+                                 (completions 256…744, metrics.py)
+        trace=None               the shipped MT-Bench trace, traces/mt_bench*.trace.npz in the repo
+        workload="trace"         prompt/output lengths of the acceptance trace's own requests; or a
+                                 real length distribution (workload.WORKLOAD_NAMES)
+        hardware="h200", model="llama-3.1-8b"   cost presets (COST_MODEL.md), the paper's setting
+        calibration=None         a calibration file replaces the roofline (echo_sim.cost)
+        seed=0                   workload sampling, trace mapping and arrivals derive from it only
+        max_batch=256            running requests (prefilling + decoding); vLLM's long-standing
+                                 default max_num_seqs, and the top of the default sweep
+        kv_capacity_tokens=None  KV-cache tokens; None: the cost model's preset (cost.kv_capacity_tokens
+                                 when it provides one), else DEFAULT_KV_CAPACITY_TOKENS
+        prefill_chunk=8192       prompt tokens prefilled per step, mixed into the decode step; SGLang's
+                                 default --chunked-prefill-size for 35–160 GB GPUs (H100, H200, A100)
+        step_log=False           keep per-step records (SimResult.steps) for notebooks
+    """
+
+    policy: str = "echo"
+    concurrency: int | None = None
+    rate: float | None = None
+    arrival: str = "auto"
+    requests: int = 1000
+    trace: str | None = None
+    workload: str = "trace"
+    hardware: str = "h200"
+    model: str = "llama-3.1-8b"
+    calibration: str | None = None
+    seed: int = 0
+    max_batch: int = 256
+    kv_capacity_tokens: int | None = None
+    prefill_chunk: int = 8192
+    step_log: bool = False
+
+    @property
+    def arrival_mode(self) -> str:
+        """"closed", "poisson" or "replay" (resolves "auto")."""
+        if self.arrival != "auto":
+            return self.arrival
+        return "poisson" if self.rate is not None and self.concurrency is None else "closed"
+
+    def trace_path(self) -> Path:
+        """The acceptance trace file: `trace`, or the shipped MT-Bench trace. Raises if missing."""
+        if self.trace is not None:
+            path = Path(self.trace)
+            if not path.is_file():
+                raise SimConfigError(f"trace: file not found: {self.trace}")
+            return path
+        shipped = sorted(TRACES_DIR.glob(DEFAULT_TRACE_GLOB))
+        if not shipped:
+            raise SimConfigError(
+                f"trace: no shipped trace {TRACES_DIR / DEFAULT_TRACE_GLOB}; pass --trace PATH"
+            )
+        return shipped[0]
+
+    def validate(self) -> "SimConfig":
+        """Check every field (load included) and that the cost presets exist; returns self."""
+        self.validate_load()
+        self.validate_inputs()
+        from echo_sim.cost import load_cost_model  # raises CostModelError naming known presets
+
+        load_cost_model(self.hardware, self.model, self.calibration)
+        return self
+
+    def validate_load(self) -> None:
+        mode = self.arrival
+        if mode not in ARRIVAL_MODES:
+            raise SimConfigError(f"arrival: unknown mode {mode!r}; known: {', '.join(ARRIVAL_MODES)}")
+        if self.concurrency is not None:
+            _check_positive_int("concurrency", self.concurrency)
+        if self.rate is not None:
+            _check_positive_float("rate", self.rate)
+        if mode == "auto" and (self.concurrency is None) == (self.rate is None):
+            raise SimConfigError(
+                "set exactly one of concurrency (closed loop) or rate (open loop); "
+                f"got concurrency={self.concurrency}, rate={self.rate}"
+            )
+        if mode == "closed" and self.concurrency is None:
+            raise SimConfigError("arrival 'closed' needs concurrency")
+        if mode == "poisson" and self.rate is None:
+            raise SimConfigError("arrival 'poisson' needs rate")
+        if mode in ("poisson", "replay") and self.concurrency is not None:
+            raise SimConfigError(f"arrival {mode!r} is open loop: concurrency must be unset")
+
+    def validate_inputs(self, need_trace_file: bool = True) -> None:
+        """Everything but the load: sizes, names (workload, presets) and files (trace, calibration).
+
+        need_trace_file=False when the caller supplies the TraceSet itself (tests, notebooks).
+        """
+        from echo_sim.workload import check_workload_name  # local: workload imports this module
+
+        _check_positive_int("requests", self.requests)
+        _check_positive_int("max_batch", self.max_batch)
+        _check_positive_int("prefill_chunk", self.prefill_chunk)
+        if self.kv_capacity_tokens is not None:
+            _check_positive_int("kv_capacity_tokens", self.kv_capacity_tokens)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise SimConfigError(f"seed: must be a non-negative integer, got {self.seed!r}")
+        check_workload_name(self.workload)
+        if self.arrival == "replay":
+            from echo_sim.workload import check_replayable
+
+            check_replayable(self.workload)
+        if self.calibration is not None and not Path(self.calibration).is_file():
+            raise SimConfigError(f"calibration: file not found: {self.calibration}")
+        if need_trace_file:
+            self.trace_path()
+
+
+def config_defaults() -> dict:
+    """Field name -> default value (the CLI shows these; it never restates them)."""
+    return {f.name: f.default for f in fields(SimConfig)}
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SimConfigError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def _check_positive_float(name: str, value) -> None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SimConfigError(f"{name}: must be a positive number, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise SimConfigError(f"{name}: must be a positive finite number, got {value!r}")

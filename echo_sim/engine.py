@@ -1,0 +1,444 @@
+"""The serving loop (ARCHITECTURE.md, "Data flow of one engine step") as one simpy process.
+
+One engine process steps the whole running batch; per-request state lives in numpy arrays
+(DecodeBatch), never in a process per request. Around each step:
+
+- Arrivals. Closed loop: N clients with zero think time; a finished request's client sends its
+  next request at the finish time. Open loop: arrival times are known in advance (seeded, or
+  replayed); every request with arrival <= now joins the waiting queue at the start of a step.
+  Same-time rule (deterministic): a request that arrives exactly when a step ends is admitted at
+  the step that starts then. An idle engine sleeps on one timeout until the next arrival.
+- Admission, FIFO, at the start of each step: while running requests (prefilling + decoding) <
+  max_batch and the KV cache can hold the head request's prompt + output tokens. KV is reserved
+  for the whole request at admission and released when it finishes: no preemption, no swapping,
+  so a request once admitted always runs to the end (the head of the queue waits otherwise).
+- Chunked prefill: up to `prefill_chunk` prompt tokens per step, FIFO over prefilling requests,
+  costed in the same step as the decode batch. The step that completes a prompt commits y_0
+  (the first token: TTFT); the request decodes from the next step, at position t = 1.
+- Acceptance replay (TRACES.md): simulated request i replays trace request trace_request[i]; its
+  output position t reads the trace's lattice at position t mod L_trace. When the workload's
+  output is longer than the trace request, positions cycle (the lattice at a wrapped position
+  comes from the start of the trace request; near the trace's end on-path depth is cut by the
+  trace's own length, so cycling slightly underestimates acceptance there).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from echo_sim.config import DEFAULT_KV_CAPACITY_TOKENS, SimConfig, SimConfigError
+from echo_sim.cost import StepShape
+from echo_sim.metrics import RequestLog, StepLog, compute_metrics
+from echo_sim.policies.base import DraftShape, Outcome, StepContext
+from echo_sim.traces import TraceSet
+from echo_sim.trees import LatticeBatch, accepted_nodes
+from echo_sim.workload import RequestStream, build_stream
+
+
+@dataclass
+class DecodeBatch:
+    """Requests past prefill, in the order they finished prefill (= admission order): the batch
+    row order every policy sees (its request tie-break).
+
+    Shape: every array int64 [bs].
+        request      simulated request id
+        position     output position t = tokens committed so far (the next lattice to read)
+        output_len   L of the simulated request
+        prompt_len   prompt tokens
+        trace_start  global trace position of its trace request's position 0
+        trace_len    positions of its trace request (t reads t mod trace_len)
+    """
+
+    request: np.ndarray
+    position: np.ndarray
+    output_len: np.ndarray
+    prompt_len: np.ndarray
+    trace_start: np.ndarray
+    trace_len: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "DecodeBatch":
+        return cls(*(np.zeros(0, dtype=np.int64) for _ in range(6)))
+
+    @property
+    def size(self) -> int:
+        return len(self.request)
+
+    def columns(self) -> tuple[np.ndarray, ...]:
+        return (self.request, self.position, self.output_len, self.prompt_len, self.trace_start, self.trace_len)
+
+    def keep(self, mask: np.ndarray) -> "DecodeBatch":
+        return DecodeBatch(*(column[mask] for column in self.columns()))
+
+    def extend(self, other: "DecodeBatch") -> "DecodeBatch":
+        return DecodeBatch(*(np.concatenate(pair) for pair in zip(self.columns(), other.columns())))
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """What one step verifies and what it will commit (decided before the step's time passes).
+
+    Shape (bs decoding requests, n lattice nodes): accepted_depth, committed, drafted,
+    oracle_depth int [bs]; accepted bool [n].
+    """
+
+    lattices: LatticeBatch
+    selection: object
+    accepted: np.ndarray
+    accepted_depth: np.ndarray
+    committed: np.ndarray
+    drafted: np.ndarray
+    oracle_depth: np.ndarray
+    shape: StepShape
+
+
+def executed_draft(draft: DraftShape, trace: TraceSet) -> DraftShape:
+    """The draft actually grown: a tree is clamped to the trace's depth and width; a chain (width 1)
+    replays the spine and is not clamped (policies.base.TRACE_LIMIT)."""
+    if draft.depth <= 0 or draft.width == 1:
+        return draft
+    return DraftShape(depth=min(draft.depth, trace.depth), width=min(draft.width, trace.width))
+
+
+def on_path_depth(lattices: LatticeBatch) -> np.ndarray:
+    """int64 [bs]: deepest on-path node of each lattice, what `oracle` accepts there (on-path
+    nodes are prefix-closed, TRACES.md)."""
+    depth = np.zeros(lattices.batch_size, dtype=np.int64)
+    on_path = np.flatnonzero(lattices.on_path)
+    if len(on_path):
+        np.maximum.at(depth, lattices.request_of_node()[on_path], lattices.depth[on_path])
+    return depth
+
+
+def empty_lattices(spine_run: np.ndarray) -> LatticeBatch:
+    """Lattices with no nodes (no drafting this step), keeping the spine for completeness."""
+    none = np.zeros(0, dtype=np.int32)
+    return LatticeBatch(
+        offsets=np.zeros(len(spine_run) + 1, dtype=np.int64), token=none, parent=none, depth=none,
+        cond_prob=np.zeros(0, dtype=np.float32), score=np.zeros(0, dtype=np.float32),
+        on_path=np.zeros(0, dtype=bool), spine_run=spine_run,
+    )
+
+
+class Simulation:
+    """One simulation with its own simpy Environment, policy instance and records: nothing is
+    shared with other simulations in the process (tests run two interleaved)."""
+
+    def __init__(self, config: SimConfig, trace: TraceSet, policy, cost, stream: RequestStream,
+                 kv_capacity: int):
+        self.config, self.trace, self.policy, self.cost, self.stream = config, trace, policy, cost, stream
+        self.kv_capacity = kv_capacity
+        self.env = simpy.Environment()
+        self.requests = RequestLog(stream.prompt_len, stream.output_len, stream.trace_request)
+        self.steps = StepLog(detail=config.step_log)
+        self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
+        self._trace_len = trace.output_len[stream.trace_request].astype(np.int64)
+        self._kv_need = stream.prompt_len + stream.output_len
+        self._waiting: deque[int] = deque()
+        self._prefilling: deque[list[int]] = deque()  # [request, prompt tokens prefilled so far]
+        self._batch = DecodeBatch.empty()
+        self._kv_reserved = 0
+        self._sent = 0  # requests sent (closed loop) or arrived (open loop) so far
+        self._finished = 0
+        self._check_fits()
+        self.env.process(self._serve())
+
+    @property
+    def done(self) -> bool:
+        return self._finished == self.stream.num_requests
+
+    def run(self, until: float | None = None) -> "Simulation":
+        self.env.run(until=until)
+        return self
+
+    # ------------------------------------------------------------------ arrivals and admission
+
+    def _check_fits(self) -> None:
+        worst = int(np.argmax(self._kv_need))
+        if self._kv_need[worst] > self.kv_capacity:
+            raise SimConfigError(
+                f"kv_capacity_tokens={self.kv_capacity} cannot hold request {worst} "
+                f"(prompt {self.stream.prompt_len[worst]} + output {self.stream.output_len[worst]} tokens)"
+            )
+
+    def _send(self, count: int) -> None:
+        """Closed loop: the next `count` requests are sent now."""
+        for request in range(self._sent, min(self._sent + count, self.stream.num_requests)):
+            self.requests.arrival[request] = self.env.now
+            self._waiting.append(request)
+            self._sent += 1
+
+    def _release_arrivals(self) -> None:
+        """Open loop: every request with arrival <= now joins the queue, in arrival order."""
+        arrival = self.stream.arrival
+        end = int(np.searchsorted(arrival, self.env.now, side="right"))
+        for request in range(self._sent, end):
+            self.requests.arrival[request] = arrival[request]
+            self._waiting.append(request)
+        self._sent = max(self._sent, end)
+
+    def _admit(self) -> None:
+        """FIFO while the batch has room and the KV cache can hold the head request entirely."""
+        while self._waiting and len(self._prefilling) + self._batch.size < self.config.max_batch:
+            request = self._waiting[0]
+            need = int(self._kv_need[request])
+            if self._kv_reserved + need > self.kv_capacity:
+                return
+            self._waiting.popleft()
+            self._kv_reserved += need
+            self.requests.admitted[request] = self.env.now
+            self._prefilling.append([request, 0])
+
+    def _serve(self):
+        if self.stream.arrival is None:
+            self._send(self.config.concurrency)
+        while not self.done:
+            if self.stream.arrival is not None:
+                self._release_arrivals()
+            self._admit()
+            if self._prefilling or self._batch.size:
+                yield from self._step()
+            elif self.stream.arrival is not None and self._sent < self.stream.num_requests:
+                yield self.env.timeout(self.stream.arrival[self._sent] - self.env.now)  # idle
+            else:  # cannot happen: every request fits an empty cache (_check_fits)
+                raise RuntimeError("engine idle with requests left and none to come")
+
+    # ------------------------------------------------------------------------------ the step
+
+    def _step(self):
+        """One engine step.
+
+        The rule: every decoding request verifies its root (the last committed token) plus the
+        draft nodes its policy selected, so the target forward verifies V = Σ_r (1 + n_r) tokens
+        (plus graph-bucket padding), and commits its accepted depth + 1 (the bonus token), never
+        beyond its output length: committed_r = min(a_r + 1, L_r − t_r). The step's prefill chunk
+        shares the forward. Everything is decided at the step's start; time passes
+        (cost.step_time); then tokens are committed, the policy observes, finished requests leave.
+        """
+        start = self.env.now
+        chunks = self._plan_prefill()
+        plan = self._plan_decode() if self._batch.size else None
+        shape = self._step_shape(plan, chunks)
+        yield self.env.timeout(self.cost.step_time(shape))
+        if plan is not None:
+            self.policy.observe(Outcome(plan.lattices, plan.selection, plan.accepted, plan.accepted_depth))
+        self._record(start, shape, plan)
+        if plan is not None:
+            self._commit_decode(plan)
+        self._commit_prefill(chunks)
+
+    def _plan_prefill(self) -> list[tuple[list[int], int, int]]:
+        """(entry, tokens this step, tokens already cached) for each prefilling request served."""
+        budget, chunks = self.config.prefill_chunk, []
+        for entry in self._prefilling:
+            if budget == 0:
+                break
+            take = min(int(self.stream.prompt_len[entry[0]]) - entry[1], budget)
+            chunks.append((entry, take, entry[1]))
+            budget -= take
+        return chunks
+
+    def _plan_decode(self) -> DecodePlan:
+        batch = self._batch
+        draft = executed_draft(self.policy.draft, self.trace)
+        positions = batch.trace_start + batch.position % batch.trace_len
+        if draft.depth <= 0:
+            lattices = empty_lattices(self.trace.spine_run[positions])
+        else:
+            lattices = self.trace.lattice_batch(positions, max_depth=min(draft.depth, self.trace.depth))
+        kv_lens = batch.prompt_len + batch.position
+        context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width)
+        selection = self.policy.select(lattices, context)
+        if selection.chain is not None:  # chains replay the spine (TRACES.md "Chains")
+            accepted_depth = np.minimum(lattices.spine_run, selection.chain).astype(np.int64)
+            accepted = np.zeros(lattices.num_nodes, dtype=bool)
+        else:
+            accepted, accepted_depth = accepted_nodes(lattices, selection.nodes)
+        drafted = selection.draft_tokens_per_request(lattices)
+        verify_r = 1 + drafted
+        shape = StepShape(
+            batch_size=batch.size,
+            verify_tokens=int(batch.size + drafted.sum() + selection.padding),
+            kv_tokens=int(kv_lens.sum()),
+            attention_pairs=int(np.dot(verify_r, kv_lens + verify_r)),
+            draft_depth=draft.depth,
+            draft_width=draft.width,
+            eager=bool(selection.eager),
+        )
+        committed = np.minimum(accepted_depth + 1, batch.output_len - batch.position)
+        return DecodePlan(lattices, selection, accepted, accepted_depth, committed, drafted,
+                          on_path_depth(lattices), shape)
+
+    def _step_shape(self, plan: DecodePlan | None, chunks) -> StepShape:
+        prefill_tokens = sum(take for _, take, _ in chunks)
+        prefill_context = sum(cached for _, _, cached in chunks)
+        if plan is None:
+            return StepShape(batch_size=0, verify_tokens=0, kv_tokens=0, attention_pairs=0, draft_depth=0,
+                             draft_width=0, prefill_tokens=prefill_tokens, prefill_context=prefill_context)
+        return replace(plan.shape, prefill_tokens=prefill_tokens, prefill_context=prefill_context)
+
+    # ------------------------------------------------------------------------------ commits
+
+    def _commit_decode(self, plan: DecodePlan) -> None:
+        batch, log = self._batch, self.requests
+        ids = batch.request
+        log.decode_steps[ids] += 1
+        log.decode_tokens[ids] += plan.committed
+        log.accepted_draft[ids] += plan.accepted_depth
+        log.verified_draft[ids] += plan.drafted
+        log.oracle_depth[ids] += plan.oracle_depth
+        batch.position += plan.committed
+        done = batch.position >= batch.output_len
+        if done.any():
+            for request in ids[done]:
+                self._finish(int(request))
+            self._batch = batch.keep(~done)
+
+    def _commit_prefill(self, chunks) -> None:
+        """Prompts completed this step commit y_0 (first token) and join the decode batch."""
+        for entry, take, _ in chunks:
+            entry[1] += take
+        joined = []
+        while self._prefilling and self._prefilling[0][1] == self.stream.prompt_len[self._prefilling[0][0]]:
+            request = self._prefilling.popleft()[0]
+            self.requests.first_token[request] = self.env.now
+            if self.stream.output_len[request] == 1:
+                self._finish(request)
+            else:
+                joined.append(request)
+        if joined:
+            ids = np.asarray(joined, dtype=np.int64)
+            self._batch = self._batch.extend(DecodeBatch(
+                ids, np.ones(len(ids), dtype=np.int64), self.stream.output_len[ids],
+                self.stream.prompt_len[ids], self._trace_start[ids], self._trace_len[ids],
+            ))
+
+    def _finish(self, request: int) -> None:
+        self.requests.finish[request] = self.env.now
+        self._kv_reserved -= int(self._kv_need[request])
+        self._finished += 1
+        if self.stream.arrival is None:
+            self._send(1)  # the client sends its next request (zero think time)
+
+    # ------------------------------------------------------------------------------ records
+
+    def _record(self, start: float, shape: StepShape, plan: DecodePlan | None) -> None:
+        draft_time = 0.0
+        if shape.batch_size and shape.draft_depth:
+            draft_time = float(self.cost.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width))
+        if plan is None:
+            self.steps.rows.append((start, self.env.now, 0, shape.prefill_tokens, 0, 0, 0, np.nan, False,
+                                    0, 0, 0, 0, 0, draft_time, 0))
+        else:
+            selection = plan.selection
+            self.steps.rows.append((
+                start, self.env.now, shape.batch_size, shape.prefill_tokens, shape.verify_tokens,
+                int(plan.drafted.sum()), int(selection.padding),
+                np.nan if selection.budget is None else float(selection.budget), shape.eager,
+                shape.draft_depth, shape.draft_width, int(plan.accepted_depth.sum()), int(plan.committed.sum()),
+                shape.kv_tokens, draft_time, int(plan.oracle_depth.sum()),
+            ))
+        if self.steps.detail:
+            self.steps.components.append(dict(self.cost.components(shape)))
+            self.steps.details.append(self._detail(plan))
+
+    def _detail(self, plan: DecodePlan | None) -> tuple[list, ...]:
+        """Per-request lists for the step log: ids, selected depth and width, accepted and oracle depth."""
+        if plan is None:
+            return ([], [], [], [], [])
+        depth, width = selected_extent(plan.lattices, plan.selection)
+        return (self._batch.request.tolist(), depth.tolist(), width.tolist(),
+                plan.accepted_depth.tolist(), plan.oracle_depth.tolist())
+
+    def result(self) -> "SimResult":
+        if not self.done:
+            raise RuntimeError("simulation has not finished; call run() first")
+        requests = self.requests.frame()
+        steps = self.steps.frame()
+        metrics = compute_metrics(requests, steps, self.config.concurrency
+                                  if self.config.arrival_mode == "closed" else None)
+        metrics = {**self._identity(), **metrics, "sim_cpu_seconds": float("nan")}
+        return SimResult(metrics=metrics, requests=requests, steps=steps if self.config.step_log else None)
+
+    def _identity(self) -> dict:
+        config = self.config
+        label = getattr(self.policy, "label", config.policy)
+        source = getattr(self.trace, "source_label", None) or str(self.trace.path)
+        return {
+            "policy": label, "concurrency": config.concurrency, "rate": config.rate,
+            "arrival": config.arrival_mode, "workload": config.workload, "seed": config.seed,
+            "requests": self.stream.num_requests, "hardware": config.hardware, "model": config.model,
+            "max_batch": config.max_batch, "kv_capacity_tokens": self.kv_capacity,
+            "prefill_chunk": config.prefill_chunk, "acceptance_source": source,
+            "cost_source": str(self.cost.source),
+        }
+
+
+def selected_extent(lattices: LatticeBatch, selection) -> tuple[np.ndarray, np.ndarray]:
+    """(depth, width) int64 [bs]: deepest selected level and most nodes selected on one level."""
+    bs = lattices.batch_size
+    if selection.chain is not None:
+        chain = np.asarray(selection.chain, dtype=np.int64)
+        return chain, (chain > 0).astype(np.int64)
+    rows = lattices.request_of_node()[selection.nodes]
+    levels = lattices.depth[selection.nodes].astype(np.int64)
+    depth = np.zeros(bs, dtype=np.int64)
+    np.maximum.at(depth, rows, levels)
+    span = int(levels.max()) + 1 if len(levels) else 1
+    per_level = np.bincount(rows * span + levels, minlength=bs * span).reshape(bs, span)
+    return depth, per_level.max(axis=1)
+
+
+@dataclass
+class SimResult:
+    """metrics: the `run --json` fields; requests: one row per request (RequestLog); steps: one row
+    per engine step with per-request lists and step-time components (only with step_log)."""
+
+    metrics: dict
+    requests: pd.DataFrame
+    steps: pd.DataFrame | None = None
+
+
+def kv_capacity(config: SimConfig, cost) -> int:
+    """config.kv_capacity_tokens, else the cost model's (when it has one), else the default."""
+    if config.kv_capacity_tokens is not None:
+        return int(config.kv_capacity_tokens)
+    from_cost = getattr(cost, "kv_capacity_tokens", None)
+    value = from_cost() if callable(from_cost) else from_cost
+    return int(value) if value else DEFAULT_KV_CAPACITY_TOKENS
+
+
+def build_simulation(config: SimConfig, trace: TraceSet | None = None, policy=None, cost=None) -> Simulation:
+    """A ready-to-run Simulation; trace, policy and cost default to what the config names."""
+    config.validate_load()
+    config.validate_inputs(need_trace_file=trace is None)
+    if trace is None:
+        from echo_sim.traces import read_trace
+
+        trace = read_trace(config.trace_path())
+    if cost is None:
+        from echo_sim.cost import load_cost_model
+
+        cost = load_cost_model(config.hardware, config.model, config.calibration)
+    if policy is None:
+        from echo_sim.policies.registry import make_policy
+
+        policy = make_policy(config.policy)
+    stream = build_stream(config.workload, config.requests, config.seed, trace.prompt_len,
+                          trace.output_len, config.arrival_mode, config.rate)
+    return Simulation(config, trace, policy, cost, stream, kv_capacity(config, cost))
+
+
+def simulate(config: SimConfig, trace: TraceSet | None = None) -> SimResult:
+    """Run one simulation to the end. sim_cpu_seconds counts the run and the metrics, not loading."""
+    simulation = build_simulation(config, trace)
+    started = time.process_time()
+    result = simulation.run().result()
+    result.metrics["sim_cpu_seconds"] = time.process_time() - started
+    return result

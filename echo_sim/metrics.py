@@ -1,0 +1,188 @@
+"""Records of one simulation and the measures every policy reports (POLICIES.md, last section).
+
+The engine fills two records: a lifecycle per request (RequestLog) and one row per engine step
+(StepLog). `compute_metrics` turns them into the plain dict that `echo-sim run --json` prints:
+
+    output_tokens_per_s   steady state: decode tokens committed by steps that end after the C-th and
+                          no later than the (N−C)-th request completion, ÷ that interval (C =
+                          concurrency, or 10 % of N in open loop). Fallback when N ≤ 2C (or the
+                          interval is empty): the makespan rate of decode tokens; `steady_state`
+                          says which one was used.
+    makespan_tokens_per_s all output tokens (y_0 included) ÷ (last completion − first arrival)
+    requests_per_s        completions inside the same window ÷ interval (makespan_requests_per_s too)
+    mean_accepted_tokens  MAT: committed decode tokens ÷ request-steps (bonus included; ar = 1)
+    verified_tokens_per_step   mean V over decode steps, roots and bucket padding included
+    waste                 verified draft nodes not accepted ÷ verified draft nodes (0 without drafts;
+                          bucket padding is not a draft node and is reported as padding_per_step)
+    draft_time_share      Σ draft time ÷ Σ step time
+    ttft, tpot, itl, e2e  p50/p90/p99 in seconds. TPOT per request (output ≥ 2 tokens):
+                          (finish − first token) ÷ (tokens − 1). ITL: the step durations a decoding
+                          request sees, one per request-step (weighted percentiles, inverted CDF).
+    oracle_gap_per_step   mean over request-steps of (oracle's accepted depth − accepted depth) at
+                          the same lattice position and drafted depth; oracle_accepted_depth likewise
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+PERCENTILES = (50, 90, 99)
+OPEN_LOOP_TRIM = 0.10  # open loop: completions trimmed at each end of the steady-state window
+STEP_FIELDS = (
+    "start", "end", "batch_size", "prefill_tokens", "verify_tokens", "selected", "padding", "budget",
+    "eager", "draft_depth", "draft_width", "accepted", "committed", "kv_tokens", "draft_time",
+    "oracle_depth",
+)
+REQUEST_DETAIL_FIELDS = ("requests", "selected_depth", "selected_width", "accepted_depth", "oracle_depth_r")
+
+
+@dataclass
+class RequestLog:
+    """Lifecycle of the N simulated requests (index = request id, the order they are sent).
+
+    Shape: every array [N]. Times in simulated seconds (NaN until the event happens).
+        arrival, admitted, first_token, finish   float64
+        decode_steps     int64  engine steps the request decoded in (request-steps)
+        decode_tokens    int64  tokens committed by those steps (output_len − 1 when finished)
+        accepted_draft   int64  Σ accepted depth a (draft tokens accepted, bonus excluded)
+        verified_draft   int64  Σ n_r, draft nodes verified for it
+        oracle_depth     int64  Σ oracle's accepted depth at the same positions
+    """
+
+    prompt_len: np.ndarray
+    output_len: np.ndarray
+    trace_request: np.ndarray
+    arrival: np.ndarray = field(init=False)
+    admitted: np.ndarray = field(init=False)
+    first_token: np.ndarray = field(init=False)
+    finish: np.ndarray = field(init=False)
+    decode_steps: np.ndarray = field(init=False)
+    decode_tokens: np.ndarray = field(init=False)
+    accepted_draft: np.ndarray = field(init=False)
+    verified_draft: np.ndarray = field(init=False)
+    oracle_depth: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.output_len)
+        for name in ("arrival", "admitted", "first_token", "finish"):
+            setattr(self, name, np.full(n, np.nan))
+        for name in ("decode_steps", "decode_tokens", "accepted_draft", "verified_draft", "oracle_depth"):
+            setattr(self, name, np.zeros(n, dtype=np.int64))
+
+    def frame(self) -> pd.DataFrame:
+        table = pd.DataFrame({name: getattr(self, name) for name in self.__dataclass_fields__})
+        table.insert(0, "request", np.arange(len(table)))
+        return table
+
+
+@dataclass
+class StepLog:
+    """One row per engine step (STEP_FIELDS), appended as a tuple; with `detail`, per-request lists
+    (REQUEST_DETAIL_FIELDS, batch row order) and the step-time components of every step."""
+
+    detail: bool = False
+    rows: list = field(default_factory=list)
+    details: list = field(default_factory=list)
+    components: list = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        table = pd.DataFrame.from_records(self.rows, columns=list(STEP_FIELDS))
+        table.insert(0, "step", np.arange(len(table)))
+        if self.detail:
+            for index, name in enumerate(REQUEST_DETAIL_FIELDS):
+                table[name] = [entry[index] for entry in self.details]
+            parts = pd.DataFrame.from_records(self.components).add_prefix("time_")
+            table = pd.concat([table, parts.set_index(table.index)], axis=1)
+        return table
+
+
+def percentiles(values: np.ndarray, prefix: str, weights: np.ndarray | None = None) -> dict:
+    """{prefix_p50: …, prefix_p90: …, prefix_p99: …}; NaN when there are no values."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0 or (weights is not None and np.sum(weights) == 0):
+        return {f"{prefix}_p{q}": float("nan") for q in PERCENTILES}
+    if weights is None:
+        result = np.percentile(values, PERCENTILES)
+    else:
+        result = np.percentile(values, PERCENTILES, weights=weights, method="inverted_cdf")
+    return {f"{prefix}_p{q}": float(v) for q, v in zip(PERCENTILES, result)}
+
+
+def steady_state_window(finish: np.ndarray, trim: int) -> tuple[float, float] | None:
+    """(t0, t1]: from the trim-th to the (N − trim)-th completion; None when that is empty."""
+    times = np.sort(finish)
+    n = len(times)
+    if trim < 1 or n - trim <= trim:
+        return None
+    start, end = float(times[trim - 1]), float(times[n - trim - 1])
+    return (start, end) if end > start else None
+
+
+def throughput(requests: pd.DataFrame, steps: pd.DataFrame, trim: int) -> dict:
+    finish = requests["finish"].to_numpy()
+    makespan = float(np.max(finish) - np.min(requests["arrival"].to_numpy()))
+    decode_tokens = float(requests["decode_tokens"].sum())
+    window = steady_state_window(finish, trim)
+    out = {
+        "makespan_s": makespan,
+        "makespan_tokens_per_s": float(requests["output_len"].sum()) / makespan,
+        "makespan_requests_per_s": len(requests) / makespan,
+        "steady_state": window is not None,
+    }
+    if window is None:
+        out.update(output_tokens_per_s=decode_tokens / makespan, requests_per_s=len(requests) / makespan,
+                   window_start_s=float("nan"), window_end_s=float("nan"))
+        return out
+    start, end = window
+    in_window = (steps["end"] > start) & (steps["end"] <= end)
+    completed = int(np.sum((finish > start) & (finish <= end)))
+    out.update(output_tokens_per_s=float(steps.loc[in_window, "committed"].sum()) / (end - start),
+               requests_per_s=completed / (end - start), window_start_s=start, window_end_s=end)
+    return out
+
+
+def _ratio(numerator: float, denominator: float, empty: float) -> float:
+    return float(numerator) / float(denominator) if denominator else empty
+
+
+def compute_metrics(requests: pd.DataFrame, steps: pd.DataFrame, concurrency: int | None) -> dict:
+    """The measures of one finished simulation (module docstring); `requests` and `steps` are the
+    RequestLog and StepLog frames. `concurrency` None means open loop."""
+    n = len(requests)
+    trim = concurrency if concurrency is not None else int(round(OPEN_LOOP_TRIM * n))
+    decode = steps[steps["batch_size"] > 0]
+    request_steps = requests["decode_steps"].sum()
+    verified = requests["verified_draft"].sum()
+    accepted = requests["accepted_draft"].sum()
+    metrics = throughput(requests, steps, trim)
+    metrics.update(
+        mean_accepted_tokens=_ratio(requests["decode_tokens"].sum(), request_steps, float("nan")),
+        verified_tokens_per_step=_ratio(decode["verify_tokens"].sum(), len(decode), float("nan")),
+        padding_per_step=_ratio(decode["padding"].sum(), len(decode), 0.0),
+        mean_batch_size=_ratio(decode["batch_size"].sum(), len(decode), 0.0),
+        waste=_ratio(verified - accepted, verified, 0.0),
+        draft_time_share=_ratio(steps["draft_time"].sum(), (steps["end"] - steps["start"]).sum(), 0.0),
+        oracle_accepted_depth=_ratio(requests["oracle_depth"].sum(), request_steps, float("nan")),
+        oracle_gap_per_step=_ratio(requests["oracle_depth"].sum() - accepted, request_steps, float("nan")),
+        steps=len(steps),
+        simulated_seconds=float(steps["end"].max()) if len(steps) else 0.0,
+    )
+    metrics.update(_latencies(requests, decode))
+    return metrics
+
+
+def _latencies(requests: pd.DataFrame, decode_steps: pd.DataFrame) -> dict:
+    ttft = requests["first_token"] - requests["arrival"]
+    multi = requests[requests["output_len"] >= 2]
+    tpot = (multi["finish"] - multi["first_token"]) / (multi["output_len"] - 1)
+    e2e = requests["finish"] - requests["arrival"]
+    itl = (decode_steps["end"] - decode_steps["start"]).to_numpy()
+    out = {}
+    out.update(percentiles(ttft.to_numpy(), "ttft"))
+    out.update(percentiles(tpot.to_numpy(), "tpot"))
+    out.update(percentiles(itl, "itl", weights=decode_steps["batch_size"].to_numpy()))
+    out.update(percentiles(e2e.to_numpy(), "e2e"))
+    return out

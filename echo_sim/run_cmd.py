@@ -1,0 +1,121 @@
+"""`echo-sim run`: simulate one policy at one load, and `ar` on the identical workload for the speedup.
+
+    echo-sim run --policy echo --concurrency 64 [--requests N] [--workload sharegpt] [--json]
+
+Defaults are SimConfig's (echo_sim.config), never restated here: an option left out is not passed.
+The knobs shared with `echo-sim sweep` are registered by `add_simulation_arguments(parser, sweep=True)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import replace
+
+from echo_sim.config import ARRIVAL_MODES, SimConfig, config_defaults
+from echo_sim.workload import WORKLOAD_NAMES
+
+# (option, SimConfig field, type, help) shared by run and sweep.
+SHARED_OPTIONS = (
+    ("--requests", "requests", int, "simulated requests"),
+    ("--trace", "trace", str, "acceptance trace file (default: the shipped MT-Bench trace)"),
+    ("--workload", "workload", str, f"prompt/output lengths: {', '.join(WORKLOAD_NAMES)}"),
+    ("--arrival", "arrival", str, f"load model: {', '.join(ARRIVAL_MODES)}"),
+    ("--hardware", "hardware", str, "hardware preset"),
+    ("--model", "model", str, "target model preset"),
+    ("--calibration", "calibration", str, "calibration file replacing the roofline"),
+    ("--max-batch", "max_batch", int, "running requests at most"),
+    ("--kv-capacity", "kv_capacity_tokens", int, "KV-cache tokens (default: the cost preset's)"),
+    ("--prefill-chunk", "prefill_chunk", int, "prompt tokens prefilled per step"),
+)
+# Options only `run` has (the sweep takes lists of these).
+RUN_OPTIONS = (
+    ("--policy", "policy", str, "policy spec, e.g. echo, static:S=5,k=4,N=16"),
+    ("--concurrency", "concurrency", int, "closed-loop clients"),
+    ("--rate", "rate", float, "open-loop Poisson arrivals per second"),
+    ("--seed", "seed", int, "seed of workload sampling, trace mapping and arrivals"),
+)
+SUMMARY = (
+    ("output tokens/s", "output_tokens_per_s", "{:.1f}"), ("speedup vs ar", "speedup_vs_ar", "{:.3f}x"),
+    ("mean accepted tokens", "mean_accepted_tokens", "{:.3f}"),
+    ("verified tokens/step", "verified_tokens_per_step", "{:.1f}"), ("waste", "waste", "{:.1%}"),
+    ("gap to oracle/step", "oracle_gap_per_step", "{:.3f}"), ("draft time share", "draft_time_share", "{:.1%}"),
+    ("TTFT p50", "ttft_p50", "{:.4f} s"), ("TPOT p50", "tpot_p50", "{:.5f} s"), ("TPOT p99", "tpot_p99", "{:.5f} s"),
+    ("steps", "steps", "{}"), ("simulated", "simulated_seconds", "{:.2f} s"),
+    ("acceptance source", "acceptance_source", "{}"), ("cost source", "cost_source", "{}"),
+    ("sim CPU", "sim_cpu_seconds", "{:.2f} s"),
+)
+
+
+def add_simulation_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """Register the SimConfig options (all default to SimConfig's own defaults)."""
+    defaults = config_defaults()
+    options = SHARED_OPTIONS if sweep else RUN_OPTIONS + SHARED_OPTIONS
+    for option, field, kind, text in options:
+        parser.add_argument(option, dest=field, type=kind, default=argparse.SUPPRESS,
+                            help=f"{text} (default: {defaults[field]})")
+    parser.set_defaults(_simulation_options=tuple(field for _, field, _, _ in options))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_simulation_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """A SimConfig from the options given; validated (the sweep fills in the load per point)."""
+    given = {field: getattr(args, field) for field in args._simulation_options if hasattr(args, field)}
+    config = SimConfig(**given)
+    if "policy" in args._simulation_options:
+        return config.validate()
+    config.validate_inputs()
+    from echo_sim.cost import load_cost_model  # an unknown preset fails here, before any output
+
+    load_cost_model(config.hardware, config.model, config.calibration)
+    return config
+
+
+def run_with_baseline(config: SimConfig) -> dict:
+    """Metrics of `config` plus speedup_vs_ar (ar on the same workload, seed and load)."""
+    from echo_sim.engine import simulate
+    from echo_sim.policies.registry import make_policy
+    from echo_sim.traces import read_trace
+
+    policy = make_policy(config.policy)  # an unknown policy fails before any simulation
+    trace = read_trace(config.trace_path())
+    metrics = dict(simulate(config, trace).metrics)
+    if policy.name == "ar":
+        baseline = metrics["output_tokens_per_s"]
+    else:
+        baseline = simulate(replace(config, policy="ar", step_log=False), trace).metrics["output_tokens_per_s"]
+    metrics["speedup_vs_ar"] = metrics["output_tokens_per_s"] / baseline
+    return metrics
+
+
+def json_safe(metrics: dict) -> dict:
+    """NaN and infinities become null, so the output is strict JSON."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+
+
+def format_summary(metrics: dict) -> str:
+    load = (f"concurrency {metrics['concurrency']}" if metrics["arrival"] == "closed"
+            else f"{metrics['arrival']} arrivals" + (f" at {metrics['rate']} req/s" if metrics["rate"] else ""))
+    lines = [f"{metrics['policy']}: {metrics['requests']} requests, {load}, workload {metrics['workload']}, "
+             f"{metrics['hardware']} / {metrics['model']}"]
+    for label, key, pattern in SUMMARY:
+        value = metrics.get(key)
+        shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else pattern.format(value)
+        lines.append(f"  {label:<22} {shown}")
+    if not metrics["steady_state"]:
+        lines.append("  (too few requests for a steady-state window: throughput is over the whole run)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    metrics = run_with_baseline(config_from_args(args))
+    if args.json:
+        print(json.dumps(json_safe(metrics)))
+    else:
+        print(format_summary(metrics))
+    return 0
