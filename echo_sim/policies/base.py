@@ -26,6 +26,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from echo_sim.cost import CostModel
 
 
+# A DraftShape dimension meaning "as much as the trace holds": policies that draft the whole
+# lattice (or start from it) ask for this before they have seen a trace; engines clamp a tree
+# draft to the trace's depth and width (a chain, width 1, replays the spine and is not clamped).
+TRACE_LIMIT = 1 << 16
+
+
 @dataclass(frozen=True)
 class DraftShape:
     """What the drafter grows for the coming step: `depth` levels (S), `width` k per level.

@@ -1,0 +1,84 @@
+"""Calibration of draft confidence: cumulative score -> ĉ, the probability that a node is on-path.
+
+Raw cumulative scores are over-confident at depth; echo ranks nodes by ĉ instead. The curve is
+binned over the cumulative score with a prior (POLICIES.md, echo step 2):
+
+    bin b: n_b verified nodes, h_b of them accepted (a verified node of a prefix-closed selection
+           is accepted iff it is on-path)
+    posterior_b = (h_b + m · centre_b) / (n_b + m)     prior: the raw score itself, weight m
+    values = weighted isotonic (non-decreasing) fit of posterior_b, weights n_b + m
+    ĉ(score) = linear interpolation of values between bin centres (monotone in score)
+
+echo then forces ĉ non-increasing along every path with trees.running_min. The bins are the
+same ones `trace-info`'s calibration table uses (`on_path_table`): log-spaced below 0.05 where
+deep nodes live, 0.05 wide above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BIN_EDGES = np.concatenate(([0.0], np.geomspace(1e-4, 0.05, 8)[:-1], np.linspace(0.05, 1.0, 20)))
+BIN_CENTRES = 0.5 * (BIN_EDGES[:-1] + BIN_EDGES[1:])
+NUM_BINS = len(BIN_CENTRES)
+
+
+def score_bins(score: np.ndarray) -> np.ndarray:
+    """int64 [n]: calibration bin of each cumulative score (bins are left-closed; 1.0 is in the last)."""
+    bins = np.searchsorted(BIN_EDGES, np.asarray(score, dtype=np.float64), side="right") - 1
+    return np.clip(bins, 0, NUM_BINS - 1)
+
+
+def on_path_table(score: np.ndarray, on_path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes int64 [NUM_BINS], on-path nodes int64 [NUM_BINS]) per score bin (trace-info's table)."""
+    bins = score_bins(score)
+    return (
+        np.bincount(bins, minlength=NUM_BINS),
+        np.bincount(bins, weights=np.asarray(on_path, dtype=np.float64), minlength=NUM_BINS).astype(np.int64),
+    )
+
+
+def isotonic_non_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """float [len(values)]: weighted least-squares non-decreasing fit (pool adjacent violators)."""
+    means, masses, sizes = [], [], []
+    for value, weight in zip(np.asarray(values, float), np.asarray(weights, float)):
+        means.append(value), masses.append(weight), sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            mass = masses[-2] + masses[-1]
+            mean = (means[-2] * masses[-2] + means[-1] * masses[-1]) / mass
+            size = sizes[-2] + sizes[-1]
+            del means[-1], masses[-1], sizes[-1]
+            means[-1], masses[-1], sizes[-1] = mean, mass, size
+    return np.repeat(means, sizes)
+
+
+@dataclass
+class CalibrationCurve:
+    """Online, monotone score -> ĉ curve (formula in the module docstring)."""
+
+    prior_weight: float = 10.0
+    nodes: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BINS))
+    hits: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BINS))
+    _values: np.ndarray | None = field(default=None, repr=False)
+
+    def observe(self, score: np.ndarray, accepted: np.ndarray) -> None:
+        """Count verified nodes (their scores) and which of them were accepted."""
+        bins = score_bins(score)
+        self.nodes += np.bincount(bins, minlength=NUM_BINS)
+        self.hits += np.bincount(bins, weights=np.asarray(accepted, dtype=np.float64), minlength=NUM_BINS)
+        self._values = None
+
+    @property
+    def values(self) -> np.ndarray:
+        """float [NUM_BINS]: the fitted ĉ at each bin centre."""
+        if self._values is None:
+            weight = self.nodes + self.prior_weight
+            posterior = (self.hits + self.prior_weight * BIN_CENTRES) / weight
+            self._values = isotonic_non_decreasing(posterior, weight)
+        return self._values
+
+    def __call__(self, score: np.ndarray) -> np.ndarray:
+        """float64 [n]: ĉ of each cumulative score."""
+        return np.interp(score, BIN_CENTRES, self.values)
