@@ -1,6 +1,7 @@
 """`echo-sim trace-info PATH [--json]`: what an acceptance trace holds and what it implies.
 
-Sizes and models; P(draft top-1 = target) (fraction of all positions with draft_rank 0); mean
+Sizes and models; P(draft top-1 = target) (fraction of all positions with draft_rank 0; for a
+chain-only import, whose ranks are absent, the fraction whose spine run is >= 1, the same event); mean
 accepted tokens per verification, bonus included (τ = Σ committed ÷ Σ steps, replay.py) for greedy
 chains k = 1…8 (spine replay) and static trees N = 4…64 (lattice replay); and the calibration
 table (cumulative-score bins vs on-path rate). Chain-only traces have no lattices: their static τ

@@ -216,7 +216,7 @@ class _Locator:
         if not np.any(bad):
             return
         index = int(np.argmax(bad))
-        shown = f" (got {values[index]!r})" if values is not None else ""
+        shown = f" (got {np.asarray(values)[index].item()!r})" if values is not None else ""
         raise self.fail(column, problem + shown, **{level: index})
 
 
@@ -359,6 +359,8 @@ def validate_trace(trace: TraceSet, source: str | None = None) -> None:
 def write_trace(trace: TraceSet, path: str | Path) -> Path:
     """Validate, then write one compressed file atomically (temp file in the same folder + os.replace)."""
     path = Path(path)
+    if path.is_dir():
+        raise TraceError(f"{path}: is a folder; give a file name such as run{TRACE_SUFFIX}")
     validate_trace(trace, source=str(path))
     absent = set(trace.header["absent_columns"])
     try:
