@@ -28,4 +28,182 @@ CONTRACT (fixed; the engine and the policies build against it; the cost work fil
     def load_cost_model(hardware: str = "h200", model: str = "llama-3.1-8b",
                         calibration: str | Path | None = None) -> CostModel
     class CostModelError(ValueError)   unknown preset (lists known ones), bad/NaN calibration file
+
+Additions beyond the contract: `draft_time(..., kv_tokens=0)` (the draft's attention reads the
+cached context too: pass ΣKV when known), `prefill_time`, `describe()`, `kv_capacity_tokens`,
+`prefill_chunk_tokens`, `load_cost_model(..., tp=None)`; `hardware`/`model` default to None,
+meaning h200 / llama-3.1-8b for presets and "whatever the file says" with a calibration.
+
+T_step = T_prefill + T_draft + T_verify + T_overhead. Graph mode: a verify of V tokens runs the
+smallest captured bucket >= V (padding costs like real tokens) and pays one graph replay; a step
+marked eager, or with V above the largest bucket, runs V tokens and pays eager launches. Terms come
+from the roofline (cost_roofline.RooflineTerms) or from a calibration file
+(calibration_file.CalibratedTerms).
 """
+
+from __future__ import annotations
+
+import operator
+from bisect import bisect_left
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from echo_sim.calibration_file import Calibration, CalibratedTerms, load_calibration
+from echo_sim.cost_presets import (CostModelError, HardwareSpec, ModelSpec, load_hardware,
+                                   load_model)
+from echo_sim.cost_roofline import RooflineTerms
+
+__all__ = ["StepShape", "CostModel", "CostModelError", "load_cost_model", "roofline_cost_model",
+           "calibrated_cost_model"]
+
+DEFAULT_HARDWARE, DEFAULT_MODEL = "h200", "llama-3.1-8b"
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What one engine step does (see the CONTRACT above for each field)."""
+
+    batch_size: int
+    verify_tokens: int
+    kv_tokens: int
+    attention_pairs: int
+    draft_depth: int
+    draft_width: int
+    prefill_tokens: int = 0
+    prefill_context: int = 0
+    eager: bool = False
+
+    def __post_init__(self):
+        for f in fields(self)[:-1]:
+            value = getattr(self, f.name)
+            try:
+                if operator.index(value) < 0:
+                    raise CostModelError(f"StepShape.{f.name} = {value}: must be >= 0")
+            except TypeError:
+                raise CostModelError(f"StepShape.{f.name} = {value!r}: must be an integer") from None
+        if self.verify_tokens < self.batch_size:
+            raise CostModelError(f"StepShape: verify_tokens {self.verify_tokens} < batch_size "
+                                 f"{self.batch_size} (every request verifies its root)")
+        if self.batch_size == 0 and (self.verify_tokens or self.draft_depth):
+            raise CostModelError("StepShape: batch_size 0 cannot verify or draft")
+        if self.draft_depth > 0 and self.draft_width < 1:
+            raise CostModelError(f"StepShape.draft_width = {self.draft_width}: must be >= 1 when drafting")
+
+
+class CostModel:
+    """T_step from a set of terms (roofline or calibration), with graph-bucket bookkeeping."""
+
+    def __init__(self, terms, *, graph_buckets, source: str, description: dict,
+                 kv_capacity_tokens: int, prefill_chunk_tokens: int):
+        self.terms = terms
+        self.graph_buckets = tuple(int(b) for b in graph_buckets)
+        self._buckets = np.array(self.graph_buckets, dtype=float)
+        self.source = source
+        self.kv_capacity_tokens = int(kv_capacity_tokens)
+        self.prefill_chunk_tokens = int(prefill_chunk_tokens)
+        self._description = {"source": source, **description}
+
+    def describe(self) -> dict:
+        """What a result record stores about its cost source: source, hardware, model, dtype, tp."""
+        return dict(self._description)
+
+    def graph_bucket(self, verify_tokens: int) -> int | None:
+        i = bisect_left(self.graph_buckets, verify_tokens)
+        return self.graph_buckets[i] if i < len(self.graph_buckets) else None
+
+    def _run_tokens(self, verify_tokens: np.ndarray, eager: bool):
+        """(tokens the forward runs, eager mask). Shape: verify_tokens float [n] -> [n], bool [n]."""
+        if eager or not self.graph_buckets:
+            return verify_tokens, np.ones(verify_tokens.shape, dtype=bool)
+        index = np.searchsorted(self._buckets, verify_tokens, side="left")
+        in_graph = index < len(self._buckets)
+        padded = self._buckets[np.minimum(index, len(self._buckets) - 1)]
+        return np.where(in_graph, padded, verify_tokens), ~in_graph
+
+    def verify_time(self, verify_tokens, batch_size: int, kv_tokens: int, eager: bool = False) -> np.ndarray:
+        """Seconds of verify + per-step overhead for each candidate V (no draft, no prefill).
+
+        Shape: verify_tokens int/float [...] -> float64 [...]. Attention pairs assume V and ΣKV
+        spread evenly over the batch: pairs = V·(ΣKV + V) / bs.
+        """
+        if batch_size < 1 or kv_tokens < 0:
+            raise CostModelError(f"verify_time: batch_size {batch_size} must be >= 1, kv_tokens {kv_tokens} >= 0")
+        requested = np.asarray(verify_tokens, dtype=float)
+        tokens, eager_mask = self._run_tokens(np.atleast_1d(requested).ravel(), eager)
+        pairs = tokens * (kv_tokens + tokens) / batch_size
+        seconds = (self.terms.verify_forward(tokens, batch_size, kv_tokens, pairs)
+                   + self.terms.launch(eager_mask) + self.terms.scheduler(batch_size))
+        return seconds.reshape(requested.shape)
+
+    def draft_time(self, batch_size: int, depth: int, width: int, kv_tokens: int = 0) -> float:
+        """Seconds to draft `depth` levels of `width` for `batch_size` requests (0 when depth is 0)."""
+        if depth < 0 or (depth > 0 and (batch_size < 1 or width < 1)):
+            raise CostModelError(f"draft_time: impossible shape bs={batch_size} depth={depth} width={width}")
+        return float(self.terms.draft(batch_size, depth, width, kv_tokens))
+
+    def prefill_time(self, prefill_tokens: int, prefill_context: int = 0) -> float:
+        """Seconds of one prefill chunk of `prefill_tokens` over `prefill_context` cached tokens."""
+        if prefill_tokens < 0 or prefill_context < 0:
+            raise CostModelError(f"prefill_time: negative tokens ({prefill_tokens}, {prefill_context})")
+        return float(self.terms.prefill(prefill_tokens, prefill_context))
+
+    def components(self, shape: StepShape) -> dict[str, float]:
+        """Seconds of prefill, draft, verify and overhead (scheduler + launch) for one step."""
+        parts = {"prefill": self.prefill_time(shape.prefill_tokens, shape.prefill_context),
+                 "draft": 0.0, "verify": 0.0, "overhead": float(self.terms.scheduler(shape.batch_size))}
+        if shape.batch_size == 0:
+            return parts
+        requested = np.array([float(shape.verify_tokens)])
+        tokens, eager_mask = self._run_tokens(requested, shape.eager)
+        pairs = shape.attention_pairs * tokens / requested  # padding costs like the real tokens
+        parts["draft"] = self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width,
+                                         shape.kv_tokens)
+        parts["verify"] = float(self.terms.verify_forward(tokens, shape.batch_size, shape.kv_tokens, pairs)[0])
+        parts["overhead"] += float(self.terms.launch(eager_mask)[0])
+        return parts
+
+    def step_time(self, shape: StepShape) -> float:
+        return sum(self.components(shape).values())
+
+
+def roofline_cost_model(hardware: HardwareSpec, model: ModelSpec, tp: int | None = None) -> CostModel:
+    """A roofline CostModel from specs (presets, or specs built in code for cross-checks)."""
+    tp = model.tensor_parallel if tp is None else tp
+    terms = RooflineTerms(hardware, model, tp)
+    source = f"preset:{hardware.name}/{model.name}" + ("" if tp == model.tensor_parallel else f"@tp{tp}")
+    description = {"hardware": hardware.name, "model": model.name,
+                   "draft": model.draft.name if model.draft else None, "dtype": model.dtype, "tp": tp}
+    return CostModel(terms, graph_buckets=hardware.graph_buckets, source=source, description=description,
+                     kv_capacity_tokens=terms.kv_capacity_tokens(),
+                     prefill_chunk_tokens=hardware.prefill_chunk_tokens)
+
+
+def calibrated_cost_model(calibration: Calibration) -> CostModel:
+    description = {"hardware": calibration.hardware, "model": calibration.model,
+                   "draft": calibration.draft_model, "dtype": calibration.dtype, "tp": calibration.tp}
+    return CostModel(CalibratedTerms(calibration), graph_buckets=calibration.graph_buckets,
+                     source=f"calibration:{calibration.path}", description=description,
+                     kv_capacity_tokens=calibration.kv_capacity_tokens,
+                     prefill_chunk_tokens=calibration.prefill_chunk_tokens)
+
+
+def load_cost_model(hardware: str | None = None, model: str | None = None,
+                    calibration: str | Path | None = None, tp: int | None = None) -> CostModel:
+    """A preset roofline (defaults h200 / llama-3.1-8b), or a calibration file's fitted model.
+
+    With a calibration, `hardware`, `model` and `tp` may be omitted; if given they must match the
+    file (a mismatch is an error, never silently ignored).
+    """
+    if calibration is None:
+        if tp is not None and tp < 1:
+            raise CostModelError(f"tensor parallel degree {tp} must be >= 1")
+        return roofline_cost_model(load_hardware(hardware or DEFAULT_HARDWARE),
+                                   load_model(model or DEFAULT_MODEL), tp)
+    loaded = load_calibration(calibration)
+    for name, asked, recorded in (("hardware", hardware, loaded.hardware), ("model", model, loaded.model),
+                                  ("tp", tp, loaded.tp)):
+        if asked is not None and asked != recorded:
+            raise CostModelError(f"{calibration}: {name} is {recorded!r}, but {asked!r} was asked for")
+    return calibrated_cost_model(loaded)

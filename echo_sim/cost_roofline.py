@@ -1,0 +1,191 @@
+"""Roofline step-time terms (COST_MODEL.md): every operator costs max(FLOPs / rate, bytes / bandwidth).
+
+Per GPU of a tensor-parallel group, per layer, for a forward over T new tokens:
+
+    dense linears   FLOPs 2·P·T            bytes P (weights, once) + T·(in + out) activations
+    MoE experts     FLOPs 2·T·e·P_e        bytes U(T)·P_e + routed activations,
+                    U(T) = E·(1 − (1 − e/E)^T) distinct experts hit by T tokens
+    attention       FLOPs 4·d_head·heads·pairs, pairs = Σ_r T_r·(KV_r + T_r)
+                    bytes (KV + T)·(K and V bytes per token) + T·(Q and O bytes per token):
+                    the cached KV is read once per request (all tree tokens share a tile)
+    all-reduce      2 per layer when TP > 1: 2·(TP−1)/TP · T·hidden bytes ÷ link + latency
+    LM head         a vocab-parallel linear over the tokens that need logits (+ logits all-gather)
+    fixed           layers × kernels × kernel_floor (minimum duration of every kernel)
+
+Bytes are in the model's dtype; every byte read or written is charged against one bandwidth
+(the measured copy rate, counted read + write). Launch overhead (graph replay vs eager
+launches) is separate: `RooflineTerms.launch`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from echo_sim.cost_presets import CostModelError, HardwareSpec, ModelSpec, NetworkSpec
+
+EXTRA_KERNELS = 4  # per forward outside the layers: embedding, final norm, LM head, argmax
+
+
+class NetworkCost:
+    """Roofline time of one forward of one transformer stack, vectorised over token counts.
+
+    Everything that does not depend on the tokens is precomputed here, once per cost model.
+    """
+
+    def __init__(self, net: NetworkSpec, hw: HardwareSpec, tp: int, bytes_per_param: int):
+        self.net, self.hw, self.tp, self.bpp = net, hw, tp, bytes_per_param
+        self.q_heads = net.num_heads / tp
+        self.kv_heads = math.ceil(net.num_kv_heads / tp)  # replicated when fewer heads than ranks
+        q_out, kv_out = self.q_heads * net.head_dim, 2 * self.kv_heads * net.head_dim
+        h, width = net.hidden_size, net.intermediate_size / tp
+        up_out = (2 if net.gated_mlp else 1) * width
+        # (in, out) per GPU of each dense linear in one layer.
+        shapes = [(net.attention_input_size, q_out + kv_out), (q_out, h)]
+        if net.is_moe:
+            shapes.append((h, net.num_experts))  # router, replicated
+            self.expert_params = (up_out + width) * h
+            self.expert_act = h + up_out + width + h  # per routed token
+        else:
+            shapes += [(h, up_out), (width, h)]
+        self.linear_params = np.array([i * o for i, o in shapes], dtype=float)
+        self.linear_act = np.array([i + o for i, o in shapes], dtype=float)
+        self.kv_bytes_per_token = kv_out * bytes_per_param  # K and V, one layer
+        self.qo_bytes_per_token = 2 * q_out * bytes_per_param
+        self.attention_flops_per_pair = 4 * net.head_dim * self.q_heads
+        self.lm_params = h * net.vocab_size / tp
+        self.layer_kernels = net.kernels_per_layer + (2 if tp > 1 else 0)
+        self.kernel_count = net.num_layers * self.layer_kernels + EXTRA_KERNELS
+        self.fixed_s = self.kernel_count * hw.kernel_floor_s
+
+    def _roofline(self, flops, bytes_moved):
+        return np.maximum(flops / self.hw.matmul_flops_per_s, bytes_moved / self.hw.memory_bytes_per_s)
+
+    def _linear(self, tokens, params, act):
+        """Shape: tokens [n], params/act [ops] -> [n] seconds summed over the ops."""
+        t = tokens[:, None]
+        return self._roofline(2.0 * params * t, (params + t * act) * self.bpp).sum(axis=1)
+
+    def _experts(self, tokens):
+        net = self.net
+        union = net.num_experts * (1.0 - (1.0 - net.experts_per_token / net.num_experts) ** tokens)
+        routed = tokens * net.experts_per_token
+        return self._roofline(2.0 * routed * self.expert_params,
+                              (union * self.expert_params + routed * self.expert_act) * self.bpp)
+
+    def _allreduce(self, tokens):
+        if self.tp == 1:
+            return np.zeros_like(tokens)
+        ring = 2.0 * (self.tp - 1) / self.tp * tokens * self.net.hidden_size * self.bpp
+        return ring / self.hw.link_bytes_per_s + self.hw.allreduce_latency_s
+
+    def _lm_head(self, logits_tokens):
+        out = self._linear(logits_tokens, np.array([self.lm_params]),
+                           np.array([self.net.hidden_size + self.net.vocab_size / self.tp]))
+        if self.tp > 1:  # all-gather of the vocab-parallel logits
+            gathered = (self.tp - 1) / self.tp * logits_tokens * self.net.vocab_size * self.bpp
+            out = out + gathered / self.hw.link_bytes_per_s + self.hw.allreduce_latency_s
+        return out
+
+    def breakdown(self, tokens, kv_tokens, pairs, logits_tokens, with_input_fc=False) -> dict:
+        """Seconds per component for forwards over `tokens` new tokens.
+
+        Shape: tokens, pairs, logits_tokens float [n] (or broadcastable); kv_tokens scalar or [n]:
+        Σ_r KV_r cached tokens read; pairs: Σ_r T_r·(KV_r + T_r) attention pairs;
+        with_input_fc: bool or bool [n], forwards that run EAGLE-3's input fc.
+        """
+        tokens = np.atleast_1d(np.asarray(tokens, dtype=float))
+        layers = self.net.num_layers
+        attention = self._roofline(self.attention_flops_per_pair * np.asarray(pairs, dtype=float),
+                                   (np.asarray(kv_tokens, dtype=float) + tokens) * self.kv_bytes_per_token
+                                   + tokens * self.qo_bytes_per_token)
+        linear = self._linear(tokens, self.linear_params, self.linear_act)
+        parts = {
+            "linear": layers * linear,
+            "experts": layers * self._experts(tokens) if self.net.is_moe else 0.0 * tokens,
+            "attention": layers * attention,
+            "allreduce": layers * 2.0 * self._allreduce(tokens),
+            "lm_head": self._lm_head(np.broadcast_to(np.asarray(logits_tokens, dtype=float), tokens.shape)),
+            "embedding": tokens * self.net.hidden_size * self.bpp / self.hw.memory_bytes_per_s,
+            "fixed": np.full_like(tokens, self.fixed_s),
+        }
+        if self.net.input_fc_size:
+            fc_in, h = self.net.input_fc_size, self.net.hidden_size
+            fc = self._linear(tokens, np.array([fc_in * h]), np.array([fc_in + h]))
+            parts["linear"] = parts["linear"] + np.where(with_input_fc, fc, 0.0)
+        active = tokens > 0
+        return {name: np.where(active, value, 0.0) for name, value in parts.items()}
+
+    def forward(self, tokens, kv_tokens, pairs, logits_tokens, with_input_fc=False):
+        """Seconds [n]: sum of `breakdown`, without launch overhead."""
+        return sum(self.breakdown(tokens, kv_tokens, pairs, logits_tokens, with_input_fc).values())
+
+    def weight_bytes(self) -> float:
+        """Weights held by one GPU (all experts, embedding and LM head)."""
+        net = self.net
+        per_layer = self.linear_params.sum() + (net.num_experts * self.expert_params if net.is_moe else 0)
+        fc = net.input_fc_size * net.hidden_size
+        return (net.num_layers * per_layer + 2 * self.lm_params + fc) * self.bpp
+
+    def kv_cache_bytes_per_token(self) -> float:
+        return self.net.num_layers * self.kv_bytes_per_token
+
+
+class RooflineTerms:
+    """The four terms of T_step from presets: verify forward, launch, draft, prefill, scheduler."""
+
+    def __init__(self, hw: HardwareSpec, model: ModelSpec, tp: int):
+        self.hw, self.model, self.tp = hw, model, tp
+        self.target = NetworkCost(model.target, hw, tp, model.bytes_per_param)
+        self.draft_net = (NetworkCost(model.draft, hw, tp, model.bytes_per_param)
+                          if model.draft is not None else None)
+        self.target_eager_s = self.target.kernel_count * hw.kernel_launch_s
+        self.draft_eager_s = self.draft_net.kernel_count * hw.kernel_launch_s if self.draft_net else 0.0
+
+    def verify_forward(self, tokens, batch_size: int, kv_tokens: float, pairs):
+        """Seconds [n] of the target forward over `tokens` [n] (every token needs logits)."""
+        return self.target.forward(tokens, kv_tokens, pairs, tokens)
+
+    def launch(self, eager):
+        """Seconds [n]: eager launches (layers × kernels × launch latency) or one graph replay."""
+        return np.where(eager, self.target_eager_s, self.hw.graph_launch_s)
+
+    def draft(self, batch_size: int, depth: int, width: int, kv_tokens: float) -> float:
+        """Level 1 over bs tokens (with EAGLE-3's input fc), levels 2..S over bs·k tokens each.
+
+        Each level is one graph-replayed draft forward; its tokens attend to their request's cached
+        context plus the tree drafted so far (pairs ≈ tokens·(KV/bs + level)).
+        """
+        if depth == 0:
+            return 0.0
+        if self.draft_net is None:
+            raise CostModelError(f"model preset {self.model.name!r} has no draft")
+        level = np.arange(1, depth + 1, dtype=float)
+        tokens = np.where(level == 1, batch_size, batch_size * width).astype(float)
+        pairs = tokens * (kv_tokens / batch_size + level)
+        seconds = self.draft_net.forward(tokens, kv_tokens, pairs, tokens, with_input_fc=level == 1)
+        return float(seconds.sum() + depth * self.hw.graph_launch_s)
+
+    def prefill(self, tokens: int, context: int) -> float:
+        """A prompt chunk over its cached prefix, eagerly launched, plus the draft's extend over it."""
+        if tokens == 0:
+            return 0.0
+        pairs = tokens * context + tokens * (tokens + 1) / 2  # causal
+        seconds = self.target.forward(tokens, context, pairs, 1.0)[0] + self.target_eager_s
+        if self.draft_net is not None:
+            seconds += self.draft_net.forward(tokens, context, pairs, 1.0, True)[0] + self.draft_eager_s
+        return float(seconds)
+
+    def scheduler(self, batch_size: int) -> float:
+        return self.hw.scheduler_step_s + self.hw.scheduler_per_request_s * batch_size
+
+    def kv_capacity_tokens(self) -> int:
+        """Tokens of KV (target + draft) that fit beside the weights in kv_memory_fraction of HBM."""
+        nets = [self.target] + ([self.draft_net] if self.draft_net else [])
+        free = self.hw.kv_memory_fraction * self.hw.memory_capacity_bytes - sum(n.weight_bytes() for n in nets)
+        if free <= 0:
+            raise CostModelError(
+                f"model {self.model.name!r} at TP {self.tp} does not fit on {self.hw.name}: "
+                f"weights need {sum(n.weight_bytes() for n in nets) / 1e9:.1f} GB per GPU")
+        return int(free // sum(n.kv_cache_bytes_per_token() for n in nets))
