@@ -21,6 +21,9 @@ ARRIVAL_MODES = ("auto", "closed", "poisson", "replay")
 # 2 (K,V) x 32 layers x 8 KV heads x 128 dims x 2 bytes = 128 KiB; pool = 0.9 (SGLang-style static
 # memory fraction) x 141 GB - 16.1 GB of bf16 weights ~ 110 GB -> ~840k tokens, rounded down.
 DEFAULT_KV_CAPACITY_TOKENS = 800_000
+# Prefill tokens per step when the cost model gives none: SGLang's --chunked-prefill-size default
+# for GPUs with 35-160 GB (server_args.py: H100, H200, A100).
+DEFAULT_PREFILL_CHUNK = 8192
 
 
 class SimConfigError(ValueError):
@@ -49,10 +52,13 @@ class SimConfig:
         seed=0                   workload sampling, trace mapping and arrivals derive from it only
         max_batch=256            running requests (prefilling + decoding); vLLM's long-standing
                                  default max_num_seqs, and the top of the default sweep
-        kv_capacity_tokens=None  KV-cache tokens; None: the cost model's preset (cost.kv_capacity_tokens
-                                 when it provides one), else DEFAULT_KV_CAPACITY_TOKENS
-        prefill_chunk=8192       prompt tokens prefilled per step, mixed into the decode step; SGLang's
-                                 default --chunked-prefill-size for 35–160 GB GPUs (H100, H200, A100)
+        kv_capacity_tokens=None  KV-cache tokens; None: the cost model's (CostModel.kv_capacity_tokens:
+                                 90 % of device memory minus weights, ÷ KV bytes per token; 866,725
+                                 for h200 / llama-3.1-8b), else DEFAULT_KV_CAPACITY_TOKENS
+        prefill_chunk=None       prompt tokens prefilled per step, mixed into the decode step; None:
+                                 the hardware preset's (CostModel.prefill_chunk_tokens, 8192 on h200 =
+                                 SGLang's default --chunked-prefill-size for 35–160 GB GPUs), else
+                                 DEFAULT_PREFILL_CHUNK
         step_log=False           keep per-step records (SimResult.steps) for notebooks
     """
 
@@ -69,7 +75,7 @@ class SimConfig:
     seed: int = 0
     max_batch: int = 256
     kv_capacity_tokens: int | None = None
-    prefill_chunk: int = 8192
+    prefill_chunk: int | None = None
     step_log: bool = False
 
     @property
@@ -131,7 +137,8 @@ class SimConfig:
 
         _check_positive_int("requests", self.requests)
         _check_positive_int("max_batch", self.max_batch)
-        _check_positive_int("prefill_chunk", self.prefill_chunk)
+        if self.prefill_chunk is not None:
+            _check_positive_int("prefill_chunk", self.prefill_chunk)
         if self.kv_capacity_tokens is not None:
             _check_positive_int("kv_capacity_tokens", self.kv_capacity_tokens)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from echo_sim.config import DEFAULT_KV_CAPACITY_TOKENS, SimConfig, SimConfigError
+from echo_sim.config import DEFAULT_KV_CAPACITY_TOKENS, DEFAULT_PREFILL_CHUNK, SimConfig, SimConfigError
 from echo_sim.cost import StepShape
 from echo_sim.metrics import RequestLog, StepLog, compute_metrics
 from echo_sim.policies.base import DraftShape, Outcome, StepContext
@@ -130,10 +130,12 @@ class Simulation:
     """One simulation with its own simpy Environment, policy instance and records: nothing is
     shared with other simulations in the process (tests run two interleaved)."""
 
-    def __init__(self, config: SimConfig, trace: TraceSet, policy, cost, stream: RequestStream,
-                 kv_capacity: int):
+    def __init__(self, config: SimConfig, trace: TraceSet, policy, cost, stream: RequestStream):
         self.config, self.trace, self.policy, self.cost, self.stream = config, trace, policy, cost, stream
-        self.kv_capacity = kv_capacity
+        self.kv_capacity = resolved_limit(config.kv_capacity_tokens, cost, "kv_capacity_tokens",
+                                          DEFAULT_KV_CAPACITY_TOKENS)
+        self.prefill_chunk = resolved_limit(config.prefill_chunk, cost, "prefill_chunk_tokens",
+                                            DEFAULT_PREFILL_CHUNK)
         self.env = simpy.Environment()
         self.requests = RequestLog(stream.prompt_len, stream.output_len, stream.trace_request)
         self.steps = StepLog(detail=config.step_log)
@@ -218,24 +220,26 @@ class Simulation:
         draft nodes its policy selected, so the target forward verifies V = Σ_r (1 + n_r) tokens
         (plus graph-bucket padding), and commits its accepted depth + 1 (the bonus token), never
         beyond its output length: committed_r = min(a_r + 1, L_r − t_r). The step's prefill chunk
-        shares the forward. Everything is decided at the step's start; time passes
-        (cost.step_time); then tokens are committed, the policy observes, finished requests leave.
+        shares the forward. Everything is decided at the step's start; time passes (T_step = the
+        sum of the cost model's prefill, draft, verify and overhead components, COST_MODEL.md);
+        then tokens are committed, the policy observes, finished requests leave.
         """
         start = self.env.now
         chunks = self._plan_prefill()
         plan = self._plan_decode() if self._batch.size else None
         shape = self._step_shape(plan, chunks)
-        yield self.env.timeout(self.cost.step_time(shape))
+        parts = self.cost.components(shape)
+        yield self.env.timeout(sum(parts.values()))
         if plan is not None:
             self.policy.observe(Outcome(plan.lattices, plan.selection, plan.accepted, plan.accepted_depth))
-        self._record(start, shape, plan)
+        self._record(start, shape, plan, parts)
         if plan is not None:
             self._commit_decode(plan)
         self._commit_prefill(chunks)
 
     def _plan_prefill(self) -> list[tuple[list[int], int, int]]:
         """(entry, tokens this step, tokens already cached) for each prefilling request served."""
-        budget, chunks = self.config.prefill_chunk, []
+        budget, chunks = self.prefill_chunk, []
         for entry in self._prefilling:
             if budget == 0:
                 break
@@ -328,10 +332,8 @@ class Simulation:
 
     # ------------------------------------------------------------------------------ records
 
-    def _record(self, start: float, shape: StepShape, plan: DecodePlan | None) -> None:
-        draft_time = 0.0
-        if shape.batch_size and shape.draft_depth:
-            draft_time = float(self.cost.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width))
+    def _record(self, start: float, shape: StepShape, plan: DecodePlan | None, parts: dict) -> None:
+        draft_time = float(parts.get("draft", 0.0))
         if plan is None:
             self.steps.rows.append((start, self.env.now, 0, shape.prefill_tokens, 0, 0, 0, np.nan, False,
                                     0, 0, 0, 0, 0, draft_time, 0))
@@ -345,7 +347,7 @@ class Simulation:
                 shape.kv_tokens, draft_time, int(plan.oracle_depth.sum()),
             ))
         if self.steps.detail:
-            self.steps.components.append(dict(self.cost.components(shape)))
+            self.steps.components.append(dict(parts))
             self.steps.details.append(self._detail(plan))
 
     def _detail(self, plan: DecodePlan | None) -> tuple[list, ...]:
@@ -375,7 +377,7 @@ class Simulation:
             "arrival": config.arrival_mode, "workload": config.workload, "seed": config.seed,
             "requests": self.stream.num_requests, "hardware": config.hardware, "model": config.model,
             "max_batch": config.max_batch, "kv_capacity_tokens": self.kv_capacity,
-            "prefill_chunk": config.prefill_chunk, "acceptance_source": source,
+            "prefill_chunk": self.prefill_chunk, "acceptance_source": source,
             "cost_source": str(self.cost.source),
         }
 
@@ -405,13 +407,12 @@ class SimResult:
     steps: pd.DataFrame | None = None
 
 
-def kv_capacity(config: SimConfig, cost) -> int:
-    """config.kv_capacity_tokens, else the cost model's (when it has one), else the default."""
-    if config.kv_capacity_tokens is not None:
-        return int(config.kv_capacity_tokens)
-    from_cost = getattr(cost, "kv_capacity_tokens", None)
-    value = from_cost() if callable(from_cost) else from_cost
-    return int(value) if value else DEFAULT_KV_CAPACITY_TOKENS
+def resolved_limit(configured: int | None, cost, cost_attribute: str, fallback: int) -> int:
+    """The config's value, else the cost model's (presets carry one), else the documented fallback."""
+    if configured is not None:
+        return int(configured)
+    from_cost = getattr(cost, cost_attribute, None)
+    return int(from_cost) if from_cost else fallback
 
 
 def build_simulation(config: SimConfig, trace: TraceSet | None = None, policy=None, cost=None) -> Simulation:
@@ -432,7 +433,7 @@ def build_simulation(config: SimConfig, trace: TraceSet | None = None, policy=No
         policy = make_policy(config.policy)
     stream = build_stream(config.workload, config.requests, config.seed, trace.prompt_len,
                           trace.output_len, config.arrival_mode, config.rate)
-    return Simulation(config, trace, policy, cost, stream, kv_capacity(config, cost))
+    return Simulation(config, trace, policy, cost, stream)
 
 
 def simulate(config: SimConfig, trace: TraceSet | None = None) -> SimResult:

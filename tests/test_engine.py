@@ -30,10 +30,10 @@ class ConstantCost:
         self.shapes = []
 
     def step_time(self, shape) -> float:
-        self.shapes.append(shape)
-        return 1.0 + self.per_prefill_token * shape.prefill_tokens
+        return sum(self.components(shape).values())
 
     def components(self, shape) -> dict:
+        self.shapes.append(shape)
         return {"overhead": 1.0, "prefill": self.per_prefill_token * shape.prefill_tokens}
 
     def verify_time(self, verify_tokens, batch_size, kv_tokens, eager=False):
@@ -68,13 +68,13 @@ class SelectNone(SelectAll):
 
 
 def make_simulation(trace, prompt, output, cost, policy=None, **config) -> Simulation:
+    config.setdefault("kv_capacity_tokens", 10**9)
     """A closed-loop simulation over an explicit stream (request i replays trace request i % R)."""
     prompt = np.asarray(prompt, dtype=np.int64)
     stream = RequestStream("test", prompt, np.asarray(output, dtype=np.int64),
                            np.arange(len(prompt)) % trace.num_requests)
     config = SimConfig(**{"concurrency": len(prompt), **config})
-    return Simulation(config, trace, policy or SelectNone(), cost, stream,
-                      config.kv_capacity_tokens or 10**9)
+    return Simulation(config, trace, policy or SelectNone(), cost, stream)
 
 
 @pytest.fixture(scope="module")
@@ -137,20 +137,24 @@ def test_closed_loop_keeps_concurrency_clients(trace):
     assert np.allclose(np.sort(log["arrival"].to_numpy())[2:], finishes[:4])
 
 
-def test_select_all_accepts_the_on_path_depth(trace):
-    # verifying every node accepts exactly the lattice's on-path depth at each step
-    sim = make_simulation(trace, [10], [int(trace.output_len[0])], ConstantCost(), policy=SelectAll(),
-                          step_log=True).run()
+@pytest.mark.parametrize("output_len", [None, 31])
+def test_select_all_accepts_the_on_path_depth(trace, output_len):
+    # verifying every node accepts exactly the lattice's on-path depth at each step; an output
+    # longer than the trace request (31 > L) reads position t mod L
+    length = int(trace.output_len[0])
+    output_len = output_len or length
+    sim = make_simulation(trace, [10], [output_len], ConstantCost(), policy=SelectAll(), step_log=True).run()
     steps = sim.result().steps
     decode = steps[steps["batch_size"] > 0]
     assert decode["accepted"].tolist() == decode["oracle_depth"].tolist()
     position, expected = 1, []
-    while position < trace.output_len[0]:  # walk the trace by hand: depth = on-path nodes at t
-        lattice = trace.lattice_batch(np.array([position]), max_depth=3)
+    while position < output_len:  # walk the trace by hand: depth = on-path nodes at t mod L
+        lattice = trace.lattice_batch(np.array([position % length]), max_depth=3)
         depth = int(lattice.on_path.sum())
         expected.append(depth)
-        position += depth + 1
+        position += min(depth + 1, output_len - position)
     assert decode["accepted"].tolist() == expected
+    assert sim.result().requests["decode_tokens"].iloc[0] == output_len - 1
 
 
 def test_on_path_depth_and_selected_extent_hand_built():
