@@ -1,0 +1,233 @@
+"""echo (gate, calibration, budget, super-tree top-B, bucketing, adaptive depth) against references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from echo_sim.policies import DraftShape, make_policy
+from echo_sim.policies.calibration import (
+    BIN_CENTRES,
+    BIN_EDGES,
+    CalibrationCurve,
+    isotonic_non_decreasing,
+    on_path_table,
+)
+from echo_sim.policies.echo import goodput_budget
+from echo_sim.trees import LatticeBatch, is_prefix_closed
+from test_policies_support import FakeCost, context, full_lattices, lattice, run_step
+
+
+def ancestors_and_self(lattices: LatticeBatch, node: int) -> list[int]:
+    base = lattices.offsets[np.searchsorted(lattices.offsets, node, side="right") - 1]
+    path = [node]
+    while lattices.parent[path[-1]] >= 0:
+        path.append(int(base + lattices.parent[path[-1]]))
+    return path
+
+
+def gated_in(lattices: LatticeBatch, gate_value: np.ndarray, tau: float) -> np.ndarray:
+    """Brute force: the node and all its ancestors pass the gate."""
+    return np.array([all(gate_value[a] >= tau for a in ancestors_and_self(lattices, i))
+                     for i in range(lattices.num_nodes)], dtype=bool)
+
+
+def brute_force_supertree(lattices: LatticeBatch, confidence, eligible, budget: int) -> np.ndarray:
+    rows = lattices.request_of_node()
+    order = sorted(np.flatnonzero(eligible), key=lambda i: (-confidence[i], -float(lattices.score[i]),
+                                                            int(lattices.depth[i]), int(rows[i]), i))
+    chosen = np.zeros(lattices.num_nodes, dtype=bool)
+    chosen[order[:budget]] = True
+    return chosen
+
+
+SPECS = st.sampled_from([
+    "echo", "echo:budget=fixed", "echo:gate_on=conditional", "echo:calibration=off", "echo:bucketing=off",
+    "echo:gate=off,budget=fixed,N=4", "echo:tau=0.05,bucketing=off", "echo:tau=0.5,gate_on=conditional",
+])
+
+
+@settings(max_examples=30, deadline=None)
+@given(spec=SPECS, seed=st.integers(0, 10_000), bs=st.integers(1, 24), steps=st.integers(1, 4))
+def test_echo_selection_is_prefix_closed_gated_and_budgeted(spec, seed, bs, steps):
+    policy = make_policy(spec)
+    cost = FakeCost(graph_buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+    for step in range(steps):  # later steps run on a calibration curve that has seen outcomes
+        lattices = full_lattices(seed + step, bs, width=3, depth=4)
+        selection, _ = run_step(policy, lattices, context(lattices, cost))
+    nodes = selection.nodes
+    assert is_prefix_closed(lattices, nodes)
+    gate = lattices.cond_prob if policy.gate_on == "conditional" else lattices.score
+    eligible = gated_in(lattices, gate, policy.tau) if policy.gate else np.ones(lattices.num_nodes, bool)
+    assert not np.any(nodes & ~eligible)  # nothing below τ, nor under a node below τ
+    count, verify = int(nodes.sum()), bs + int(nodes.sum()) + selection.padding
+    if policy.bucketing and not selection.eager:
+        assert verify == cost.graph_bucket(bs + min(selection.budget, int(eligible.sum())))
+        assert selection.padding == 0 or count == int(eligible.sum())  # pad only when the gate ran dry
+    else:
+        assert selection.padding == 0 and count == min(selection.budget, int(eligible.sum()))
+        assert selection.eager == (verify not in cost.graph_buckets)
+    if policy.budget == "fixed":
+        assert selection.budget == bs * (policy.N - 1)
+
+
+def test_fixed_budget_is_bs_times_N_minus_1_when_enough_nodes_pass():
+    lattices = full_lattices(1, 10, width=4, depth=6)
+    selection = make_policy("echo:budget=fixed,gate=off,bucketing=off").select(lattices, context(lattices))
+    assert selection.budget == 10 * 15 and selection.nodes.sum() == 150
+    assert gated_in(lattices, lattices.score, 0.05).sum() >= 30  # enough gated-in nodes for B = 30
+    selection = make_policy("echo:budget=fixed,N=4,bucketing=off,tau=0.05").select(lattices, context(lattices))
+    assert selection.budget == 30 and selection.nodes.sum() == 30
+
+
+@pytest.mark.parametrize("gate_on", ["cumulative", "conditional"])
+def test_super_tree_is_the_global_top_B_of_gated_nodes(gate_on):
+    lattices = full_lattices(2, 12, width=4, depth=5)
+    policy = make_policy(f"echo:gate_on={gate_on},calibration=off,budget=fixed,N=5,bucketing=off")
+    selection = policy.select(lattices, context(lattices))
+    gate = lattices.cond_prob if gate_on == "conditional" else lattices.score
+    eligible = gated_in(lattices, gate, 0.2)
+    expected = brute_force_supertree(lattices, lattices.score.astype(float), eligible, 12 * 4)
+    assert np.array_equal(selection.nodes, expected)
+    per_request = np.bincount(lattices.request_of_node()[selection.nodes], minlength=12)
+    assert per_request.min() != per_request.max()  # the depth/width pivot: trees differ by request
+
+
+def test_calibrated_ranking_matches_a_brute_force_running_min():
+    policy = make_policy("echo:budget=fixed,N=6,bucketing=off,gate=off")
+    for seed in range(6):  # let the curve learn
+        lattices = full_lattices(seed, 16, width=4, depth=5, agreement=0.5)
+        run_step(policy, lattices, context(lattices))
+    raw = policy.curve(lattices.score)
+    confidence = np.array([min(raw[a] for a in ancestors_and_self(lattices, i)) for i in range(lattices.num_nodes)])
+    selection = policy.select(lattices, context(lattices))
+    expected = brute_force_supertree(lattices, confidence, np.ones(lattices.num_nodes, bool), 16 * 5)
+    assert np.array_equal(selection.nodes, expected)
+
+
+def test_conditional_gate_cuts_whole_subtrees():
+    # node 1 fails its own probability (0.5·0.1 / 0.5) though its child has cond 1.0
+    lattices = lattice([[(-1, 0.5, True), (0, 0.05, True), (1, 0.05, True), (0, 0.45, False)]])
+    policy = make_policy("echo:gate_on=conditional,tau=0.2,calibration=off,budget=fixed,bucketing=off")
+    selection = policy.select(lattices, context(lattices))
+    assert list(np.flatnonzero(selection.nodes)) == [0, 3]
+
+
+def brute_force_budget(confidence, bs, cost, draft_seconds, bucketing):
+    values = np.sort(confidence)[::-1]
+    best, best_rate = 0, -1.0
+    for budget in range(len(values) + 1):
+        bucket = cost.graph_bucket(bs + budget)
+        graph = bucketing and bucket is not None
+        tokens = bucket if graph else bs + budget
+        filled = min(tokens - bs, len(values))
+        eager = not graph and (bucketing or tokens not in cost.graph_buckets)
+        seconds = float(cost.verify_time([tokens], bs, 0, eager=eager)[0]) + draft_seconds
+        rate = (bs + values[:filled].sum()) / seconds
+        if rate > best_rate:
+            best, best_rate = (tokens - bs if graph else budget), rate
+    return best
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 1000), bs=st.integers(1, 40), n=st.integers(0, 300), knee=st.sampled_from([0, 64, 10**6]),
+       bucketing=st.booleans(), buckets=st.sampled_from([(1, 2, 4, 8), (4, 16, 64, 256, 1024), (8, 32)]))
+def test_goodput_budget_is_the_exhaustive_argmax(seed, bs, n, knee, bucketing, buckets):
+    confidence = np.random.default_rng(seed).random(n) ** 2
+    cost = FakeCost(knee=knee, per_token=1e-4, graph_buckets=buckets)
+    got = goodput_budget(confidence, bs, 0, 3e-3, cost, bucketing)
+    assert got == brute_force_budget(confidence, bs, cost, 3e-3, bucketing)
+
+
+def test_budget_grows_when_verify_is_flat_and_shrinks_when_tokens_cost_compute():
+    lattices = full_lattices(3, 64, width=4, depth=6)
+
+    def budget(cost, bucketing="off"):
+        policy = make_policy(f"echo:gate=off,bucketing={bucketing}")
+        return policy.select(lattices, context(lattices, cost)).budget
+
+    assert budget(FakeCost(knee=10**6)) == lattices.num_nodes  # memory-bound: every node is free
+    per_token = [1e-6, 1e-5, 1e-4, 1e-3]  # compute-bound from the first token, ever dearer
+    for bucketing in ("on", "off"):
+        budgets = [budget(FakeCost(knee=0, per_token=p, eager_extra=0.0), bucketing) for p in per_token]
+        assert all(a > b for a, b in zip(budgets, budgets[1:-1])) and budgets[-1] <= budgets[-2]
+        assert budgets[0] > 10 * 64 and budgets[-1] == 0  # deep trees when cheap, plain decoding when dear
+
+
+def test_bucketing_pads_fills_and_goes_eager_above_the_largest_bucket():
+    lattices = full_lattices(4, 6, width=4, depth=6)
+    spec = "echo:budget=fixed,N=3,calibration=off,gate=off"
+    few = make_policy(spec).select(lattices, context(lattices, FakeCost(graph_buckets=(8, 32, 64))))
+    assert (few.nodes.sum(), few.padding, few.eager) == (32 - 6, 0, False)  # V = 18 -> filled to 32
+    above = make_policy(spec).select(lattices, context(lattices, FakeCost(graph_buckets=(8, 16))))
+    assert (above.nodes.sum(), above.padding, above.eager) == (12, 0, True)
+    ragged = make_policy(spec + ",bucketing=off").select(lattices, context(lattices, FakeCost(graph_buckets=(8, 32))))
+    assert (ragged.nodes.sum(), ragged.padding, ragged.eager) == (12, 0, True)
+    gated = lattice([[(-1, 0.9, True), (0, 0.5, True), (-1, 0.1, False)]] * 3)  # 2 gated-in nodes each
+    padded = make_policy("echo:budget=fixed,calibration=off").select(gated, context(gated, FakeCost(graph_buckets=(16,))))
+    assert (padded.nodes.sum(), padded.padding, padded.eager) == (6, 16 - 3 - 6, False)
+
+
+def test_adaptive_depth_follows_the_deepest_selected_node_of_the_last_4_steps():
+    policy = make_policy("echo:budget=fixed,N=2,calibration=off")
+    cost = FakeCost()
+    deepest = []
+    for seed in range(12):
+        lattices = full_lattices(seed, 3, width=3, depth=6).truncate_depth(min(policy.draft.depth, 6))
+        selection, _ = run_step(policy, lattices, context(lattices, cost, draft=DraftShape(lattices.max_depth, 3)))
+        deepest.append(int(lattices.depth[selection.nodes].max()) if selection.nodes.any() else 0)
+        assert policy.draft.depth == min(6, 1 + max(deepest[-4:]))
+    assert min(deepest) <= 1  # N = 2 keeps trees shallow, so the draft depth really adapted
+    fixed = make_policy("echo:adaptive_depth=off,S_max=4")
+    lattices = full_lattices(0, 3, width=3, depth=6)
+    fixed.select(lattices, context(lattices))
+    assert fixed.draft == DraftShape(4, 3)
+
+
+def test_same_history_gives_the_same_selections():
+    runs = []
+    for _ in range(2):
+        policy, record = make_policy("echo"), []
+        for seed in range(5):
+            lattices = full_lattices(seed, 20, width=4, depth=6)
+            selection, _ = run_step(policy, lattices, context(lattices))
+            record.append((selection.nodes.tobytes(), selection.padding, selection.budget, policy.draft))
+        runs.append(record)
+    assert runs[0] == runs[1]
+
+
+def test_isotonic_fit_against_hand_computed_cases():
+    assert np.allclose(isotonic_non_decreasing([1, 3, 2], [1, 1, 1]), [1, 2.5, 2.5])
+    assert np.allclose(isotonic_non_decreasing([3, 2, 1], [1, 1, 1]), [2, 2, 2])
+    assert np.allclose(isotonic_non_decreasing([2, 1], [1, 3]), [1.25, 1.25])
+    assert np.allclose(isotonic_non_decreasing([0.1, 0.5, 0.4, 0.9], [1, 1, 3, 1]), [0.1, 0.425, 0.425, 0.9])
+
+
+def test_calibration_curve_learns_from_outcomes_and_stays_monotone():
+    curve = CalibrationCurve(prior_weight=10.0)
+    assert np.allclose(curve(BIN_CENTRES), BIN_CENTRES)  # no data: the raw score
+    curve.observe(np.full(1000, 0.9), np.zeros(1000, bool))  # confident drafts that always miss
+    assert curve(np.array([0.9]))[0] < 0.1
+    assert np.all(np.diff(curve.values) >= 0)
+    curve.observe(np.full(1000, 0.3), np.ones(1000, bool))  # humble drafts that always hit
+    assert np.all(np.diff(curve.values) >= 0) and curve(np.array([0.3]))[0] > 0.3
+
+
+def test_on_path_table_counts_each_bin():
+    rng = np.random.default_rng(0)
+    score, on_path = rng.random(500) ** 3, rng.random(500) < 0.4
+    nodes, hits = on_path_table(score, on_path)
+    for b in range(len(BIN_CENTRES)):
+        upper = BIN_EDGES[b + 1] if b < len(BIN_CENTRES) - 1 else np.inf
+        inside = (score >= BIN_EDGES[b]) & (score < upper)
+        assert nodes[b] == inside.sum() and hits[b] == (inside & on_path).sum()
+
+
+def test_echo_learns_only_with_calibration_on():
+    lattices = full_lattices(5, 8)
+    learning, frozen = make_policy("echo"), make_policy("echo:calibration=off")
+    for policy in (learning, frozen):
+        run_step(policy, lattices, context(lattices))
+    assert learning.curve.nodes.sum() > 0 and frozen.curve.nodes.sum() == 0
