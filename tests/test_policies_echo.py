@@ -17,7 +17,7 @@ from echo_sim.policies.calibration import (
 )
 from echo_sim.policies.echo import goodput_budget
 from echo_sim.trees import LatticeBatch, is_prefix_closed
-from test_policies_support import FakeCost, context, full_lattices, lattice, run_step
+from test_policies_support import FakeCost, context, full_lattices, lattice, random_lattices, run_step
 
 
 def ancestors_and_self(lattices: LatticeBatch, node: int) -> list[int]:
@@ -50,12 +50,14 @@ SPECS = st.sampled_from([
 
 
 @settings(max_examples=30, deadline=None)
-@given(spec=SPECS, seed=st.integers(0, 10_000), bs=st.integers(1, 24), steps=st.integers(1, 4))
-def test_echo_selection_is_prefix_closed_gated_and_budgeted(spec, seed, bs, steps):
+@given(spec=SPECS, seed=st.integers(0, 10_000), bs=st.integers(1, 24), steps=st.integers(1, 4),
+       frontier_only=st.booleans())
+def test_echo_selection_is_prefix_closed_gated_and_budgeted(spec, seed, bs, steps, frontier_only):
     policy = make_policy(spec)
     cost = FakeCost(graph_buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+    build = random_lattices if frontier_only else full_lattices  # testing.random_trace keeps k per level
     for step in range(steps):  # later steps run on a calibration curve that has seen outcomes
-        lattices = full_lattices(seed + step, bs, width=3, depth=4)
+        lattices = build(seed + step, bs, width=3, depth=4)
         selection, _ = run_step(policy, lattices, context(lattices, cost))
     nodes = selection.nodes
     assert is_prefix_closed(lattices, nodes)

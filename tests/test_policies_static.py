@@ -137,3 +137,14 @@ def test_same_inputs_give_the_same_selection(name):
     second = make_policy(name).select(lattices, context(lattices))
     assert np.array_equal(first.nodes, second.nodes)
     assert (first.padding, first.eager, first.budget) == (second.padding, second.eager, second.budget)
+
+
+@pytest.mark.parametrize("name", ["ar", "static", "static-chain", "static-adaptive", "dynamic", "goodput", "echo",
+                                  "oracle", "echo:bucketing=off"])
+def test_an_empty_batch_verifies_nothing(name):
+    empty = concat(full_lattices(0, 1, width=2, depth=2))
+    empty = LatticeBatch(**{**empty.__dict__, "offsets": np.zeros(1, np.int64), "spine_run": np.zeros(0, np.int32),
+                            **{k: getattr(empty, k)[:0] for k in ("token", "parent", "depth", "cond_prob",
+                                                                   "score", "on_path")}})
+    selection, _ = run_step(make_policy(name), empty, context(empty))
+    assert selection.padding == 0 and not selection.nodes.any() and selection.draft_tokens_per_request(empty).sum() == 0

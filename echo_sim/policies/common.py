@@ -84,6 +84,8 @@ def executed_shape(graph_buckets, verify_tokens: np.ndarray, bucketing: bool = T
     slot = np.searchsorted(buckets, verify_tokens)  # smallest bucket >= V
     bucket = buckets[np.minimum(slot, len(buckets) - 1)]
     fits = slot < len(buckets)
+    fits |= verify_tokens == 0  # an empty step runs nothing: no bucket, no eager launches
+    bucket = np.where(verify_tokens == 0, 0, bucket)
     if bucketing:
         return np.where(fits, bucket, verify_tokens), ~fits
     return verify_tokens.copy(), ~(fits & (bucket == verify_tokens))

@@ -38,17 +38,15 @@ from echo_sim.trees import ROOT_PARENT, LatticeBatch, propagate_all, running_min
 DEPTH_WINDOW = 4  # steps of selected depth that the next draft depth looks back on
 
 
-class ParentLinks:
-    """Child -> parent pairs of a batch, gathered once per step for cheap monotonicity checks."""
+def parent_links(lattices: LatticeBatch, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(child, parent) flat indices of the masked nodes that are not children of the root.
 
-    def __init__(self, lattices: LatticeBatch) -> None:
-        parent = lattices.global_parent()
-        self.child = np.flatnonzero(parent != ROOT_PARENT)
-        self.parent = parent[self.child]
-
-    def non_increasing(self, values: np.ndarray) -> bool:
-        """True when no node's value exceeds its parent's."""
-        return bool(np.all(values[self.child] <= values[self.parent]))
+    Shape: both int64 [number of such nodes]. Gathering only the masked nodes keeps the step's
+    monotonicity checks as small as the gated set.
+    """
+    child = np.flatnonzero(mask & (lattices.parent != ROOT_PARENT))
+    request = np.searchsorted(lattices.offsets, child, side="right") - 1
+    return child, lattices.parent[child] + lattices.offsets[request]
 
 
 def top_values(values: np.ndarray, count: int) -> np.ndarray:
@@ -131,10 +129,16 @@ class EchoPolicy(KnobbedPolicy):
     def select(self, lattices: LatticeBatch, context: StepContext) -> Selection:
         require_confidences(self.name, lattices)
         self.trace_shape = DraftShape(context.trace_depth, context.trace_width)
-        descends = ParentLinks(lattices)
         gate_value, threshold = self._gate(lattices)
-        eligible = self._eligible(lattices, descends, gate_value, threshold)
-        confidence = self._confidence(lattices, descends, eligible)
+        passed = gate_value >= threshold
+        child, parent = parent_links(lattices, passed)
+        # A plain threshold is the gate when the passing set is closed under "parent of", as it is
+        # for cumulative scores (they never increase along a path); otherwise propagate it.
+        eligible = passed if np.all(passed[parent]) else propagate_all(lattices, passed)
+        confidence = self._confidence(lattices, eligible)
+        # ĉ must not increase along a path; running_min forces it where the curve did not already.
+        if not np.all(confidence[child] <= confidence[parent]):
+            confidence = running_min(lattices, confidence)
         budget = self._budget(confidence[eligible], lattices.batch_size, context)
         fill, padding, eager = self._fit_bucket(budget, int(eligible.sum()), lattices.batch_size, context)
         nodes = supertree_select(lattices, confidence, gate_value, threshold, fill)
@@ -151,20 +155,13 @@ class EchoPolicy(KnobbedPolicy):
             return lattices.score, -np.inf
         return (lattices.score if self.gate_on == "cumulative" else lattices.cond_prob), self.tau
 
-    def _eligible(self, lattices, descends, gate_value, threshold) -> np.ndarray:
-        """bool [n]: passes the gate with all its ancestors (a plain threshold when the gate
-        value already never increases along paths, as cumulative scores do)."""
-        passed = gate_value >= threshold
-        return passed if descends.non_increasing(gate_value) else propagate_all(lattices, passed)
-
-    def _confidence(self, lattices, descends, eligible) -> np.ndarray:
-        """float64 [n]: ĉ on eligible nodes (0 elsewhere: never selected), non-increasing along paths."""
+    def _confidence(self, lattices: LatticeBatch, eligible: np.ndarray) -> np.ndarray:
+        """float64 [n]: ĉ on eligible nodes (0 elsewhere: they are never selected)."""
         if not self.calibration:
             return lattices.score.astype(np.float64)
         confidence = np.zeros(lattices.num_nodes)
         confidence[eligible] = self.curve(lattices.score[eligible])
-        # running_min is the identity when the curve kept paths monotone; apply it only if not.
-        return confidence if descends.non_increasing(confidence) else running_min(lattices, confidence)
+        return confidence
 
     def _budget(self, eligible_confidence: np.ndarray, bs: int, context: StepContext) -> int:
         if self.budget == "fixed":
