@@ -1,7 +1,7 @@
 """Random but valid acceptance traces for tests (hypothesis strategies and unit tests share it).
 
 The lattices follow TRACES.md's growth rule (level 1: k children of the root; each next level: the
-k best of the frontier's k² children by cumulative score), with random draft probabilities and a
+k² children of the k best nodes of the previous level by cumulative score, all stored), with random draft probabilities and a
 target path that agrees with the draft's top choice with probability `agreement`.
 """
 
@@ -39,19 +39,18 @@ def _grow_lattice(rng, y, t, k, depth, vocab, agreement):
             return False
         return parents[index] == -1 or on_path_of(parents[index])
 
-    frontier = children(-1, 0, 1.0, True)
+    # Every candidate is stored (k at level 1, k² below); only the k best by score are expanded.
+    level_nodes = children(-1, 0, 1.0, True)
     for level in range(1, depth + 1):
         base = len(tokens)
-        for tok, par, dep, cond, score in frontier:
+        for tok, par, dep, cond, score in level_nodes:
             tokens.append(tok), parents.append(par), depths.append(dep), conds.append(cond), scores.append(score)
         if level == depth:
             break
-        candidates = []
-        for i in range(base, len(tokens)):
-            candidates += children(i - 0, depths[i], scores[i], on_path_of(i))
-        candidates.sort(key=lambda c: -c[4])
-        frontier = candidates[:k]
-        # local parent indices are positions in this lattice
+        frontier = sorted(range(base, len(tokens)), key=lambda i: -scores[i])[:k]
+        level_nodes = []
+        for i in frontier:
+            level_nodes += children(i, depths[i], scores[i], on_path_of(i))
     on_path = [on_path_of(i) for i in range(len(tokens))]
     return tokens, parents, depths, conds, scores, on_path
 
