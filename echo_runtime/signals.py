@@ -1,0 +1,98 @@
+"""Where a runtime step's lattices and acceptance come from (ARCHITECTURE.md "Signals").
+
+- `ModelSignals`: real speculative decoding. The policy sees the lattices the draft model grew;
+  acceptance is the greedy walk over the target's argmax. Output = the target's greedy output.
+- `TraceSignals`: timing-only runs with random weights of real shapes. The forwards are real (same
+  shapes: the draft grows a lattice of the same k and S, the target verifies the selected tree),
+  but the policy sees the trace's lattice at the request's position and acceptance is the trace's
+  (TRACES.md replay semantics), exactly as in the simulator.
+
+Both give the engine, per request, the lattice arrays to build the verified tree from and the
+accepted verify-local path plus bonus token; the engine does the rest identically.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from echo_runtime.draft_tree import Lattice, empty_lattice, lattice_batch
+from echo_runtime.verify import VerifyTree, greedy_walk
+from echo_sim.policies.base import Selection
+from echo_sim.traces import TraceSet
+from echo_sim.trees import LatticeBatch, accepted_nodes
+
+
+def _local_arrays(lattices: LatticeBatch, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    span = slice(int(lattices.offsets[row]), int(lattices.offsets[row + 1]))
+    return lattices.token[span], lattices.parent[span], lattices.depth[span]
+
+
+class ModelSignals:
+    """Lattices from the draft model, acceptance from the target's argmax."""
+
+    uses_trace = False
+
+    def first_token(self, request, argmax: int) -> int:
+        return argmax
+
+    def lattices(self, requests, grown: list[Lattice] | None, max_depth: int) -> LatticeBatch:
+        if grown is None:  # no drafting this step (ar)
+            grown = [empty_lattice() for _ in requests]
+        return lattice_batch(grown)
+
+    def node_arrays(self, lattices: LatticeBatch, row: int, grown, chain: bool):
+        return _local_arrays(lattices, row)
+
+    def accept(self, lattices: LatticeBatch, selection: Selection, requests, trees: list[VerifyTree],
+               argmax: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        return [greedy_walk(tree, top) for tree, top in zip(trees, argmax)]
+
+
+class TraceSignals:
+    """Lattices and acceptance replayed from a trace; request i replays trace request
+    trace_request[i] (the simulator's workload stream decides the mapping), by default i mod R."""
+
+    uses_trace = True
+
+    def __init__(self, trace: TraceSet, trace_request: np.ndarray | None = None) -> None:
+        self.trace = trace
+        self.mapping = None if trace_request is None else np.asarray(trace_request, dtype=np.int64)
+
+    def trace_request(self, request) -> int:
+        if self.mapping is None:
+            return request.index % self.trace.num_requests
+        return int(self.mapping[request.index])
+
+    def target_token(self, request, position: int) -> int:
+        start = int(self.trace.position_offsets[self.trace_request(request)])
+        return int(self.trace.target_token[start + position])
+
+    def first_token(self, request, argmax: int) -> int:
+        return self.target_token(request, 0)
+
+    def _global_positions(self, requests) -> np.ndarray:
+        return np.array([int(self.trace.position_offsets[self.trace_request(q)]) + q.position
+                         for q in requests], dtype=np.int64)
+
+    def lattices(self, requests, grown, max_depth: int) -> LatticeBatch:
+        return self.trace.lattice_batch(self._global_positions(requests), max_depth=max(max_depth, 1))
+
+    def node_arrays(self, lattices: LatticeBatch, row: int, grown: list[Lattice], chain: bool):
+        if chain:  # a chain verifies the drafter's own chain (tokens only matter for timing)
+            lat = grown[row]
+            return lat.token, lat.parent, lat.depth
+        return _local_arrays(lattices, row)
+
+    def accept(self, lattices: LatticeBatch, selection: Selection, requests, trees: list[VerifyTree],
+               argmax: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        if selection.chain is not None:
+            depth = np.minimum(lattices.spine_run, np.asarray(selection.chain))
+            paths = [np.arange(1, int(a) + 1) for a in depth]
+        else:
+            accepted, depth = accepted_nodes(lattices, selection.nodes)
+            paths = []
+            for row, tree in enumerate(trees):
+                local = accepted[lattices.offsets[row]: lattices.offsets[row + 1]]
+                paths.append(1 + np.flatnonzero(local[tree.nodes]))
+        return [(path, self.target_token(q, q.position + len(path)) if q.position + len(path) < q.max_new
+                 else -1) for q, path in zip(requests, paths)]

@@ -1,0 +1,82 @@
+"""Helpers for the runtime tests: a tiny random Qwen2 pair, a hand-written cost, a recording policy."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import transformers
+
+
+def tiny_qwen2(seed: int, vocab: int, layers: int = 2, hidden: int = 32):
+    """Random Qwen2 in float64 with peaked weights (distinct probabilities, confident drafts)."""
+    config = transformers.Qwen2Config(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    model = transformers.Qwen2ForCausalLM(config).to(torch.float64).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float64) * 0.3)
+    return model
+
+
+def tiny_pair_models(vocab: int):
+    """(target, draft): the draft is the target with noise on its weights, so it agrees often but
+    not always (both acceptance and rejection happen)."""
+    target = tiny_qwen2(1, vocab)
+    draft = copy.deepcopy(target)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for param in draft.parameters():
+            param.add_(0.15 * torch.randn(param.shape, generator=generator, dtype=torch.float64))
+    return target, draft
+
+
+class LinearCost:
+    """A hand-written step-time model: 10 ms + 1 ms per verified token, 2 ms per draft level."""
+
+    source = "test:linear"
+    graph_buckets: tuple[int, ...] = ()
+
+    def verify_time(self, verify_tokens, batch_size, kv_tokens, eager=False):
+        return 0.010 + 0.001 * np.asarray(verify_tokens, dtype=np.float64)
+
+    def draft_time(self, batch_size, depth, width):
+        return 0.002 * depth
+
+    def step_time(self, shape):
+        return float(self.verify_time(shape.verify_tokens, shape.batch_size, shape.kv_tokens)) + \
+            self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width)
+
+    def components(self, shape):
+        return {"verify": self.step_time(shape)}
+
+    def graph_bucket(self, verify_tokens):
+        return None
+
+
+class Recorder:
+    """Wraps a policy and records every call (copies of the arguments and answers)."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        self.name = policy.name
+        self.steps: list[dict] = []
+
+    @property
+    def draft(self):
+        return self.policy.draft
+
+    def select(self, lattices, context):
+        draft = self.policy.draft
+        selection = self.policy.select(lattices, context)
+        self.steps.append({"lattices": lattices, "context": context, "selection": copy.deepcopy(selection),
+                           "draft": draft})
+        return selection
+
+    def observe(self, outcome) -> None:
+        self.steps[-1]["outcome"] = outcome
+        self.policy.observe(outcome)

@@ -1,0 +1,208 @@
+"""echo_runtime on a tiny random Qwen2 pair built here (float64, CPU, no download).
+
+Independent references: transformers' own forward (no cache, no custom mask) and greedy
+generate(); the trace generator's teacher-forced lattices (echo_runtime.lattice, itself checked
+against a brute-force expansion in test_trace_gen.py); the simulator (echo_sim.engine) replaying
+the same trace through the same policy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from echo_runtime.draft_tree import commit_draft, grow_lattices  # noqa: E402
+from echo_runtime.engine import LiveEngine, RequestSpec, RuntimeConfig  # noqa: E402
+from echo_runtime.forward import TreeRow, chain_row, next_token_logits, tree_forward  # noqa: E402
+from echo_runtime.kv_cache import KVCache  # noqa: E402
+from echo_runtime.lattice import grow_request_lattices  # noqa: E402
+from echo_runtime.signals import ModelSignals  # noqa: E402
+from echo_runtime.verify import build_tree  # noqa: E402
+from echo_sim.policies.registry import POLICY_NAMES, make_policy  # noqa: E402
+from runtime_support import LinearCost, Recorder, tiny_pair_models  # noqa: E402
+
+VOCAB, WIDTH, DEPTH = 48, 3, 4
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_pair_models(VOCAB)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    rng = np.random.default_rng(7)
+    return [RequestSpec(rng.integers(0, VOCAB, size=int(rng.integers(3, 9))), int(rng.integers(4, 13)))
+            for _ in range(5)]
+
+
+def plain_greedy(model, prompt, max_new):
+    out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new, min_new_tokens=max_new,
+                         pad_token_id=0, attention_mask=torch.ones(1, len(prompt)))
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.fixture(scope="module")
+def greedy_outputs(pair, specs):
+    return [plain_greedy(pair[0], list(s.prompt), s.max_new) for s in specs]
+
+
+def run_live(pair, specs, policy, concurrency=2):
+    target, draft = pair
+    engine = LiveEngine(target, draft, policy, LinearCost(), RuntimeConfig(concurrency, WIDTH, DEPTH), ModelSignals())
+    return engine.run(specs)
+
+
+def full_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0]
+
+
+def random_tree(rng, size):
+    """Parents (verify-local, root = 0) of a random tree of `size` tokens in level order."""
+    parent, depth = [-1], [0]
+    for i in range(1, size):
+        p = int(rng.integers(0, i))
+        parent.append(p)
+        depth.append(depth[p] + 1)
+    order = np.argsort(depth, kind="stable")  # level order: parents precede children
+    rank = np.empty(size, dtype=np.int64)
+    rank[order] = np.arange(size)
+    return np.array([-1 if parent[i] < 0 else rank[parent[i]] for i in order]), np.array(depth)[order]
+
+
+def test_tree_forward_equals_plain_forward_on_every_path(pair):
+    target = pair[0]
+    rng = np.random.default_rng(0)
+    cache = KVCache.allocate(target.config, 3, 64, torch.float64, "cpu")
+    prompts = {2: [5, 9, 1, 4, 4, 7], 0: [3, 8, 2]}
+    tree_forward(target, cache, [chain_row(s, np.array(p), 0) for s, p in prompts.items()])
+    cache.keep(np.array(list(prompts)), [np.arange(len(p)) for p in prompts.values()])
+    rows, paths = [], []
+    for slot, prompt in prompts.items():
+        parent, depth = random_tree(rng, 7)
+        tokens = rng.integers(0, VOCAB, size=7)
+        tree = build_tree(int(tokens[0]), np.arange(6), tokens[1:], parent[1:] - 1, depth[1:])
+        rows.append(tree.row(slot, len(prompt)))
+        for i in range(7):  # the tokens on the root-to-i path
+            walk, path = i, []
+            while walk >= 0:
+                path.insert(0, int(tree.tokens[walk]))
+                walk = int(tree.parent[walk])
+            paths.append(prompt + path)
+    logits = next_token_logits(target, tree_forward(target, cache, rows))
+    for got, tokens in zip(logits, paths):
+        torch.testing.assert_close(got, full_logits(target, tokens)[-1], rtol=0, atol=1e-10)
+
+
+def fresh_prefix(model, tokens):
+    cache = KVCache.allocate(model.config, 1, len(tokens) + 1, torch.float64, "cpu")
+    tree_forward(model, cache, [chain_row(0, np.array(tokens), 0)])
+    return cache
+
+
+def assert_prefix_matches(cache, slot, fresh):
+    length = int(cache.lengths[slot])
+    assert length == int(fresh.lengths[0]) or fresh.lengths[0] == 0
+    for layer in range(len(cache.keys)):
+        for stored, reference in ((cache.keys, fresh.keys), (cache.values, fresh.values)):
+            np.testing.assert_allclose(stored[layer][slot, :, :length].numpy(),
+                                       reference[layer][0, :, :length].numpy(), atol=1e-5, rtol=0)
+
+
+def test_rollback_leaves_target_cache_equal_to_fresh_prefill(pair):
+    target = pair[0]
+    cache = KVCache.allocate(target.config, 2, 64, torch.float64, "cpu")
+    prompt = [4, 1, 7, 7, 2]
+    tree_forward(target, cache, [chain_row(1, np.array(prompt), 0)])
+    cache.keep(np.array([1]), [np.arange(len(prompt))])
+    # root 11; nodes: 0:(12 @d1) 1:(13 @d1) 2:(14 @d2 under 1) 3:(15 @d2 under 0) 4:(16 @d3 under 2)
+    tree = build_tree(11, np.arange(5), np.array([12, 13, 14, 15, 16]), np.array([-1, -1, 1, 0, 2]),
+                      np.array([1, 1, 2, 2, 3]))
+    tree_forward(target, cache, [tree.row(1, len(prompt))])
+    accepted = np.array([2, 3, 5])  # verify-local: root -> 13 -> 14 -> 16 (scratch order differs)
+    cache.keep(np.array([1]), [np.concatenate(([0], accepted))])
+    fresh = fresh_prefix(target, prompt + [11, 13, 14, 16])
+    fresh.lengths[0] = len(prompt) + 4
+    assert cache.lengths[1] == len(prompt) + 4
+    assert_prefix_matches(cache, 1, fresh)
+
+
+def test_draft_rollback_keeps_forwarded_path_and_matches_fresh_prefill(pair):
+    draft = pair[1]
+    cache = KVCache.allocate(draft.config, 1, 96, torch.float64, "cpu")
+    prompt = np.array([6, 2, 9, 3])
+    (lattice,) = grow_lattices(draft, cache, np.array([0]), [prompt], WIDTH, DEPTH)
+    assert cache.lengths[0] == len(prompt)  # pending tokens joined the prefix, the tree did not
+    # accept the path to a level-3 frontier node (its ancestors were forwarded too)
+    node = int(np.flatnonzero((lattice.depth == 3) & (lattice.scratch >= 0))[0])
+    path = [node]
+    while lattice.parent[path[0]] >= 0:
+        path.insert(0, int(lattice.parent[path[0]]))
+    (pending,) = commit_draft(cache, np.array([0]), [lattice], [np.array(path)], [[40]])
+    assert pending.tolist() == [40]
+    tokens = prompt.tolist() + lattice.token[path].tolist()
+    fresh = fresh_prefix(draft, tokens)
+    fresh.lengths[0] = len(tokens)
+    assert_prefix_matches(cache, 0, fresh)
+
+
+@pytest.mark.parametrize("name", [n for n in POLICY_NAMES if n != "oracle"])
+def test_every_policy_outputs_exactly_the_targets_greedy_tokens(pair, specs, greedy_outputs, name):
+    record = run_live(pair, specs, make_policy(name))
+    assert [q.output for q in record.requests] == greedy_outputs
+    accepted = sum(step.get("accepted", 0) for step in record.steps)
+    if name != "ar":  # the draft agrees often: speculation really ran and was really checked
+        assert accepted > 0 and sum(step.get("selected", 0) for step in record.steps) > accepted
+
+
+def test_oracle_is_refused_live(pair, specs):
+    with pytest.raises(ValueError, match="oracle"):
+        run_live(pair, specs, make_policy("oracle"))
+
+
+def test_live_lattices_equal_the_trace_generators(pair, specs, greedy_outputs):
+    """The lattice a live step drafts at position t is the trace generator's lattice at t."""
+    recorder = Recorder(make_policy("static"))
+    record = run_live(pair, specs, recorder)
+    target, draft = pair
+    decode_steps = [step for step in record.steps if step["batch"] > 0]
+    assert len(decode_steps) == len(recorder.steps)
+    expected_of = {}
+    seen = 0
+    for step, logged in zip(recorder.steps, decode_steps):
+        lattices = step["lattices"]
+        for row, (index, position) in enumerate(logged["rows"]):
+            if index not in expected_of:
+                expected_of[index] = grow_request_lattices(draft, torch.tensor(specs[index].prompt),
+                                                           torch.tensor(greedy_outputs[index]), WIDTH, DEPTH)
+            expected = expected_of[index]
+            span = slice(lattices.offsets[row], lattices.offsets[row + 1])
+            assert lattices.token[span].tolist() == expected.token[position].tolist()
+            assert lattices.parent[span].tolist() == expected.parent[position].tolist()
+            assert lattices.depth[span].tolist() == expected.depth.tolist()
+            np.testing.assert_allclose(lattices.score[span], expected.score[position], rtol=1e-5)
+            seen += 1
+    assert seen == sum(q.steps for q in record.requests)
+
+
+@pytest.mark.parametrize("name", ["echo", "static-adaptive", "goodput", "dynamic"])
+def test_runtime_selections_replay_identically_through_a_fresh_policy(pair, specs, name):
+    """One policy code path: the same object type, fed the runtime's recorded lattices and
+    contexts in order, selects exactly what the runtime verified."""
+    recorder = Recorder(make_policy(name))
+    run_live(pair, specs, recorder, concurrency=3)
+    fresh = make_policy(name)
+    assert recorder.steps
+    for step in recorder.steps:
+        assert fresh.draft == step["draft"]
+        again = fresh.select(step["lattices"], step["context"])
+        np.testing.assert_array_equal(again.nodes, step["selection"].nodes)
+        if step["selection"].chain is not None:
+            np.testing.assert_array_equal(again.chain, step["selection"].chain)
+        fresh.observe(step["outcome"])
