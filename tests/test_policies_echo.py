@@ -103,7 +103,8 @@ def test_calibrated_ranking_matches_a_brute_force_running_min():
         lattices = full_lattices(seed, 16, width=4, depth=5, agreement=0.5)
         run_step(policy, lattices, context(lattices))
     raw = policy.curve(lattices.score)
-    confidence = np.array([min(raw[a] for a in ancestors_and_self(lattices, i)) for i in range(lattices.num_nodes)])
+    confidence = np.array([min(raw[a] for a in ancestors_and_self(lattices, i))
+                           for i in range(lattices.num_nodes)])
     selection = policy.select(lattices, context(lattices))
     expected = brute_force_supertree(lattices, confidence, np.ones(lattices.num_nodes, bool), 16 * 5)
     assert np.array_equal(selection.nodes, expected)
@@ -134,7 +135,8 @@ def brute_force_budget(confidence, bs, cost, draft_seconds, bucketing):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 1000), bs=st.integers(1, 40), n=st.integers(0, 300), knee=st.sampled_from([0, 64, 10**6]),
+@given(seed=st.integers(0, 1000), bs=st.integers(1, 40), n=st.integers(0, 300),
+       knee=st.sampled_from([0, 64, 10**6]),
        bucketing=st.booleans(), buckets=st.sampled_from([(1, 2, 4, 8), (4, 16, 64, 256, 1024), (8, 32)]))
 def test_goodput_budget_is_the_exhaustive_argmax(seed, bs, n, knee, bucketing, buckets):
     confidence = np.random.default_rng(seed).random(n) ** 2
@@ -165,10 +167,12 @@ def test_bucketing_pads_fills_and_goes_eager_above_the_largest_bucket():
     assert (few.nodes.sum(), few.padding, few.eager) == (32 - 6, 0, False)  # V = 18 -> filled to 32
     above = make_policy(spec).select(lattices, context(lattices, FakeCost(graph_buckets=(8, 16))))
     assert (above.nodes.sum(), above.padding, above.eager) == (12, 0, True)
-    ragged = make_policy(spec + ",bucketing=off").select(lattices, context(lattices, FakeCost(graph_buckets=(8, 32))))
+    ragged_cost = FakeCost(graph_buckets=(8, 32))
+    ragged = make_policy(spec + ",bucketing=off").select(lattices, context(lattices, ragged_cost))
     assert (ragged.nodes.sum(), ragged.padding, ragged.eager) == (12, 0, True)
     gated = lattice([[(-1, 0.9, True), (0, 0.5, True), (-1, 0.1, False)]] * 3)  # 2 gated-in nodes each
-    padded = make_policy("echo:budget=fixed,calibration=off").select(gated, context(gated, FakeCost(graph_buckets=(16,))))
+    one_bucket = FakeCost(graph_buckets=(16,))
+    padded = make_policy("echo:budget=fixed,calibration=off").select(gated, context(gated, one_bucket))
     assert (padded.nodes.sum(), padded.padding, padded.eager) == (6, 16 - 3 - 6, False)
 
 

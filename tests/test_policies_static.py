@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from echo_sim.policies import DraftShape, PolicyError, make_policy
 from echo_sim.trees import LatticeBatch, accepted_nodes, is_prefix_closed
-from test_policies_support import FakeCost, concat, context, full_lattices, lattice, random_lattices, run_step
+from test_policies_support import (FakeCost, concat, context, full_lattices, lattice, no_nodes, random_lattices,
+                                   run_step)
 
 
 def brute_force_top(lattices: LatticeBatch, per_request: int, eligible=None) -> np.ndarray:
@@ -84,11 +85,7 @@ def test_static_chain_verifies_S_spine_drafts_per_request():
 
 
 def test_chain_policies_run_on_chain_only_traces_tree_policies_refuse():
-    empty = LatticeBatch(
-        offsets=np.zeros(4, dtype=np.int64), token=np.zeros(0, np.int32), parent=np.zeros(0, np.int32),
-        depth=np.zeros(0, np.int32), cond_prob=np.zeros(0, np.float32), score=np.zeros(0, np.float32),
-        on_path=np.zeros(0, bool), spine_run=np.array([0, 2, 5], np.int32), has_confidences=False,
-    )
+    empty = no_nodes([0, 2, 5], has_confidences=False)
     ctx = context(empty, draft=DraftShape(3, 1))
     for name in ("ar", "static-chain", "goodput"):
         make_policy(name).select(empty, ctx)
@@ -142,9 +139,7 @@ def test_same_inputs_give_the_same_selection(name):
 @pytest.mark.parametrize("name", ["ar", "static", "static-chain", "static-adaptive", "dynamic", "goodput", "echo",
                                   "oracle", "echo:bucketing=off"])
 def test_an_empty_batch_verifies_nothing(name):
-    empty = concat(full_lattices(0, 1, width=2, depth=2))
-    empty = LatticeBatch(**{**empty.__dict__, "offsets": np.zeros(1, np.int64), "spine_run": np.zeros(0, np.int32),
-                            **{k: getattr(empty, k)[:0] for k in ("token", "parent", "depth", "cond_prob",
-                                                                   "score", "on_path")}})
+    empty = no_nodes([])
     selection, _ = run_step(make_policy(name), empty, context(empty))
-    assert selection.padding == 0 and not selection.nodes.any() and selection.draft_tokens_per_request(empty).sum() == 0
+    assert selection.padding == 0 and not selection.nodes.any()
+    assert selection.draft_tokens_per_request(empty).sum() == 0

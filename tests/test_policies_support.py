@@ -63,6 +63,16 @@ def lattice(requests: list[list[tuple[int, float, bool]]]) -> LatticeBatch:
     )
 
 
+def no_nodes(spine_run: list[int], has_confidences: bool = True) -> LatticeBatch:
+    """Requests whose lattices are empty (no drafting, or a chain-only trace when has_confidences=False)."""
+    return LatticeBatch(
+        offsets=np.zeros(len(spine_run) + 1, dtype=np.int64), token=np.zeros(0, np.int32),
+        parent=np.zeros(0, np.int32), depth=np.zeros(0, np.int32), cond_prob=np.zeros(0, np.float32),
+        score=np.zeros(0, np.float32), on_path=np.zeros(0, bool), spine_run=np.asarray(spine_run, np.int32),
+        has_confidences=has_confidences,
+    )
+
+
 def random_lattices(seed: int, batch: int, width: int = 2, depth: int = 3, agreement: float = 0.7) -> LatticeBatch:
     """`batch` random lattices (one position of each of `batch` random requests)."""
     trace = random_trace(np.random.default_rng(seed), num_requests=batch, output_len=(2, 2),

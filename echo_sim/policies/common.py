@@ -70,7 +70,9 @@ def _top_ragged(lattices: LatticeBatch, quota: np.ndarray, eligible: np.ndarray 
     return chosen
 
 
-def executed_shape(graph_buckets, verify_tokens: np.ndarray, bucketing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def executed_shape(
+    graph_buckets, verify_tokens: np.ndarray, bucketing: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(executed tokens int64, eager bool) for candidate V values, vectorised.
 
     bucketing=True: V is padded up to the smallest captured bucket >= V (graph replay); above the
@@ -91,7 +93,9 @@ def executed_shape(graph_buckets, verify_tokens: np.ndarray, bucketing: bool = T
     return verify_tokens.copy(), ~(fits & (bucket == verify_tokens))
 
 
-def step_seconds(cost, verify_tokens: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int) -> np.ndarray:
+def step_seconds(
+    cost, verify_tokens: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int
+) -> np.ndarray:
     """float [len(V)]: cost.verify_time of each executed shape, graph or eager."""
     seconds = np.empty(len(verify_tokens), dtype=np.float64)
     for is_eager in (False, True):

@@ -4,13 +4,13 @@ One step, top to bottom (every part has an off switch for ablations):
 
 1. gate        a node is eligible when its gate value (cumulative score, or its own conditional
                probability with gate_on=conditional) is >= τ for it and every ancestor.
-2. calibrate   ĉ = running_min along the path of curve(score), the online on-path rate
-               (calibration.py); off: ĉ = raw cumulative score.
+2. calibrate   ĉ = curve(score), the online on-path rate (calibration.py), forced non-increasing
+               along every path by trees.running_min where it is not already; off: ĉ = raw score.
 3. budget      fixed: B = bs·(N − 1), the same token count as `static`.
                goodput: B* = argmax_B (bs + Σ_top-B ĉ) / (T_draft + T_verify(bs + B)) over the
                eligible nodes, T from the cost model at the step's KV and with V padded to the graph
                bucket it would run in (eager above the largest); the top ĉ come from a partial
-               selection of a bounded window that doubles only while the best B sits at its edge.
+               selection of a bounded window, widened only while a bound says a larger B could win.
 4. top-B       trees.supertree_select ranks all eligible nodes of all requests by ĉ (ties: score
                desc, depth asc, request asc, node asc) and keeps the best B: prefix-closed because
                ĉ never increases along a path.

@@ -104,7 +104,7 @@ class StaticAdaptivePolicy(KnobbedPolicy):
 
     name: ClassVar[str] = "static-adaptive"
     note: ClassVar[str] = (
-        "flags give the shape last used; SGLang's adaptive steps (server arg speculative_adaptive_config) "
+        "flags give the shape last used; SGLang's adaptive steps (speculative_adaptive_config) "
         "support topk=1 only, so per-bucket tree depths are not an SGLang option"
     )
     S: int = 5
