@@ -67,6 +67,13 @@ class NetworkCost:
         t = tokens[:, None]
         return self._roofline(2.0 * params * t, (params + t * act) * self.bpp).sum(axis=1)
 
+    def linear_ops(self, tokens) -> np.ndarray:
+        """Seconds of each dense linear of ONE layer. Shape: tokens [n] -> [n, ops]; ops in order
+        qkv, o, then gate_up, down (dense) or router (MoE)."""
+        t = np.atleast_1d(np.asarray(tokens, dtype=float))[:, None]
+        return self._roofline(2.0 * self.linear_params * t,
+                              (self.linear_params + t * self.linear_act) * self.bpp)
+
     def _experts(self, tokens):
         net = self.net
         union = net.num_experts * (1.0 - (1.0 - net.experts_per_token / net.num_experts) ** tokens)
