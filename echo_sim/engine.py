@@ -37,7 +37,8 @@ from echo_sim.cost import StepShape
 from echo_sim.metrics import RequestLog, StepLog, compute_metrics
 from echo_sim.policies.base import DraftShape, Outcome, StepContext
 from echo_sim.traces import TraceSet
-from echo_sim.trees import LatticeBatch, accepted_nodes
+from echo_sim.lattice_reader import LatticeReader, empty_lattices, on_path_acceptance
+from echo_sim.trees import LatticeBatch
 from echo_sim.workload import RequestStream, build_stream
 
 
@@ -106,26 +107,6 @@ def executed_draft(draft: DraftShape, trace: TraceSet) -> DraftShape:
     return DraftShape(depth=min(draft.depth, trace.depth), width=min(draft.width, trace.width))
 
 
-def on_path_depth(lattices: LatticeBatch) -> np.ndarray:
-    """int64 [bs]: deepest on-path node of each lattice, what `oracle` accepts there (on-path
-    nodes are prefix-closed, TRACES.md)."""
-    depth = np.zeros(lattices.batch_size, dtype=np.int64)
-    on_path = np.flatnonzero(lattices.on_path)
-    if len(on_path):
-        np.maximum.at(depth, lattices.request_of_node()[on_path], lattices.depth[on_path])
-    return depth
-
-
-def empty_lattices(spine_run: np.ndarray) -> LatticeBatch:
-    """Lattices with no nodes (no drafting this step), keeping the spine for completeness."""
-    none = np.zeros(0, dtype=np.int32)
-    return LatticeBatch(
-        offsets=np.zeros(len(spine_run) + 1, dtype=np.int64), token=none, parent=none, depth=none,
-        cond_prob=np.zeros(0, dtype=np.float32), score=np.zeros(0, dtype=np.float32),
-        on_path=np.zeros(0, dtype=bool), spine_run=spine_run,
-    )
-
-
 class Simulation:
     """One simulation with its own simpy Environment, policy instance and records: nothing is
     shared with other simulations in the process (tests run two interleaved)."""
@@ -139,6 +120,7 @@ class Simulation:
         self.env = simpy.Environment()
         self.requests = RequestLog(stream.prompt_len, stream.output_len, stream.trace_request)
         self.steps = StepLog(detail=config.step_log)
+        self._reader = LatticeReader(trace)
         self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
         self._trace_len = trace.output_len[stream.trace_request].astype(np.int64)
         self._kv_need = stream.prompt_len + stream.output_len
@@ -255,15 +237,13 @@ class Simulation:
         if draft.depth <= 0:
             lattices = empty_lattices(self.trace.spine_run[positions])
         else:
-            lattices = self.trace.lattice_batch(positions, max_depth=min(draft.depth, self.trace.depth))
+            lattices = self._reader.read(positions, min(draft.depth, self.trace.depth))
         kv_lens = batch.prompt_len + batch.position
         context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width)
         selection = self.policy.select(lattices, context)
+        accepted, accepted_depth, oracle_depth = on_path_acceptance(lattices, selection.nodes)
         if selection.chain is not None:  # chains replay the spine (TRACES.md "Chains")
-            accepted_depth = np.minimum(lattices.spine_run, selection.chain).astype(np.int64)
-            accepted = np.zeros(lattices.num_nodes, dtype=bool)
-        else:
-            accepted, accepted_depth = accepted_nodes(lattices, selection.nodes)
+            accepted_depth = np.minimum(lattices.spine_run, selection.chain)
         drafted = selection.draft_tokens_per_request(lattices)
         verify_r = 1 + drafted
         shape = StepShape(
@@ -276,8 +256,8 @@ class Simulation:
             eager=bool(selection.eager),
         )
         committed = np.minimum(accepted_depth + 1, batch.output_len - batch.position)
-        return DecodePlan(lattices, selection, accepted, accepted_depth, committed, drafted,
-                          on_path_depth(lattices), shape)
+        return DecodePlan(lattices, selection, accepted, accepted_depth.astype(np.int64), committed, drafted,
+                          oracle_depth, shape)
 
     def _step_shape(self, plan: DecodePlan | None, chunks) -> StepShape:
         prefill_tokens = sum(take for _, take, _ in chunks)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from echo_sim.config import SimConfig, SimConfigError
-from echo_sim.engine import Simulation, build_simulation, on_path_depth, selected_extent
+from echo_sim.engine import Simulation, build_simulation, selected_extent
+from echo_sim.lattice_reader import on_path_acceptance
 from echo_sim.policies.base import DraftShape, Selection
 from echo_sim.testing import random_trace
 from echo_sim.traces import TraceSet
@@ -165,7 +166,9 @@ def test_on_path_depth_and_selected_extent_hand_built():
         cond_prob=np.full(4, 0.5, dtype=np.float32), score=np.array([0.5, 0.4, 0.25, 0.3], dtype=np.float32),
         on_path=np.array([True, False, True, False]), spine_run=np.array([2, 0], dtype=np.int32),
     )
-    assert on_path_depth(lattices).tolist() == [2, 0]
+    accepted, accepted_depth, oracle = on_path_acceptance(lattices, np.array([True, True, False, True]))
+    assert oracle.tolist() == [2, 0] and accepted_depth.tolist() == [1, 0]
+    assert accepted.tolist() == [True, False, False, False]
     depth, width = selected_extent(lattices, Selection(nodes=np.array([True, True, False, True])))
     assert depth.tolist() == [1, 1] and width.tolist() == [2, 1]
     depth, width = selected_extent(lattices, Selection(nodes=np.zeros(4, bool), chain=np.array([3, 0])))

@@ -1,0 +1,201 @@
+"""Simulator speed: simulated requests per CPU-second and peak memory, `echo` and `ar`.
+
+    python benchmarks/sim_speed.py                       # 1k, 10k, 100k requests; echo and ar
+    python benchmarks/sim_speed.py --requests 10000 --policies echo --no-write
+
+Workload: ShareGPT prompt/output lengths (traces/workloads), closed loop at concurrency 256,
+h200 / llama-3.1-8b roofline. Acceptance: the shipped MT-Bench trace (traces/mt_bench*.trace.npz)
+when present, else a synthetic trace built here with the real lattice layout (k + (S-1)k² = 84
+nodes per position for k=4, S=6, the frontier rule of TRACES.md, a calibrated random draft); the
+result records which. Every (policy, requests) point runs in a fresh process, so its peak memory
+(ru_maxrss) is its own. CPU time is that of the simulation (engine + metrics: `sim_cpu_seconds`),
+without building or loading the trace; the setup time is reported beside it.
+Results: benchmarks/results/sim_speed.json and .md (machine, command, date), written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from echo_sim.atomic import write_text_atomic  # noqa: E402
+from echo_sim.config import DEFAULT_TRACE_GLOB, TRACES_DIR, SimConfig  # noqa: E402
+from echo_sim.traces import TraceSet  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+CONCURRENCY = 256
+TARGET_REQUESTS_PER_CPU_S = 1600
+TARGET_PEAK_BYTES = 2 * 1024**3
+
+
+def sorted_probs(rng: np.random.Generator, rows: int, k: int, alpha: float) -> np.ndarray:
+    """float32 [rows, k]: the k most likely next tokens' probabilities, descending (mass < 1)."""
+    gamma = rng.gamma(alpha, size=(rows, k + 1))
+    probs = gamma / gamma.sum(axis=1, keepdims=True)
+    return -np.sort(-probs[:, :k], axis=1)
+
+
+def pick_child(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """int [rows]: the target's token among these children, chosen with the draft's probability
+    (a calibrated draft); k when it is none of them."""
+    return (rng.random(len(probs))[:, None] >= np.cumsum(probs, axis=1)).sum(axis=1)
+
+
+def synthetic_trace(seed: int = 0, requests: int = 32, positions: int = 1024, k: int = 4, depth: int = 6,
+                    alpha: float = 0.25) -> TraceSet:
+    """A TraceSet whose lattices follow TRACES.md's growth rule, vectorised over all positions.
+
+    Layout per position (as echo_runtime.lattice): level 1 at 0…k-1; level l >= 2 at
+    k + (l-2)k² + p·k + c for frontier slot p (best first) and child rank c.
+    """
+    rng = np.random.default_rng(seed)
+    count = requests * positions
+    m = k + (depth - 1) * k * k
+    parent = np.full((count, m), -1, dtype=np.int32)
+    level = np.zeros((count, m), dtype=np.int32)
+    cond = np.zeros((count, m), dtype=np.float32)
+    score = np.zeros((count, m), dtype=np.float32)
+    on_path = np.zeros((count, m), dtype=bool)
+    rows = np.arange(count)
+    cond[:, :k] = score[:, :k] = sorted_probs(rng, count, k, alpha)
+    level[:, :k] = 1
+    hit = pick_child(rng, cond[:, :k])
+    on_path[rows[hit < k], hit[hit < k]] = True
+    frontier = np.tile(np.arange(k), (count, 1))  # local index of each frontier slot
+    for depth_l in range(2, depth + 1):
+        base = k + (depth_l - 2) * k * k
+        cols = slice(base, base + k * k)
+        child = sorted_probs(rng, count * k, k, alpha).reshape(count, k, k)
+        cond[:, cols] = child.reshape(count, k * k)
+        score[:, cols] = (np.take_along_axis(score, frontier, axis=1)[:, :, None] * child).reshape(count, k * k)
+        parent[:, cols] = np.repeat(frontier, k, axis=1)
+        level[:, cols] = depth_l
+        on_slot = np.take_along_axis(on_path, frontier, axis=1)  # which frontier node is on-path
+        has = on_slot.any(axis=1)
+        slot = on_slot.argmax(axis=1)
+        pick = pick_child(rng, child[rows, slot])
+        ok = has & (pick < k)
+        on_path[rows[ok], base + slot[ok] * k + pick[ok]] = True
+        best = np.argsort(-score[:, cols], axis=1, kind="stable")[:, :k]
+        frontier = base + best
+    rank = np.where(hit < k, hit, np.where(rng.random(count) < 0.5, rng.integers(k, 16, count), -1))
+    offsets = np.arange(count + 1, dtype=np.int64) * m
+    lengths = np.full(requests, positions, dtype=np.int32)
+    header = {"format_version": 1, "generator": "benchmarks/sim_speed.py synthetic_trace", "width": k,
+              "depth": depth, "draft_model": f"synthetic(alpha={alpha})", "target_model": "synthetic",
+              "decoding": "greedy", "absent_columns": ["target_prob"]}
+    return TraceSet(
+        header=header, request_ids=[f"s{i}" for i in range(requests)],
+        prompt_len=np.full(requests, 128, dtype=np.int32), output_len=lengths,
+        position_offsets=np.arange(requests + 1, dtype=np.int64) * positions,
+        target_token=np.zeros(count, dtype=np.int32), draft_rank=rank.astype(np.int16),
+        draft_prob=np.zeros(count, dtype=np.float32), node_offsets=offsets,
+        node_token=np.tile(np.arange(m, dtype=np.int32), count), node_parent=parent.ravel(),
+        node_depth=level.ravel(), node_cond_prob=cond.ravel(), node_score=score.ravel(),
+        node_on_path=on_path.ravel(), path="synthetic",
+    )
+
+
+def acceptance_trace() -> tuple[TraceSet, str]:
+    shipped = sorted(TRACES_DIR.glob(DEFAULT_TRACE_GLOB))
+    if shipped:
+        from echo_sim.traces import read_trace
+
+        return read_trace(shipped[0]), str(shipped[0].relative_to(REPO))
+    return synthetic_trace(), "synthetic (benchmarks/sim_speed.py synthetic_trace, k=4, S=6, 32x1024 positions)"
+
+
+def measure(policy: str, requests: int) -> dict:
+    """One point, in this process: setup, then the simulation under CPU time."""
+    from echo_sim.engine import simulate
+
+    setup = time.process_time()
+    trace, label = acceptance_trace()
+    setup = time.process_time() - setup
+    config = SimConfig(policy=policy, concurrency=CONCURRENCY, requests=requests, workload="sharegpt")
+    metrics = simulate(config, trace).metrics
+    cpu = metrics["sim_cpu_seconds"]
+    return {
+        "policy": policy, "requests": requests, "concurrency": CONCURRENCY, "trace": label,
+        "sim_cpu_seconds": cpu, "requests_per_cpu_second": requests / cpu,
+        "steps": metrics["steps"], "ms_per_step": 1000 * cpu / metrics["steps"],
+        "mean_batch_size": metrics["mean_batch_size"], "mean_accepted_tokens": metrics["mean_accepted_tokens"],
+        "output_tokens_per_s": metrics["output_tokens_per_s"], "setup_cpu_seconds": setup,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def run_point(policy: str, requests: int) -> dict:
+    """measure() in a fresh interpreter, so peak memory is the point's own."""
+    out = subprocess.run([sys.executable, __file__, "--one", policy, str(requests)], check=True,
+                         capture_output=True, text=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}, numpy {np.__version__}"
+
+
+def report(points: list[dict], command: str) -> str:
+    lines = [f"# Simulator speed ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})", "",
+             f"Command: `{command}`  ", f"Machine: {machine()}  ",
+             f"Acceptance trace: {points[0]['trace']}  ",
+             f"Workload: ShareGPT lengths, closed loop, concurrency {CONCURRENCY}, h200 / llama-3.1-8b roofline", "",
+             "| policy | requests | sim CPU s | requests / CPU-s | steps | ms / step | mean batch | MAT | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in points:
+        lines.append(f"| {p['policy']} | {p['requests']:,} | {p['sim_cpu_seconds']:.2f} | "
+                     f"{p['requests_per_cpu_second']:,.0f} | {p['steps']:,} | {p['ms_per_step']:.3f} | "
+                     f"{p['mean_batch_size']:.1f} | {p['mean_accepted_tokens']:.2f} | {p['peak_rss_bytes'] / 2**20:,.0f} |")
+    lines += ["", f"Targets: >= {TARGET_REQUESTS_PER_CPU_S} requests per CPU-second for echo; peak memory < 2 GB; "
+              "time linear in requests (compare requests / CPU-s across sizes)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", default="1000,10000,100000")
+    parser.add_argument("--policies", default="echo,ar")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
+    parser.add_argument("--one", nargs=2, metavar=("POLICY", "REQUESTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]))))
+        return 0
+    points = []
+    for requests in [int(n) for n in args.requests.split(",")]:
+        for policy in args.policies.split(","):
+            points.append(run_point(policy, requests))
+            p = points[-1]
+            print(f"{policy:>6} {requests:>7,} requests: {p['requests_per_cpu_second']:8,.0f} req/CPU-s, "
+                  f"{p['ms_per_step']:.3f} ms/step, peak {p['peak_rss_bytes'] / 2**20:,.0f} MB", flush=True)
+    command = "python benchmarks/sim_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = report(points, command.strip())
+    print(text)
+    if not args.no_write:
+        write_text_atomic(RESULTS / "sim_speed.json", json.dumps({"machine": machine(), "points": points}, indent=1))
+        write_text_atomic(RESULTS / "sim_speed.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
