@@ -1,8 +1,9 @@
 """`echo-run trace`: a real acceptance trace (TRACES.md) from a draft/target pair.
 
-Per request: the target decodes greedily (KV cache, stops at EOS, which is kept as the last token,
-or at --max-new-tokens) giving y_0 … y_{L-1}; then the draft, teacher-forced on prompt + y, grows
-every position's lattice in one batched forward per level (echo_runtime/lattice.py). Finished
+Per group of --target-batch requests: the target decodes greedily (KV cache, stops at EOS, which
+is kept as the last token, or at --max-new-tokens) giving each request's y_0 … y_{L-1}
+(echo_runtime/greedy.py); then, per request, the draft, teacher-forced on prompt + y, grows every
+position's lattice in one batched forward per level (echo_runtime/lattice.py). Finished
 requests are kept in OUT.parts/ (echo_runtime/trace_parts.py), so an interrupted run resumes; the
 trace file is written (atomically, by echo_sim.traces.write_trace) once all requests are done.
 """
@@ -20,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from echo_runtime.greedy import greedy_decode
 from echo_runtime.lattice import grow_request_lattices
 from echo_runtime.models import DTYPES, LoadedModel, file_sha256, load_model
-from echo_runtime.trace_parts import PartStore, RequestPart, TraceGenError, assemble, parts_folder
+from echo_runtime.trace_parts import (PartStore, RequestPart, TargetOutput, TraceGenError, assemble,
+                                      parts_folder)
 
 GENERATOR_VERSION = "echo-run trace 1"
 
@@ -48,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=6, help="S: lattice levels")
     parser.add_argument("--out", required=True, type=Path, help="trace file to write")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--target-batch", type=int, default=8,
+                        help="prompts decoded together by the target (left-padded; CPU decode is memory-bound)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--model-cache", type=Path, help="where GGUF loads are cached as safetensors "
                         "(default $ECHO_MODEL_CACHE or ~/.cache/echo_toolkit/models)")
@@ -107,35 +112,31 @@ def eos_token_ids(loaded: LoadedModel) -> list[int]:
     return sorted(set(int(i) for i in ids))
 
 
-@torch.inference_mode()
-def target_greedy(target, prompt_ids: torch.Tensor, max_new_tokens: int, eos_ids: list[int]):
-    """Greedy decode with a KV cache. Shape: prompt_ids [n0] -> y int64 [L], target prob float32 [L]."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=target.config)
-    out = target(input_ids=prompt_ids[None], cache=cache, use_cache=True, logits_to_keep=1)
-    tokens, probs = [], []
-    while True:
-        logits = out.logits[0, -1].float()
-        token = int(torch.argmax(logits))
-        tokens.append(token)
-        probs.append(float(torch.softmax(logits, dim=-1)[token]))
-        if token in eos_ids or len(tokens) == max_new_tokens:
-            break
-        out = target(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
-    return torch.tensor(tokens), np.asarray(probs, dtype=np.float32)
+def decode_targets(target, requests, store: PartStore, args, eos_ids) -> dict[str, TargetOutput]:
+    """Target outputs of (request id, prompt ids): saved ones reused, the rest decoded as one batch."""
+    outputs = {rid: store.load_target(rid) for rid, _ in requests if store.has_target(rid)}
+    missing = [(rid, ids) for rid, ids in requests if rid not in outputs]
+    if missing:
+        start = time.perf_counter()
+        decoded = greedy_decode(target, [ids for _, ids in missing], args.max_new_tokens, eos_ids)
+        share = (time.perf_counter() - start) / sum(len(y) for y, _ in decoded)  # split by tokens
+        for (rid, _), (y, prob) in zip(missing, decoded):
+            outputs[rid] = TargetOutput(y.numpy().astype(np.int32), prob, share * len(y))
+            store.save_target(rid, outputs[rid])
+    return outputs
 
 
-def generate_request(target, draft, request_id: str, prompt_ids: np.ndarray, args, eos_ids) -> RequestPart:
-    ids = torch.from_numpy(prompt_ids.astype(np.int64))
-    start = time.process_time(), time.perf_counter()
-    y, target_prob = target_greedy(target, ids, args.max_new_tokens, eos_ids)
-    mid = time.process_time(), time.perf_counter()
-    lattices = grow_request_lattices(draft, ids, y, args.width, args.depth)
-    end = time.process_time(), time.perf_counter()
-    seconds = {"target_wall": mid[1] - start[1], "draft_wall": end[1] - mid[1],
-               "target_cpu": mid[0] - start[0], "draft_cpu": end[0] - mid[0]}
-    return RequestPart(request_id, prompt_ids, y.numpy().astype(np.int32), target_prob, lattices, seconds)
+def generate_group(target, draft, requests: list[tuple[str, np.ndarray]], store: PartStore, args, eos_ids):
+    """Finished parts for a group of (request id, prompt ids): one batched target decode, then
+    each request's lattices. Yields parts one by one so each is saved as soon as it exists."""
+    outputs = decode_targets(target, requests, store, args, eos_ids)
+    for request_id, prompt_ids in requests:
+        output = outputs[request_id]
+        start = time.perf_counter()
+        lattices = grow_request_lattices(draft, torch.from_numpy(prompt_ids.astype(np.int64)),
+                                         torch.from_numpy(output.token.astype(np.int64)), args.width, args.depth)
+        seconds = {"target_wall": output.seconds, "draft_wall": time.perf_counter() - start}
+        yield RequestPart(request_id, prompt_ids, output.token, output.prob, lattices, seconds)
 
 
 def canonical_command(args) -> str:
@@ -163,7 +164,7 @@ def dataset_name(args) -> str:
 
 
 def check_args(args) -> None:
-    for name in ("max_new_tokens", "width", "depth"):
+    for name in ("max_new_tokens", "width", "depth", "target_batch"):
         if getattr(args, name) < 1:
             raise TraceGenError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
@@ -174,7 +175,7 @@ def run_params(args, target: LoadedModel, draft: LoadedModel) -> dict:
     """What decides a part's content; a resumed run must match it exactly."""
     return {"generator_version": GENERATOR_VERSION, "target_sha256": target.weight_sha256,
             "draft_sha256": draft.weight_sha256, "dtype": args.dtype, "width": args.width,
-            "depth": args.depth, "max_new_tokens": args.max_new_tokens}
+            "depth": args.depth, "max_new_tokens": args.max_new_tokens, "target_batch": args.target_batch}
 
 
 def build_header(args, target: LoadedModel, draft: LoadedModel, prompts: list[Prompt], eos_ids) -> dict:
@@ -188,7 +189,7 @@ def build_header(args, target: LoadedModel, draft: LoadedModel, prompts: list[Pr
                       "chat_template": "first turn as a user message, generation prompt added"},
         "dataset": dataset_name(args), "prompts_file": args.prompts.name,
         "prompts_sha256": file_sha256(args.prompts), "prompt_ids": [p.request_id for p in prompts],
-        "decoding": "greedy", "eos_token_ids": eos_ids, "dtype": args.dtype,
+        "decoding": "greedy", "eos_token_ids": eos_ids, "dtype": args.dtype, "target_batch": args.target_batch,
         "width": args.width, "depth": args.depth, "max_new_tokens": args.max_new_tokens,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "absent_columns": [],
     }
@@ -218,16 +219,18 @@ def generate_all(target, draft, prompts, store: PartStore, args, eos_ids) -> lis
     from tqdm import tqdm
 
     prompt_ids = {p.request_id: chat_prompt_ids(target.tokenizer, p.text) for p in prompts}
-    todo = [p for p in prompts if not store.has(p.request_id)]
+    todo = [p.request_id for p in prompts if not store.has(p.request_id)]
     tokens, wall = 0, 0.0
-    bar = tqdm(todo, desc=f"trace {args.out.name} ({len(prompts) - len(todo)} done before)", unit="req")
-    for prompt in bar:
-        part = generate_request(target.model, draft.model, prompt.request_id,
-                                prompt_ids[prompt.request_id], args, eos_ids)
-        store.save(part)
-        tokens += len(part.target_token)
-        wall += part.seconds["target_wall"] + part.seconds["draft_wall"]
-        bar.set_postfix(tok_s=f"{tokens / wall:.2f}", s_req=f"{wall / (bar.n + 1):.1f}")
+    bar = tqdm(total=len(todo), desc=f"trace {args.out.name} ({len(prompts) - len(todo)} done before)", unit="req")
+    for first in range(0, len(todo), args.target_batch):
+        group = [(rid, prompt_ids[rid]) for rid in todo[first:first + args.target_batch]]
+        for part in generate_group(target.model, draft.model, group, store, args, eos_ids):
+            store.save(part)
+            tokens += len(part.target_token)
+            wall += part.seconds["target_wall"] + part.seconds["draft_wall"]
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{tokens / wall:.2f}", s_req=f"{wall / bar.n:.1f}")
+    bar.close()
     return [store.load(p.request_id, prompt_ids[p.request_id]) for p in prompts]
 
 

@@ -2,6 +2,7 @@
 
 Layout: next to the output file OUT, a folder OUT.parts/ holds
     params.json          the parameters that decide the content (models' sha256, dtype, k, S, ...)
+    target/<id>.npz      a request's target output, saved as soon as its (batched) decode ends
     <request id>.npz     one finished request (written atomically: temp file + os.replace)
 Re-running the same command skips finished requests; different parameters are an error (naming
 the field) rather than a silent mix. The final file is assembled only when every selected
@@ -38,6 +39,15 @@ class RequestPart:
     target_prob: np.ndarray
     lattices: RequestLattices
     seconds: dict
+
+
+@dataclass(frozen=True)
+class TargetOutput:
+    """The target's greedy output for one request. Shape: token int32 [L], prob float32 [L]."""
+
+    token: np.ndarray
+    prob: np.ndarray
+    seconds: float  # this request's share of its group's decode wall time
 
 
 LATTICE_FIELDS = ("token", "parent", "depth", "cond_prob", "score", "on_path", "draft_rank", "draft_prob")
@@ -89,6 +99,21 @@ class PartStore:
 
     def has(self, request_id: str) -> bool:
         return self.path(request_id).is_file()
+
+    def target_path(self, request_id: str) -> Path:
+        return self.folder / "target" / _part_name(request_id)
+
+    def has_target(self, request_id: str) -> bool:
+        return self.target_path(request_id).is_file()
+
+    def save_target(self, request_id: str, output: TargetOutput) -> None:
+        self.target_path(request_id).parent.mkdir(exist_ok=True)
+        _atomic_write(self.target_path(request_id), lambda s: np.savez(
+            s, token=output.token, prob=output.prob, seconds=np.float64(output.seconds)))
+
+    def load_target(self, request_id: str) -> TargetOutput:
+        with np.load(self.target_path(request_id)) as data:
+            return TargetOutput(data["token"], data["prob"], float(data["seconds"]))
 
     def save(self, part: RequestPart) -> None:
         arrays = {f"lattice_{name}": getattr(part.lattices, name) for name in LATTICE_FIELDS}

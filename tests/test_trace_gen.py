@@ -80,7 +80,7 @@ def tiny_pair(tmp_path_factory):
 def cli_args(pair, out, *extra):
     return ["trace", "--target", str(pair["root"] / "target"), "--draft", str(pair["root"] / "draft"),
             "--prompts", str(pair["prompts"]), "--max-new-tokens", str(MAX_NEW), "--width", str(WIDTH),
-            "--depth", str(DEPTH), "--dtype", "float64", "--out", str(out), *extra]
+            "--depth", str(DEPTH), "--dtype", "float64", "--target-batch", "2", "--out", str(out), *extra]
 
 
 def brute_force_lattice(draft, prefix, width, depth):
@@ -187,23 +187,36 @@ def test_header_is_complete(generated, tiny_pair):
 
 def test_interrupted_run_resumes_and_reuses_finished_requests(tiny_pair, generated, tmp_path, monkeypatch):
     out = tmp_path / "resume.trace.npz"
-    real = trace_gen.generate_request
-    calls = []
+    real = trace_gen.generate_group
+    made = []
 
     def interrupt_second(*args, **kwargs):
-        calls.append(args[2])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        for part in real(*args, **kwargs):
+            if len(made) == 1:
+                raise KeyboardInterrupt
+            made.append(part.request_id)
+            yield part
 
-    monkeypatch.setattr(trace_gen, "generate_request", interrupt_second)
+    monkeypatch.setattr(trace_gen, "generate_group", interrupt_second)
     assert echo_run(cli_args(tiny_pair, out)) == 130
-    assert not out.exists() and sorted(p.name for p in (tmp_path / "resume.trace.npz.parts").iterdir()) == \
-        ["100.npz", "params.json"]
-    calls.clear()
-    monkeypatch.setattr(trace_gen, "generate_request", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    parts = tmp_path / "resume.trace.npz.parts"
+    assert not out.exists() and sorted(p.name for p in parts.iterdir()) == ["100.npz", "params.json", "target"]
+    assert sorted(p.name for p in (parts / "target").iterdir()) == ["100.npz", "101.npz"]  # group of 2
+    made.clear()
+    decoded = []
+    real_decode = trace_gen.greedy_decode
+    monkeypatch.setattr(trace_gen, "greedy_decode", lambda model, prompts, *a: decoded.append(len(prompts))
+                        or real_decode(model, prompts, *a))
+
+    def record(*args, **kwargs):
+        for part in real(*args, **kwargs):
+            made.append(part.request_id)
+            yield part
+
+    monkeypatch.setattr(trace_gen, "generate_group", record)
     assert echo_run(cli_args(tiny_pair, out)) == 0
-    assert calls == ["101", "102"]  # request 100 came from its part
+    assert made == ["101", "102"]  # request 100 came from its part
+    assert decoded == [1]  # only 102 was decoded again: 101's target output was kept
     resumed = read_trace(out)
     for name in ("target_token", "node_token", "node_parent", "node_score", "node_on_path", "draft_rank"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(generated, name), err_msg=name)
