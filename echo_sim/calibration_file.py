@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from echo_sim.calibration_fit import (CalibrationFit, CalibrationPoint, DraftFit, VerifyFit,
-                                      fit_calibration)
+                                      fit_calibration, with_default_pairs)
 from echo_sim.cost_presets import CostModelError, read_json
 
 FORMAT, VERSION = "echo-sim-calibration", 1
@@ -222,7 +222,7 @@ def _points_with_errors(points: list[CalibrationPoint], fit: CalibrationFit) -> 
 def _as_mapping(point: CalibrationPoint | Mapping) -> Mapping:
     if isinstance(point, CalibrationPoint):
         return {f.name: getattr(point, f.name) for f in fields(CalibrationPoint)}
-    return CalibrationPoint.from_mapping(point).__dict__ if "attention_pairs" not in point else point
+    return with_default_pairs(point) if isinstance(point, Mapping) else point
 
 
 def write_calibration(path: str | Path, *, points: Iterable[CalibrationPoint | Mapping], hardware: str,

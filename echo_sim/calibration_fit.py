@@ -43,12 +43,23 @@ class CalibrationPoint:
 
     @classmethod
     def from_mapping(cls, raw: Mapping) -> "CalibrationPoint":
-        """From a dict; attention_pairs defaults to V spread evenly: V·(ΣKV + V) / bs."""
-        values = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
-        if "attention_pairs" not in values:
-            bs, v, kv = raw["batch_size"], raw["verify_tokens"], raw["kv_tokens"]
-            values["attention_pairs"] = int(round(v * (kv + v) / bs))
-        return cls(**values)
+        """From a dict; attention_pairs defaults to V spread evenly (`with_default_pairs`)."""
+        raw = with_default_pairs(raw)
+        missing = [f.name for f in fields(cls) if f.name not in raw and f.name != "draft_s"]
+        if missing:
+            raise CostModelError(f"calibration point {dict(raw)} lacks {', '.join(missing)}")
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
+def with_default_pairs(raw: Mapping) -> Mapping:
+    """`raw` plus attention_pairs = V·(ΣKV + V) / bs when absent and computable (V spread evenly)."""
+    if "attention_pairs" in raw:
+        return raw
+    try:
+        bs, v, kv = raw["batch_size"], raw["verify_tokens"], raw["kv_tokens"]
+        return {**raw, "attention_pairs": int(round(v * (kv + v) / bs))}
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return raw  # the validator names the bad field
 
 
 @dataclass(frozen=True)

@@ -76,13 +76,13 @@ class StepShape:
     eager: bool = False
 
     def __post_init__(self):
-        for f in fields(self)[:-1]:
-            value = getattr(self, f.name)
+        for name in _COUNT_FIELDS:
+            value = getattr(self, name)
             try:
                 if operator.index(value) < 0:
-                    raise CostModelError(f"StepShape.{f.name} = {value}: must be >= 0")
+                    raise CostModelError(f"StepShape.{name} = {value}: must be >= 0")
             except TypeError:
-                raise CostModelError(f"StepShape.{f.name} = {value!r}: must be an integer") from None
+                raise CostModelError(f"StepShape.{name} = {value!r}: must be an integer") from None
         if self.verify_tokens < self.batch_size:
             raise CostModelError(f"StepShape: verify_tokens {self.verify_tokens} < batch_size "
                                  f"{self.batch_size} (every request verifies its root)")
@@ -90,6 +90,9 @@ class StepShape:
             raise CostModelError("StepShape: batch_size 0 cannot verify or draft")
         if self.draft_depth > 0 and self.draft_width < 1:
             raise CostModelError(f"StepShape.draft_width = {self.draft_width}: must be >= 1 when drafting")
+
+
+_COUNT_FIELDS = tuple(f.name for f in fields(StepShape) if f.name != "eager")
 
 
 class CostModel:
@@ -131,6 +134,8 @@ class CostModel:
         if batch_size < 1 or kv_tokens < 0:
             raise CostModelError(f"verify_time: batch_size {batch_size} must be >= 1, kv_tokens {kv_tokens} >= 0")
         requested = np.asarray(verify_tokens, dtype=float)
+        if requested.size and not requested.min() >= batch_size:  # also catches NaN
+            raise CostModelError(f"verify_time: every V must be >= batch_size {batch_size} (one root each)")
         tokens, eager_mask = self._run_tokens(np.atleast_1d(requested).ravel(), eager)
         pairs = tokens * (kv_tokens + tokens) / batch_size
         seconds = (self.terms.verify_forward(tokens, batch_size, kv_tokens, pairs)

@@ -55,6 +55,11 @@ class NetworkCost:
         self.qo_bytes_per_token = 2 * q_out * bytes_per_param
         self.attention_flops_per_pair = 4 * net.head_dim * self.q_heads
         self.lm_params = h * net.vocab_size / tp
+        self.lm_param_array = np.array([self.lm_params])
+        self.lm_act_array = np.array([h + net.vocab_size / tp])
+        self.fc_param_array = np.array([float(net.input_fc_size * h)])
+        self.fc_act_array = np.array([float(net.input_fc_size + h)])
+        self.embedding_s_per_token = h * bytes_per_param / hw.memory_bytes_per_s
         self.layer_kernels = net.kernels_per_layer + (2 if tp > 1 else 0)
         self.kernel_count = net.num_layers * self.layer_kernels + EXTRA_KERNELS
         self.fixed_s = self.kernel_count * hw.kernel_floor_s
@@ -88,45 +93,50 @@ class NetworkCost:
         return ring / self.hw.link_bytes_per_s + self.hw.allreduce_latency_s
 
     def _lm_head(self, logits_tokens):
-        out = self._linear(logits_tokens, np.array([self.lm_params]),
-                           np.array([self.net.hidden_size + self.net.vocab_size / self.tp]))
+        out = self._linear(logits_tokens, self.lm_param_array, self.lm_act_array)
         if self.tp > 1:  # all-gather of the vocab-parallel logits
             gathered = (self.tp - 1) / self.tp * logits_tokens * self.net.vocab_size * self.bpp
             out = out + gathered / self.hw.link_bytes_per_s + self.hw.allreduce_latency_s
         return out
 
+    def _parts(self, tokens, kv_tokens, pairs, logits_tokens, with_input_fc) -> dict:
+        """Unmasked seconds per component; tokens float [n]."""
+        layers = self.net.num_layers
+        attention = self._roofline(self.attention_flops_per_pair * np.asarray(pairs, dtype=float),
+                                   (np.asarray(kv_tokens, dtype=float) + tokens) * self.kv_bytes_per_token
+                                   + tokens * self.qo_bytes_per_token)
+        linear = layers * self._linear(tokens, self.linear_params, self.linear_act)
+        if self.net.input_fc_size:
+            fc = self._linear(tokens, self.fc_param_array, self.fc_act_array)
+            linear = linear + np.where(with_input_fc, fc, 0.0)
+        parts = {
+            "linear": linear,
+            "attention": layers * attention,
+            "lm_head": self._lm_head(np.broadcast_to(np.asarray(logits_tokens, dtype=float), tokens.shape)),
+            "embedding": tokens * self.embedding_s_per_token,
+            "fixed": np.full_like(tokens, self.fixed_s),
+        }
+        parts["experts"] = layers * self._experts(tokens) if self.net.is_moe else np.zeros_like(tokens)
+        parts["allreduce"] = layers * 2.0 * self._allreduce(tokens)
+        return parts
+
     def breakdown(self, tokens, kv_tokens, pairs, logits_tokens, with_input_fc=False) -> dict:
-        """Seconds per component for forwards over `tokens` new tokens.
+        """Seconds per component for forwards over `tokens` new tokens (0 where tokens is 0).
 
         Shape: tokens, pairs, logits_tokens float [n] (or broadcastable); kv_tokens scalar or [n]:
         Σ_r KV_r cached tokens read; pairs: Σ_r T_r·(KV_r + T_r) attention pairs;
         with_input_fc: bool or bool [n], forwards that run EAGLE-3's input fc.
         """
         tokens = np.atleast_1d(np.asarray(tokens, dtype=float))
-        layers = self.net.num_layers
-        attention = self._roofline(self.attention_flops_per_pair * np.asarray(pairs, dtype=float),
-                                   (np.asarray(kv_tokens, dtype=float) + tokens) * self.kv_bytes_per_token
-                                   + tokens * self.qo_bytes_per_token)
-        linear = self._linear(tokens, self.linear_params, self.linear_act)
-        parts = {
-            "linear": layers * linear,
-            "experts": layers * self._experts(tokens) if self.net.is_moe else 0.0 * tokens,
-            "attention": layers * attention,
-            "allreduce": layers * 2.0 * self._allreduce(tokens),
-            "lm_head": self._lm_head(np.broadcast_to(np.asarray(logits_tokens, dtype=float), tokens.shape)),
-            "embedding": tokens * self.net.hidden_size * self.bpp / self.hw.memory_bytes_per_s,
-            "fixed": np.full_like(tokens, self.fixed_s),
-        }
-        if self.net.input_fc_size:
-            fc_in, h = self.net.input_fc_size, self.net.hidden_size
-            fc = self._linear(tokens, np.array([fc_in * h]), np.array([fc_in + h]))
-            parts["linear"] = parts["linear"] + np.where(with_input_fc, fc, 0.0)
         active = tokens > 0
+        parts = self._parts(tokens, kv_tokens, pairs, logits_tokens, with_input_fc)
         return {name: np.where(active, value, 0.0) for name, value in parts.items()}
 
     def forward(self, tokens, kv_tokens, pairs, logits_tokens, with_input_fc=False):
-        """Seconds [n]: sum of `breakdown`, without launch overhead."""
-        return sum(self.breakdown(tokens, kv_tokens, pairs, logits_tokens, with_input_fc).values())
+        """Seconds [n]: the sum of `breakdown`, without launch overhead."""
+        tokens = np.atleast_1d(np.asarray(tokens, dtype=float))
+        total = sum(self._parts(tokens, kv_tokens, pairs, logits_tokens, with_input_fc).values())
+        return np.where(tokens > 0, total, 0.0)
 
     def weight_bytes(self) -> float:
         """Weights held by one GPU (all experts, embedding and LM head)."""

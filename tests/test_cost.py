@@ -348,3 +348,14 @@ def test_write_calibration_refuses_nan_and_writes_nothing(tmp_path):
     with pytest.raises(CostModelError, match="engine.kv_capacity_tokens"):
         write_synthetic(path, kv_capacity_tokens=0)
     assert not path.exists()
+
+
+def test_malformed_points_are_named(tmp_path):
+    points = synthetic_points()
+    del points[2]["kv_tokens"]
+    with pytest.raises(CostModelError, match=r"'points\[2\]\.kv_tokens'"):
+        write_synthetic(tmp_path / "cal.json", points)
+    with pytest.raises(CostModelError, match="lacks kv_tokens"):
+        fit_calibration(points)
+    with pytest.raises(CostModelError, match="V must be >= batch_size"):
+        load_cost_model().verify_time(np.array([4, 8]), 8, 1000)
