@@ -171,3 +171,11 @@ def _check_positive_float(name: str, value) -> None:
         raise SimConfigError(f"{name}: must be a positive number, got {value!r}") from None
     if not math.isfinite(number) or number <= 0:
         raise SimConfigError(f"{name}: must be a positive finite number, got {value!r}")
+
+
+def resolved_limit(configured: int | None, cost, cost_attribute: str, fallback: int) -> int:
+    """The config's value, else the cost model's (presets carry one), else the documented fallback."""
+    if configured is not None:
+        return int(configured)
+    from_cost = getattr(cost, cost_attribute, None)
+    return int(from_cost) if from_cost else fallback

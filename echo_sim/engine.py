@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import simpy
 
-from echo_sim.config import DEFAULT_KV_CAPACITY_TOKENS, DEFAULT_PREFILL_CHUNK, SimConfig, SimConfigError
+from echo_sim.config import (DEFAULT_KV_CAPACITY_TOKENS, DEFAULT_PREFILL_CHUNK, SimConfig, SimConfigError,
+                             resolved_limit)
 from echo_sim.cost import StepShape
-from echo_sim.metrics import RequestLog, StepLog, compute_metrics
+from echo_sim.metrics import RequestLog, StepLog, compute_metrics, selected_extent
 from echo_sim.policies.base import DraftShape, Outcome, StepContext
 from echo_sim.traces import TraceSet
 from echo_sim.lattice_reader import LatticeReader, empty_lattices, on_path_acceptance
@@ -86,7 +87,7 @@ class DecodePlan:
     """What one step verifies and what it will commit (decided before the step's time passes).
 
     Shape (bs decoding requests, n lattice nodes): accepted_depth, committed, drafted,
-    oracle_depth int [bs]; accepted bool [n].
+    oracle_depth int [bs]; accepted bool [n]. `verify`: the StepShape fields of the decode part.
     """
 
     lattices: LatticeBatch
@@ -96,7 +97,7 @@ class DecodePlan:
     committed: np.ndarray
     drafted: np.ndarray
     oracle_depth: np.ndarray
-    shape: StepShape
+    verify: dict
 
 
 def executed_draft(draft: DraftShape, trace: TraceSet) -> DraftShape:
@@ -246,7 +247,7 @@ class Simulation:
             accepted_depth = np.minimum(lattices.spine_run, selection.chain)
         drafted = selection.draft_tokens_per_request(lattices)
         verify_r = 1 + drafted
-        shape = StepShape(
+        verify = dict(
             batch_size=batch.size,
             verify_tokens=int(batch.size + drafted.sum() + selection.padding),
             kv_tokens=int(kv_lens.sum()),
@@ -257,7 +258,7 @@ class Simulation:
         )
         committed = np.minimum(accepted_depth + 1, batch.output_len - batch.position)
         return DecodePlan(lattices, selection, accepted, accepted_depth.astype(np.int64), committed, drafted,
-                          oracle_depth, shape)
+                          oracle_depth, verify)
 
     def _step_shape(self, plan: DecodePlan | None, chunks) -> StepShape:
         prefill_tokens = sum(take for _, take, _ in chunks)
@@ -265,7 +266,7 @@ class Simulation:
         if plan is None:
             return StepShape(batch_size=0, verify_tokens=0, kv_tokens=0, attention_pairs=0, draft_depth=0,
                              draft_width=0, prefill_tokens=prefill_tokens, prefill_context=prefill_context)
-        return replace(plan.shape, prefill_tokens=prefill_tokens, prefill_context=prefill_context)
+        return StepShape(**plan.verify, prefill_tokens=prefill_tokens, prefill_context=prefill_context)
 
     # ------------------------------------------------------------------------------ commits
 
@@ -362,21 +363,6 @@ class Simulation:
         }
 
 
-def selected_extent(lattices: LatticeBatch, selection) -> tuple[np.ndarray, np.ndarray]:
-    """(depth, width) int64 [bs]: deepest selected level and most nodes selected on one level."""
-    bs = lattices.batch_size
-    if selection.chain is not None:
-        chain = np.asarray(selection.chain, dtype=np.int64)
-        return chain, (chain > 0).astype(np.int64)
-    rows = lattices.request_of_node()[selection.nodes]
-    levels = lattices.depth[selection.nodes].astype(np.int64)
-    depth = np.zeros(bs, dtype=np.int64)
-    np.maximum.at(depth, rows, levels)
-    span = int(levels.max()) + 1 if len(levels) else 1
-    per_level = np.bincount(rows * span + levels, minlength=bs * span).reshape(bs, span)
-    return depth, per_level.max(axis=1)
-
-
 @dataclass
 class SimResult:
     """metrics: the `run --json` fields; requests: one row per request (RequestLog); steps: one row
@@ -385,14 +371,6 @@ class SimResult:
     metrics: dict
     requests: pd.DataFrame
     steps: pd.DataFrame | None = None
-
-
-def resolved_limit(configured: int | None, cost, cost_attribute: str, fallback: int) -> int:
-    """The config's value, else the cost model's (presets carry one), else the documented fallback."""
-    if configured is not None:
-        return int(configured)
-    from_cost = getattr(cost, cost_attribute, None)
-    return int(from_cost) if from_cost else fallback
 
 
 def build_simulation(config: SimConfig, trace: TraceSet | None = None, policy=None, cost=None) -> Simulation:

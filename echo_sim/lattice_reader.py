@@ -42,7 +42,9 @@ class LatticeReader:
         if self.columns is None:
             return self.trace.lattice_batch(positions, max_depth=max_depth)
         keep = int(self.level_prefix[min(max_depth, len(self.level_prefix) - 1)])
-        gathered = {name: column[positions, :keep].ravel() for name, column in self.columns.items()}
+        # np.take on whole rows is several times faster than fancy indexing with a column slice
+        gathered = {name: np.take(column, positions, axis=0)[:, :keep].ravel()
+                    for name, column in self.columns.items()}
         return LatticeBatch(
             offsets=np.arange(len(positions) + 1, dtype=np.int64) * keep,
             spine_run=self.trace.spine_run[positions],

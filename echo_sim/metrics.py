@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from echo_sim.trees import LatticeBatch
+
 PERCENTILES = (50, 90, 99)
 OPEN_LOOP_TRIM = 0.10  # open loop: completions trimmed at each end of the steady-state window
 STEP_FIELDS = (
@@ -186,3 +188,18 @@ def _latencies(requests: pd.DataFrame, decode_steps: pd.DataFrame) -> dict:
     out.update(percentiles(itl, "itl", weights=decode_steps["batch_size"].to_numpy()))
     out.update(percentiles(e2e.to_numpy(), "e2e"))
     return out
+
+
+def selected_extent(lattices: LatticeBatch, selection) -> tuple[np.ndarray, np.ndarray]:
+    """(depth, width) int64 [bs]: deepest selected level and most nodes selected on one level."""
+    bs = lattices.batch_size
+    if selection.chain is not None:
+        chain = np.asarray(selection.chain, dtype=np.int64)
+        return chain, (chain > 0).astype(np.int64)
+    rows = lattices.request_of_node()[selection.nodes]
+    levels = lattices.depth[selection.nodes].astype(np.int64)
+    depth = np.zeros(bs, dtype=np.int64)
+    np.maximum.at(depth, rows, levels)
+    span = int(levels.max()) + 1 if len(levels) else 1
+    per_level = np.bincount(rows * span + levels, minlength=bs * span).reshape(bs, span)
+    return depth, per_level.max(axis=1)
