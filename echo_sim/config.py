@@ -121,8 +121,9 @@ class SimConfig:
                 "set exactly one of concurrency (closed loop) or rate (open loop); "
                 f"got concurrency={self.concurrency}, rate={self.rate}"
             )
-        if mode == "closed" and self.concurrency is None:
-            raise SimConfigError("arrival 'closed' needs concurrency")
+        if mode == "closed" and (self.concurrency is None or self.rate is not None):
+            raise SimConfigError(f"arrival 'closed' needs concurrency and no rate; got concurrency="
+                                 f"{self.concurrency}, rate={self.rate}")
         if mode == "poisson" and self.rate is None:
             raise SimConfigError("arrival 'poisson' needs rate")
         if mode in ("poisson", "replay") and self.concurrency is not None:

@@ -36,9 +36,9 @@ from echo_sim.config import (DEFAULT_KV_CAPACITY_TOKENS, DEFAULT_PREFILL_CHUNK, 
                              resolved_limit)
 from echo_sim.cost import StepShape
 from echo_sim.metrics import RequestLog, StepLog, compute_metrics, selected_extent
-from echo_sim.policies.base import DraftShape, Outcome, StepContext
-from echo_sim.traces import TraceSet
 from echo_sim.lattice_reader import LatticeReader, empty_lattices, on_path_acceptance
+from echo_sim.policies.base import DraftShape, Outcome, Selection, StepContext
+from echo_sim.traces import TraceSet
 from echo_sim.trees import LatticeBatch
 from echo_sim.workload import RequestStream, build_stream
 
@@ -91,7 +91,7 @@ class DecodePlan:
     """
 
     lattices: LatticeBatch
-    selection: object
+    selection: Selection
     accepted: np.ndarray
     accepted_depth: np.ndarray
     committed: np.ndarray

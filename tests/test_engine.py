@@ -7,7 +7,10 @@ The real cost model and policies are exercised by test_engine_properties.py.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from echo_sim.config import SimConfig, SimConfigError
@@ -194,3 +197,19 @@ def test_config_errors_are_clear(tmp_path):
 def test_build_simulation_rejects_unknown_policy(trace):
     with pytest.raises(ValueError, match="known policies"):
         build_simulation(SimConfig(policy="nope", concurrency=1), trace=trace, cost=ConstantCost())
+
+
+def test_results_serialise(trace, tmp_path):
+    # the sweep writes metrics as JSON and the step log as Parquet (list columns included)
+    from echo_sim.engine import simulate
+
+    result = simulate(SimConfig(policy="echo", concurrency=2, requests=5, step_log=True), trace)
+    assert all(type(v) in (str, int, float, bool, type(None)) for v in result.metrics.values())
+    assert json.loads(json.dumps(result.metrics))["requests"] == 5
+    result.steps.to_parquet(tmp_path / "steps.parquet")
+    back = pd.read_parquet(tmp_path / "steps.parquet")
+    assert list(back["requests"].iloc[-1]) == result.steps["requests"].iloc[-1]
+    assert {"time_prefill", "time_draft", "time_verify", "time_overhead"} <= set(back.columns)
+    plain = simulate(SimConfig(policy="echo", concurrency=2, requests=5), trace)
+    assert plain.steps is None
+    assert plain.requests.equals(result.requests)  # logging changes nothing
