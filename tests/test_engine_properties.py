@@ -20,7 +20,6 @@ from echo_sim.policies.registry import POLICY_NAMES, make_policy
 from echo_sim.testing import random_trace
 
 COST = load_cost_model("h200", "llama-3.1-8b")
-FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class RecordingPolicy:
@@ -61,7 +60,7 @@ def walk_accepted(lattices, nodes, row) -> tuple[int, int]:
 
 
 @st.composite
-def scenarios(draw):
+def scenarios(draw, policies=POLICY_NAMES):
     trace_args = dict(
         num_requests=draw(st.integers(1, 4)), output_len=(2, draw(st.integers(2, 14))),
         width=draw(st.integers(1, 3)), depth=draw(st.integers(1, 4)),
@@ -72,7 +71,7 @@ def scenarios(draw):
         st.builds(lambda r: {"rate": r}, st.sampled_from([5.0, 100.0, 1e4])),
     ))
     config = SimConfig(
-        policy=draw(st.sampled_from(POLICY_NAMES)), requests=draw(st.integers(1, 12)),
+        policy=draw(st.sampled_from(policies)), requests=draw(st.integers(1, 12)),
         seed=draw(st.integers(0, 3)), max_batch=draw(st.integers(1, 6)),
         prefill_chunk=draw(st.sampled_from([16, 48, 8192])), step_log=True, **load,
     )
@@ -86,10 +85,11 @@ def run_recorded(trace_seed, trace_args, config):
     return trace, policy, simulation.result()
 
 
-@FAST
-@given(scenarios())
-def test_replay_invariants(scenario):
-    trace, policy, result = run_recorded(*scenario)
+@pytest.mark.parametrize("policy_name", POLICY_NAMES)
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_replay_invariants(policy_name, data):
+    trace, policy, result = run_recorded(*data.draw(scenarios(policies=(policy_name,))))
     requests, steps = result.requests, result.steps
     # every request commits exactly its output length (y_0 by prefill, the rest by decode steps)
     assert requests["finish"].notna().all()
