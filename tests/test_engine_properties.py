@@ -86,7 +86,7 @@ def run_recorded(trace_seed, trace_args, config):
 
 
 @pytest.mark.parametrize("policy_name", POLICY_NAMES)
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_replay_invariants(policy_name, data):
     trace, policy, result = run_recorded(*data.draw(scenarios(policies=(policy_name,))))
