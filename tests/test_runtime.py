@@ -29,6 +29,16 @@ from runtime_support import LinearCost, Recorder, tiny_pair_models  # noqa: E402
 VOCAB, WIDTH, DEPTH = 48, 3, 4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are all per-op overhead: on a loaded 2-core machine a second intra-op thread
+    waits a scheduler slice (~10 ms) on every op. Restored afterwards for other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pair():
     return tiny_pair_models(VOCAB)
@@ -206,3 +216,35 @@ def test_runtime_selections_replay_identically_through_a_fresh_policy(pair, spec
         if step["selection"].chain is not None:
             np.testing.assert_array_equal(again.chain, step["selection"].chain)
         fresh.observe(step["outcome"])
+
+
+class BucketCost(LinearCost):
+    graph_buckets = (1, 2, 4, 8, 16, 32, 64)
+
+
+@pytest.mark.parametrize("name", ["static", "echo", "static-chain", "goodput"])
+def test_trace_replay_runtime_takes_the_simulators_steps(name):
+    """Timing-only mode (random weights, acceptance from a trace) against echo_sim.engine on the
+    same trace, workload and policy: every step verifies, accepts and commits the same tokens."""
+    from echo_runtime.random_models import random_pair
+    from echo_runtime.signals import TraceSignals
+    from echo_sim.config import SimConfig
+    from echo_sim.engine import build_simulation
+    from echo_sim.testing import random_trace
+
+    trace = random_trace(np.random.default_rng(3), num_requests=4, output_len=(4, 12), width=2, depth=3, vocab=40)
+    config = SimConfig(policy=name, concurrency=2, requests=6, step_log=True)
+    simulation = build_simulation(config, trace=trace, policy=make_policy(name), cost=BucketCost())
+    simulated = simulation.run().result().steps
+    stream = simulation.stream
+    specs = [RequestSpec(np.arange(int(p)) % 40, int(n)) for p, n in zip(stream.prompt_len, stream.output_len)]
+    target, draft = random_pair("tiny-qwen3", torch.float32, "cpu")
+    engine = LiveEngine(target, draft, make_policy(name), BucketCost(),
+                        RuntimeConfig(2, trace.width, trace.depth), TraceSignals(trace, stream.trace_request))
+    live = engine.run(specs).steps
+    columns = [("batch_size", "batch"), ("prefill_tokens", "prefill_tokens"), ("verify_tokens", "verify_tokens"),
+               ("padding", "padding"), ("accepted", "accepted"), ("committed", "committed")]
+    assert len(live) == len(simulated)
+    for sim_column, live_key in columns:
+        assert simulated[sim_column].tolist() == [step.get(live_key, 0) for step in live], sim_column
+    assert simulated["accepted"].sum() > 0

@@ -1,0 +1,243 @@
+"""`echo-run calibrate`: time the runtime's forwards over a grid and write a calibration file.
+
+Measured with the engine's own code paths (so the simulator's clock prices what the runtime does):
+  verify   build the trees, one target `tree_forward` over bs requests × v tokens (root + v − 1
+           drafts) on KV prefixes of length kv, LM head and argmax: the engine's verify phase;
+  draft    `grow_lattices` for bs requests (one pending token each) to depth S with width k: the
+           engine's draft phase (level 1 over bs tokens, levels 2…S over bs·k);
+  prefill  bs = 1 chains of P tokens on an empty prefix (points without a draft);
+  overhead a short live run: per decode step, the host time outside the forwards (policy select,
+           acceptance walk, cache compaction, observe), fitted as step_s + per_request_s · bs.
+Each grid point is the median of --repeats timed runs after --warmup untimed ones. A point pairs
+one verify shape (bs, v, kv) with one draft depth (the depths cycle over v), so no time is
+measured twice. Measurements are appended to OUT.measurements.jsonl as they finish: an interrupted
+run resumes where it stopped. The fit is echo_sim.calibration_fit's; the file is written by
+echo_sim.calibration_file.write_calibration (data, fit, per-point error, hardware, versions, command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from echo_runtime.draft_tree import grow_lattices
+from echo_runtime.forward import next_token_logits, tree_forward
+from echo_runtime.kv_cache import KVCache
+from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair, software_versions
+from echo_runtime.timing import Stopwatch
+from echo_runtime.verify import build_tree
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"needs positive integers: {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_pair_arguments(parser)
+    grid = parser.add_argument_group("grid")
+    grid.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8])
+    grid.add_argument("--tokens-per-request", type=_ints, default=[1, 4, 16],
+                      help="v: verified tokens per request (root included)")
+    grid.add_argument("--kv-lens", type=_ints, default=[128, 384], help="KV tokens per request")
+    grid.add_argument("--draft-depths", type=_ints, default=[2, 4, 6])
+    grid.add_argument("--draft-width", type=int, default=4)
+    grid.add_argument("--prefill-tokens", type=_ints, default=[128, 256])
+    grid.add_argument("--repeats", type=int, default=3)
+    grid.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--overhead-steps", type=int, default=12, help="decode steps of the overhead run")
+    parser.add_argument("--hardware", help="hardware name in the file (default: cpu-<cores>core or the GPU's name)")
+    parser.add_argument("--out", type=Path, help="calibration file (default traces/calibration/<hardware>_<model>.json)")
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str  # "verify" or "draft"
+    batch_size: int
+    tokens: int  # verify: v per request; draft: depth S
+    kv: int
+    width: int = 1
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.batch_size}:{self.tokens}:{self.kv}:{self.width}"
+
+
+def grid_shapes(args) -> tuple[list[tuple[Shape, Shape | None]], list[Shape]]:
+    """(point pairs (verify shape, draft shape or None), every shape to measure)."""
+    pairs = []
+    for bs, kv in itertools.product(args.batch_sizes, args.kv_lens):
+        for i, v in enumerate(args.tokens_per_request):
+            depth = args.draft_depths[i % len(args.draft_depths)]
+            pairs.append((Shape("verify", bs, v, kv), Shape("draft", bs, depth, kv, args.draft_width)))
+    pairs += [(Shape("verify", 1, p, 0), None) for p in args.prefill_tokens]
+    shapes = list(dict.fromkeys(s for pair in pairs for s in pair if s is not None))
+    return pairs, shapes
+
+
+def _chain_tree(root: int, tokens: np.ndarray):
+    n = len(tokens)
+    return build_tree(root, np.arange(n), tokens, np.arange(n) - 1, np.arange(1, n + 1))
+
+
+def time_verify(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator) -> float:
+    """Seconds of the engine's verify phase for this shape (cache lengths restored after)."""
+    cached = max(shape.kv - 1, 0)
+    cache.lengths[: shape.batch_size] = cached
+    vocab = pair.target.config.vocab_size
+    watch = Stopwatch(pair.device)
+    watch.mark("start")
+    trees = [_chain_tree(int(rng.integers(vocab)), rng.integers(0, vocab, size=shape.tokens - 1))
+             for _ in range(shape.batch_size)]
+    hidden = tree_forward(pair.target, cache, [t.row(slot, cached) for slot, t in enumerate(trees)])
+    next_token_logits(pair.target, hidden).argmax(dim=-1).cpu()
+    watch.mark("verify")
+    return watch.total()
+
+
+def time_draft(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator) -> float:
+    cached = max(shape.kv - 1, 0)
+    cache.lengths[: shape.batch_size] = cached
+    slots = np.arange(shape.batch_size)
+    pending = [rng.integers(0, pair.draft.config.vocab_size, size=1) for _ in slots]
+    watch = Stopwatch(pair.device)
+    watch.mark("start")
+    grow_lattices(pair.draft, cache, slots, pending, shape.width, shape.tokens)
+    watch.mark("draft")
+    return watch.total()
+
+
+class MeasurementLog:
+    """Append-only JSON lines: a setup line, then one line per measured shape."""
+
+    def __init__(self, path: Path, setup: dict) -> None:
+        self.path, self.done = path, {}
+        if path.is_file():
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if not lines or lines[0].get("setup") != setup:
+                raise ValueError(f"{path}: measured with a different setup; delete it or use another --out")
+            self.done = {line["key"]: line["seconds"] for line in lines[1:]}
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"setup": setup}) + "\n")
+
+    def add(self, key: str, seconds: list[float]) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"key": key, "seconds": seconds}) + "\n")
+        self.done[key] = seconds
+
+
+def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> None:
+    todo = [s for s in shapes if s.key not in log.done]
+    if not todo:
+        return
+    rng = np.random.default_rng(0)
+    longest = max(s.kv for s in shapes) + max(args.prefill_tokens + args.tokens_per_request)
+    room = args.draft_width * (max(args.draft_depths) + 1) + 2
+    slots = max(args.batch_sizes)
+    target_cache = KVCache.allocate(pair.target.config, slots, longest + 1, next(pair.target.parameters()).dtype,
+                                    pair.device)
+    draft_cache = KVCache.allocate(pair.draft.config, slots, max(s.kv for s in shapes) + room,
+                                   next(pair.draft.parameters()).dtype, pair.device)
+    for shape in tqdm(todo, desc="calibrate", unit="shape"):
+        timer = (lambda: time_verify(pair, target_cache, shape, rng)) if shape.kind == "verify" \
+            else (lambda: time_draft(pair, draft_cache, shape, rng))
+        for _ in range(args.warmup):
+            timer()
+        log.add(shape.key, [timer() for _ in range(args.repeats)])
+
+
+def points_from(pairs, log: MeasurementLog) -> list[dict]:
+    points = []
+    for verify, draft in pairs:
+        bs, v, kv = verify.batch_size, verify.tokens, verify.kv
+        points.append({
+            "batch_size": bs, "verify_tokens": bs * v, "kv_tokens": bs * kv,
+            "attention_pairs": bs * v * (kv + v), "eager": True,
+            "draft_depth": draft.tokens if draft else 0, "draft_width": draft.width if draft else 1,
+            "verify_s": float(np.median(log.done[verify.key])),
+            "draft_s": float(np.median(log.done[draft.key])) if draft else None,
+        })
+    return points
+
+
+def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...]) -> tuple[float, float]:
+    """(step_s, per_request_s): host time per decode step outside the forwards, from short live
+    runs of `static` on synthetic prompts, least squares on the batch size (clipped at 0)."""
+    from echo_runtime.engine import LiveEngine, RequestSpec, RuntimeConfig
+    from echo_runtime.signals import ModelSignals
+    from echo_sim.policies.registry import make_policy
+
+    rng = np.random.default_rng(1)
+    rows, seconds = [], []
+    for bs in batch_sizes:
+        specs = [RequestSpec(rng.integers(0, pair.target.config.vocab_size, size=32), steps) for _ in range(bs)]
+        engine = LiveEngine(pair.target, pair.draft, make_policy("static"), cost, RuntimeConfig(bs),
+                            ModelSignals(), pair.device)
+        for step in engine.run(specs).steps:
+            if step["batch"]:
+                rows.append([1.0, step["batch"]])
+                seconds.append(step.get("select_s", 0.0) + step.get("commit_s", 0.0))
+    coef = np.linalg.lstsq(np.array(rows), np.array(seconds), rcond=None)[0]
+    if coef[1] < 0:  # no measurable growth with the batch: a constant
+        return float(np.mean(seconds)), 0.0
+    return float(max(coef[0], 0.0)), float(coef[1])
+
+
+def default_out(hardware: str, model: str) -> Path:
+    return Path("traces") / "calibration" / f"{hardware}_{model}.json"
+
+
+def run(args: argparse.Namespace) -> int:
+    from echo_sim.calibration_file import write_calibration
+    from echo_sim.cost import load_cost_model
+
+    if args.repeats < 1 or args.warmup < 0 or args.overhead_steps < 2:
+        raise ValueError("--repeats must be >= 1, --warmup >= 0, --overhead-steps >= 2")
+    pair = load_pair(args)
+    hardware = args.hardware or hardware_label(args.device)
+    model = pair.target_label.split(" ")[0]
+    out = args.out or default_out(hardware, model)
+    pairs, shapes = grid_shapes(args)
+    setup = {"target": pair.target_label, "draft": pair.draft_label, "dtype": pair.dtype, "device": pair.device,
+             "hardware": hardware, "repeats": args.repeats, "warmup": args.warmup}
+    log = MeasurementLog(out.with_name(out.name + ".measurements.jsonl"), setup)
+    measure_grid(pair, args, shapes, log)
+    fields = dict(points=points_from(pairs, log), hardware=hardware, model=model,
+                  draft_model=pair.draft_label, dtype=pair.dtype, tp=1, software=software_versions(),
+                  command="echo-run " + shlex.join(sys.argv[1:]), graph_buckets=[],
+                  kv_capacity_tokens=1_000_000, prefill_chunk_tokens=8192,
+                  created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    partial = out.with_name(out.name + ".no-overhead.json")
+    write_calibration(partial, step_overhead_s=0.0, per_request_overhead_s=0.0, **fields)
+    step_s, per_request_s = measure_overhead(pair, load_cost_model(calibration=partial), args.overhead_steps,
+                                             (1, max(args.batch_sizes)))
+    calibration = write_calibration(out, step_overhead_s=step_s, per_request_overhead_s=per_request_s, **fields)
+    partial.unlink()
+    report(calibration, out)
+    return 0
+
+
+def report(calibration, out: Path) -> None:
+    fit = calibration.fit
+    print(f"wrote {out}: {len(calibration.points)} points; verify fit {fit.verify}")
+    print(f"  draft fit {fit.draft}; overhead {calibration.step_overhead_s * 1e3:.1f} ms/step "
+          f"+ {calibration.per_request_overhead_s * 1e3:.2f} ms/request")
+    data = json.loads(out.read_text())["fit"]
+    print(f"  verify rel. error rms {data['verify_rms_rel_err']:.1%}, max {data['verify_max_abs_rel_err']:.1%}; "
+          f"draft rms {data['draft_rms_rel_err'] or 0:.1%}, max {data['draft_max_abs_rel_err'] or 0:.1%}")
