@@ -8,6 +8,7 @@ from echo_sim.cli import dispatch
 
 SUBCOMMANDS = {
     "trace": ("echo_runtime.trace_gen", "generate a real acceptance trace with a draft/target pair"),
+    "calibrate": ("echo_runtime.calibrate", "time the runtime's forwards over a grid and write a calibration file"),
 }
 
 
