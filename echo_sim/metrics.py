@@ -19,7 +19,9 @@ The engine fills two records: a lifecycle per request (RequestLog) and one row p
                           (finish − first token) ÷ (tokens − 1). ITL: the step durations a decoding
                           request sees, one per request-step (weighted percentiles, inverted CDF).
     oracle_gap_per_step   mean over request-steps of (oracle's accepted depth − accepted depth) at
-                          the same lattice position and drafted depth; oracle_accepted_depth likewise
+                          the same lattice position and drafted depth; oracle_accepted_depth likewise.
+                          The oracle is the lattice's on-path depth: chains replay the spine, which
+                          the lattice's beam may have pruned, so a chain step can beat it (gap < 0)
 """
 
 from __future__ import annotations
