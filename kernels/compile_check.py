@@ -23,6 +23,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from kernels import select, tree_attention, tree_verify  # noqa: E402
 
+SM90_MAX_SHARED = 232448   # bytes of shared memory one block may use on H100/H200
 DTYPE_NAMES = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 
 
@@ -50,19 +51,25 @@ def _signature(fn, pointers: dict[str, str], floats=(), constexprs=None) -> tupl
 def _attention_variants(quick: bool):
     fn = tree_attention._tree_attention_kernel.fn
     configs = tree_attention._tree_attention_kernel.configs
-    shapes = [(dtype, d, page, split) for dtype in ("fp16", "bf16", "fp32") for d in (64, 128)
+    # (dtype, head_dim, page size, split, rows per program): 64 rows = 16 tree tokens x 4 heads,
+    # 128 rows = a chunk of 64 tree tokens x 4 heads (the Llama-3.1-8B benchmark shapes)
+    shapes = [(dtype, d, page, split, 64) for dtype in ("fp16", "bf16", "fp32") for d in (64, 128)
               for page in (0, 16) for split in (False, True)]
+    tuned = [("bf16", 128, 16, False, 64), ("bf16", 128, 16, True, 128)]   # every autotune config
     if quick:
-        shapes = [("bf16", 128, 16, False), ("fp32", 64, 0, True)]
-    for dtype, head_dim, page, split in shapes:
-        for config in (configs if (dtype, head_dim, page, split) == ("bf16", 128, 16, False) else configs[:1]):
+        shapes = [("fp32", 64, 0, True, 64)]
+    for shape in tuned + [s for s in shapes if s not in tuned]:
+        dtype, head_dim, page, split, block_m = shape
+        for config in configs if shape in tuned else configs[:1]:
             data = DTYPE_NAMES[dtype]
             pointers = dict.fromkeys(("Q", "K_TREE", "V_TREE", "K_CACHE", "V_CACHE"), data)
             pointers.update(OUT="*fp32" if split else data, LSE="*fp32", TREE_OFFSETS="*i32", TREE_MASK="*i64",
                             KV_LENS="*i32", BLOCK_TABLE="*i32")
-            constexprs = dict(GROUP=4, HEAD_DIM=head_dim, BLOCK_M=64, BLOCK_T=16, PAGE_SIZE=page, SPLIT=split,
-                              UPCAST=False, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", **config.kwargs)
-            label = f"{dtype} d={head_dim} page={page} split={split} {config}"
+            constexprs = dict(GROUP=4, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_T=16 if block_m == 64 else 64,
+                              PAGE_SIZE=page, SPLIT=split, UPCAST=False,
+                              DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", **config.kwargs)
+            label = (f"{dtype} d={head_dim} page={page} split={int(split)} M={block_m} "
+                     f"N={config.kwargs['BLOCK_N']} w={config.num_warps} s={config.num_stages}")
             yield fn, label, _signature(fn, pointers, ("scale_log2",), constexprs), config.num_warps, config.num_stages
     merge = tree_attention._merge_splits_kernel
     for dtype in ("bf16", "fp32"):
@@ -100,7 +107,8 @@ def compile_all(arch: int = 90, quick: bool = False) -> list[dict]:
             compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                       options={"num_warps": num_warps, "num_stages": num_stages})
             rows.append({"kernel": fn.__name__, "variant": label, "stages": sorted(compiled.asm),
-                         "shared_bytes": compiled.metadata.shared, "seconds": time.perf_counter() - start})
+                         "shared_bytes": compiled.metadata.shared, "seconds": time.perf_counter() - start,
+                         "local_memory": "__local_depot" in compiled.asm.get("ptx", "")})  # spills/stack
     return rows
 
 
@@ -111,8 +119,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = compile_all(args.arch, args.quick)
     for row in rows:
-        print(f"{row['kernel']:<24} {row['variant']:<60} smem={row['shared_bytes']:>6} "
-              f"{row['seconds']:5.1f}s {'+'.join(row['stages'])}")
+        note = "" if row["shared_bytes"] <= SM90_MAX_SHARED else "  (over the sm_90 shared-memory limit: autotune skips it)"
+        note += "  (uses local memory: register spills)" if row["local_memory"] else ""
+        print(f"{row['kernel']:<24} {row['variant']:<48} smem={row['shared_bytes']:>6} "
+              f"{row['seconds']:5.1f}s {'+'.join(row['stages'])}{note}")
     missing = [row for row in rows if "cubin" not in row["stages"]]
     print(f"compiled {len(rows)} variants for sm_{args.arch} with triton {triton.__version__}; "
           f"{len(missing)} without cubin")

@@ -114,7 +114,7 @@ def _gate_depth_kernel(OFFSETS, PARENTS, GATE, SCRATCH, COUNTS, threshold, strid
 def _orderable(x):
     # float32 -> uint32 with the same order (−0.0 folded into +0.0, as numpy compares them equal)
     bits = tl.where(x == 0.0, 0.0, x).to(tl.uint32, bitcast=True)
-    return tl.where((bits >> 31) != 0, ~bits, bits | 0x80000000)
+    return tl.where((bits >> 31) != 0, bits ^ 0xFFFFFFFF, bits | 0x80000000)
 
 
 @triton.jit
