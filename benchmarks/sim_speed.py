@@ -138,9 +138,52 @@ def measure(policy: str, requests: int) -> dict:
     }
 
 
-def run_point(policy: str, requests: int) -> dict:
-    """measure() in a fresh interpreter, so peak memory is the point's own."""
-    out = subprocess.run([sys.executable, __file__, "--one", policy, str(requests)], check=True,
+class Timed:
+    """Wraps an object; the CPU seconds spent in its `methods` accumulate into `spent`."""
+
+    def __init__(self, inner, methods: tuple[str, ...], spent: dict):
+        self._inner = inner
+        for name in methods:
+            setattr(self, name, self._timed(name, getattr(inner, name), spent))
+
+    @staticmethod
+    def _timed(name, method, spent):
+        def call(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - start
+        return call
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def breakdown(policy: str, requests: int) -> dict:
+    """Where a step's CPU time goes: the policy (select, observe), the cost model (components),
+    the engine (everything else). A separate run: the wrappers add a little time of their own."""
+    from echo_sim.engine import build_simulation
+
+    trace, _ = acceptance_trace()
+    config = SimConfig(policy=policy, concurrency=CONCURRENCY, requests=requests, workload="sharegpt")
+    spent: dict = {}
+    simulation = build_simulation(config, trace)
+    simulation.policy = Timed(simulation.policy, ("select", "observe"), spent)
+    simulation.cost = Timed(simulation.cost, ("components",), spent)
+    start = time.process_time()
+    simulation.run()
+    total = time.process_time() - start
+    steps = len(simulation.steps.rows)
+    parts = {f"policy.{k}" if k != "components" else "cost.components": v for k, v in spent.items()}
+    parts["engine (rest)"] = total - sum(spent.values())
+    return {"policy": policy, "requests": requests, "steps": steps,
+            "us_per_step": {k: 1e6 * v / steps for k, v in parts.items()}}
+
+
+def run_point(policy: str, requests: int, mode: str = "--one") -> dict:
+    """measure() (or breakdown()) in a fresh interpreter, so peak memory is the point's own."""
+    out = subprocess.run([sys.executable, __file__, mode, policy, str(requests)], check=True,
                          capture_output=True, text=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -155,7 +198,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}, numpy {np.__version__}"
 
 
-def report(points: list[dict], command: str) -> str:
+def report(points: list[dict], command: str, parts: dict | None) -> str:
     lines = [f"# Simulator speed ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})", "",
              f"Command: `{command}`  ", f"Machine: {machine()}  ",
              f"Acceptance trace: {points[0]['trace']}  ",
@@ -168,6 +211,11 @@ def report(points: list[dict], command: str) -> str:
                      f"{p['mean_batch_size']:.1f} | {p['mean_accepted_tokens']:.2f} | {p['peak_rss_bytes'] / 2**20:,.0f} |")
     lines += ["", f"Targets: >= {TARGET_REQUESTS_PER_CPU_S} requests per CPU-second for echo; peak memory < 2 GB; "
               "time linear in requests (compare requests / CPU-s across sizes)."]
+    if parts:
+        total = sum(parts["us_per_step"].values())
+        lines += ["", f"Where a step's CPU time goes ({parts['policy']}, {parts['requests']:,} requests, separate "
+                  "instrumented run):", "", "| part | µs / step | share |", "|---|---:|---:|"]
+        lines += [f"| {name} | {us:.0f} | {us / total:.0%} |" for name, us in parts["us_per_step"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -176,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", default="1000,10000,100000")
     parser.add_argument("--policies", default="echo,ar")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
+    parser.add_argument("--breakdown", default="echo:10000", help="POLICY:REQUESTS to profile by part ('' = none)")
     parser.add_argument("--one", nargs=2, metavar=("POLICY", "REQUESTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--parts", nargs=2, metavar=("POLICY", "REQUESTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]))))
+    if args.one or args.parts:
+        name, count = args.one or args.parts
+        print(json.dumps((measure if args.one else breakdown)(name, int(count))))
         return 0
     points = []
     for requests in [int(n) for n in args.requests.split(",")]:
@@ -188,11 +239,16 @@ def main(argv: list[str] | None = None) -> int:
             p = points[-1]
             print(f"{policy:>6} {requests:>7,} requests: {p['requests_per_cpu_second']:8,.0f} req/CPU-s, "
                   f"{p['ms_per_step']:.3f} ms/step, peak {p['peak_rss_bytes'] / 2**20:,.0f} MB", flush=True)
+    parts = None
+    if args.breakdown:
+        name, _, count = args.breakdown.partition(":")
+        parts = run_point(name, int(count), "--parts")
     command = "python benchmarks/sim_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(points, command.strip())
+    text = report(points, command.strip(), parts)
     print(text)
     if not args.no_write:
-        write_text_atomic(RESULTS / "sim_speed.json", json.dumps({"machine": machine(), "points": points}, indent=1))
+        record = {"machine": machine(), "command": command.strip(), "points": points, "breakdown": parts}
+        write_text_atomic(RESULTS / "sim_speed.json", json.dumps(record, indent=1))
         write_text_atomic(RESULTS / "sim_speed.md", text)
     return 0
 
