@@ -199,11 +199,13 @@ def _check_values(name: str, values, n: int, device) -> torch.Tensor:
 
 
 def supertree_select(trees: SelectTrees, rank_value, threshold: float, budget: int, *,
-                     gate_value=None, score=None, check_finite: bool = True) -> SelectResult:
+                     gate_value=None, score=None, check_finite: bool = True,
+                     out: SelectResult | None = None) -> SelectResult:
     """Gated global top-B (module docstring). Shape: rank_value, gate_value, score float32 [n].
 
     gate_value and score default to rank_value. check_finite rejects NaN inputs (a host sync);
     the order of NaN keys is undefined, so pass False only for inputs known to be finite.
+    `out`: buffers to fill (selected bool [n], counts int32 [bs]).
     """
     device = check_device({"offsets": trees.offsets, "rank_value": rank_value})
     n = trees.num_nodes
@@ -217,8 +219,13 @@ def supertree_select(trees: SelectTrees, rank_value, threshold: float, budget: i
             if bool(torch.isnan(values).any()):
                 raise KernelInputError(f"{name} holds NaN at node {int(torch.nonzero(torch.isnan(values))[0])}")
     scratch = torch.empty((4, n), dtype=torch.int32, device=device)
-    counts = torch.empty(trees.batch_size, dtype=torch.int32, device=device)
-    selected = torch.empty(n, dtype=torch.uint8, device=device)
+    if out is None:
+        out = SelectResult(torch.empty(n, dtype=torch.bool, device=device),
+                           torch.empty(trees.batch_size, dtype=torch.int32, device=device))
+    check_tensor("out.selected", out.selected, ndim=1, dtypes=(torch.bool,), shape=(n,))
+    check_tensor("out.counts", out.counts, ndim=1, dtypes=(torch.int32,), shape=(trees.batch_size,))
+    check_device({"offsets": trees.offsets, "out.selected": out.selected, "out.counts": out.counts})
+    counts, selected = out.counts, out.selected.view(torch.uint8)
     block = max(16, next_pow2(trees.max_nodes))
     _gate_depth_kernel[(trees.batch_size,)](
         trees.offsets, trees.parents, gate_value, scratch, counts, float(threshold), scratch.stride(0),
@@ -226,7 +233,7 @@ def supertree_select(trees: SelectTrees, rank_value, threshold: float, budget: i
     )
     _top_b_kernel[(1,)](rank_value, score, scratch, selected, counts, scratch.stride(0), n,
                         max(min(budget, n + 1), -1), BLOCK=TOP_B_BLOCK, num_warps=4 if INTERPRET else 16)
-    return SelectResult(selected.view(torch.bool), counts)
+    return out
 
 
 def supertree_select_reference(trees: SelectTrees, rank_value, threshold: float, budget: int, *,

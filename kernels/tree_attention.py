@@ -127,6 +127,17 @@ def _configs():
             for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
 
 
+def _prune_configs(configs, named_args, **kwargs):
+    """Time only plausible tiles: 128-row programs with narrow key tiles and 8 warps, else wide tiles.
+
+    (Each config costs a compile on first use; this keeps autotuning to 4 compiles per key.)
+    """
+    big_rows = {**named_args, **kwargs}.get("BLOCK_M", 64) >= 128
+    widths, warps = ((32, 64), 8) if big_rows else ((64, 128), 4)
+    keep = [c for c in configs if c.kwargs["BLOCK_N"] in widths and c.num_warps == warps]
+    return keep or configs[:1]
+
+
 @triton.jit
 def _online_softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2,
                          UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -144,7 +155,8 @@ def _online_softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2,
     return m_new, l_i, acc
 
 
-@triton.autotune(configs=_configs(), key=["HEAD_DIM", "BLOCK_M", "GROUP", "PAGE_SIZE", "SPLIT"])
+@triton.autotune(configs=_configs(), key=["HEAD_DIM", "BLOCK_M", "GROUP", "SPLIT"],
+                 prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit
 def _tree_attention_kernel(
     Q, K_TREE, V_TREE, K_CACHE, V_CACHE, OUT, LSE,

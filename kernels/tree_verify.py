@@ -214,19 +214,29 @@ def _sample_walk_kernel(OFFSETS, PARENTS, TOKENS, PROBS, UNIFORMS, ACCEPTED, ACC
     tl.store(BONUS + r, bonus.to(tl.int64))
 
 
-def _empty_result(trees: VerifyTrees) -> VerifyResult:
+def _output(trees: VerifyTrees, out: VerifyResult | None) -> VerifyResult:
+    """Fresh result buffers (the kernels write every entry), or the caller's, checked."""
     device, bs = trees.offsets.device, trees.batch_size
     width = max(trees.max_nodes - 1, 1)
-    return VerifyResult(torch.full((bs, width), -7, dtype=torch.int32, device=device),
-                        torch.full((bs,), -7, dtype=torch.int32, device=device),
-                        torch.full((bs,), -7, dtype=torch.int64, device=device))
+    if out is None:
+        return VerifyResult(torch.empty((bs, width), dtype=torch.int32, device=device),
+                            torch.empty((bs,), dtype=torch.int32, device=device),
+                            torch.empty((bs,), dtype=torch.int64, device=device))
+    check_device({"offsets": trees.offsets, "out.accepted": out.accepted, "out.accepted_len": out.accepted_len,
+                  "out.bonus_token": out.bonus_token})
+    check_tensor("out.accepted", out.accepted, ndim=2, dtypes=(torch.int32,), shape=(bs, width))
+    check_tensor("out.accepted_len", out.accepted_len, ndim=1, dtypes=(torch.int32,), shape=(bs,))
+    check_tensor("out.bonus_token", out.bonus_token, ndim=1, dtypes=(torch.int64,), shape=(bs,))
+    if out.accepted.stride(1) != 1:
+        raise KernelInputError("out.accepted must be contiguous in its last dim")
+    return out
 
 
-def greedy_verify(trees: VerifyTrees, target: torch.Tensor) -> VerifyResult:
-    """Greedy acceptance walk (module docstring). Shape: target int [N]."""
+def greedy_verify(trees: VerifyTrees, target: torch.Tensor, *, out: VerifyResult | None = None) -> VerifyResult:
+    """Greedy acceptance walk (module docstring). Shape: target int [N]. `out`: buffers to fill."""
     check_device({"offsets": trees.offsets, "target": target})
     check_tensor("target", target, ndim=1, dtypes=INDEX_DTYPES, shape=(trees.num_nodes,))
-    result = _empty_result(trees)
+    result = _output(trees, out)
     _greedy_walk_kernel[(trees.batch_size,)](
         trees.offsets, trees.parents, trees.tokens, target,
         result.accepted, result.accepted_len, result.bonus_token,
@@ -235,8 +245,10 @@ def greedy_verify(trees: VerifyTrees, target: torch.Tensor) -> VerifyResult:
     return result
 
 
-def sample_verify(trees: VerifyTrees, probs: torch.Tensor, uniforms: torch.Tensor) -> VerifyResult:
-    """Lossless tree sampling walk (module docstring). Shape: probs f32 [N, V]; uniforms f32 [bs, >= max_nodes]."""
+def sample_verify(trees: VerifyTrees, probs: torch.Tensor, uniforms: torch.Tensor, *,
+                  out: VerifyResult | None = None) -> VerifyResult:
+    """Lossless tree sampling walk (module docstring). Shape: probs f32 [N, V]; uniforms f32 [bs, >= max_nodes].
+    `out`: buffers to fill."""
     check_device({"offsets": trees.offsets, "probs": probs, "uniforms": uniforms})
     check_tensor("probs", probs, ndim=2, dtypes=(torch.float32,), shape=(trees.num_nodes, None))
     check_tensor("uniforms", uniforms, ndim=2, dtypes=(torch.float32,), shape=(trees.batch_size, None))
@@ -244,7 +256,7 @@ def sample_verify(trees: VerifyTrees, probs: torch.Tensor, uniforms: torch.Tenso
         raise KernelInputError(f"uniforms needs {trees.max_nodes} coins per request (one per level), got {uniforms.shape[1]}")
     if probs.stride(1) != 1 or uniforms.stride(1) != 1:
         raise KernelInputError("probs and uniforms must be contiguous in their last dim")
-    result = _empty_result(trees)
+    result = _output(trees, out)
     _sample_walk_kernel[(trees.batch_size,)](
         trees.offsets, trees.parents, trees.tokens, probs, uniforms,
         result.accepted, result.accepted_len, result.bonus_token,
@@ -260,7 +272,7 @@ def _children(parents: list[int], node: int) -> list[int]:
 
 
 def _reference_result(trees: VerifyTrees, paths: list[list[int]], bonus: list[int]) -> VerifyResult:
-    result = _empty_result(trees)
+    result = _output(trees, None)
     result.accepted.fill_(-1)
     for r, path in enumerate(paths):
         result.accepted[r, :len(path)] = torch.tensor(path, dtype=torch.int32)

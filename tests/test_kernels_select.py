@@ -17,7 +17,7 @@ from echo_sim.testing import random_trace  # noqa: E402
 from echo_sim.trees import LatticeBatch, nodes_per_request  # noqa: E402
 from echo_sim.trees import supertree_select as numpy_select  # noqa: E402
 from kernels import KernelInputError  # noqa: E402
-from kernels.select import plan_select, supertree_select, supertree_select_reference  # noqa: E402
+from kernels.select import SelectResult, plan_select, supertree_select, supertree_select_reference  # noqa: E402
 from kernels.testing import fresh_seed, kernel_device, random_offsets, random_parents  # noqa: E402
 
 DEVICE = kernel_device()
@@ -40,7 +40,10 @@ def _check_identical(lattice: LatticeBatch, rank, gate, threshold, budget, label
     expected = numpy_select(lattice, rank, gate, threshold, budget)
     trees = plan_select(torch.from_numpy(lattice.offsets).to(DEVICE), torch.from_numpy(lattice.parent).to(DEVICE))
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(DEVICE)  # noqa: E731
-    got = supertree_select(trees, as_t(rank), threshold, budget, gate_value=as_t(gate), score=as_t(lattice.score))
+    poisoned = SelectResult(torch.ones(lattice.num_nodes, dtype=torch.bool, device=DEVICE),
+                            torch.full((lattice.batch_size,), -7, dtype=torch.int32, device=DEVICE))
+    got = supertree_select(trees, as_t(rank), threshold, budget, gate_value=as_t(gate), score=as_t(lattice.score),
+                           out=poisoned)
     assert np.array_equal(got.selected.cpu().numpy(), expected), f"{label}: kernel differs from numpy"
     assert np.array_equal(got.counts.cpu().numpy(), nodes_per_request(lattice, expected)), f"{label}: counts"
     ref = supertree_select_reference(trees, as_t(rank).cpu(), threshold, budget, gate_value=as_t(gate).cpu(),

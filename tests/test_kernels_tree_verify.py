@@ -12,12 +12,20 @@ pytest.importorskip("triton")
 
 from kernels import KernelInputError  # noqa: E402
 from kernels.tree_verify import (  # noqa: E402
-    greedy_verify, greedy_verify_reference, plan_verify, sample_verify, sample_verify_reference,
+    VerifyResult, greedy_verify, greedy_verify_reference, plan_verify, sample_verify, sample_verify_reference,
 )
 from kernels.testing import fresh_seed, kernel_device, random_verify_case  # noqa: E402
 
 DEVICE = kernel_device()
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="compiled Triton kernels need CUDA (or TRITON_INTERPRET=1)")
+
+
+def _poisoned(trees) -> VerifyResult:
+    """Output buffers full of -7, so an entry the kernel forgets to write shows up."""
+    width = max(trees.max_nodes - 1, 1)
+    return VerifyResult(torch.full((trees.batch_size, width), -7, dtype=torch.int32, device=DEVICE),
+                        torch.full((trees.batch_size,), -7, dtype=torch.int32, device=DEVICE),
+                        torch.full((trees.batch_size,), -7, dtype=torch.int64, device=DEVICE))
 
 
 def _poisoned_equal(got, expected, seed):
@@ -34,7 +42,7 @@ def test_greedy_hand_worked_batch():
     tokens = torch.tensor([7, 3, 5, 9, 2, 9, 0, 0, 1])
     target = torch.tensor([5, 0, 9, 0, 0, 4, 11, 2, 0])
     trees = plan_verify(offsets.to(DEVICE), parents.to(DEVICE), tokens.to(DEVICE))
-    result = greedy_verify(trees, target.to(DEVICE))
+    result = greedy_verify(trees, target.to(DEVICE), out=_poisoned(trees))
     assert result.accepted_len.tolist() == [2, 0, 0]
     assert result.accepted[0, :2].tolist() == [2, 5] and bool((result.accepted[:, 2:] == -1).all())
     assert result.bonus_token.tolist() == [4, 11, 2]
@@ -44,7 +52,7 @@ def test_greedy_kernel_matches_reference_and_walk_rules():
     seed = fresh_seed()
     case = random_verify_case(torch.Generator().manual_seed(seed), batch_size=7, nodes=(1, 40), vocab=40,
                               agreement=0.85, device=DEVICE)
-    got = greedy_verify(case.trees, case.target)
+    got = greedy_verify(case.trees, case.target, out=_poisoned(case.trees))
     _poisoned_equal(got, greedy_verify_reference(case.trees, case.target), seed)
     offsets, parents = case.trees.offsets.tolist(), case.trees.parents.tolist()
     tokens, target = case.trees.tokens.tolist(), case.target.tolist()
@@ -64,7 +72,7 @@ def test_sampling_kernel_matches_reference():
     gen = torch.Generator().manual_seed(seed)
     for vocab in (13, 1500):   # one vocab tile and several
         case = random_verify_case(gen, batch_size=6, nodes=(1, 30), vocab=vocab, draft_boost=5.0, device=DEVICE)
-        got = sample_verify(case.trees, case.probs, case.uniforms)
+        got = sample_verify(case.trees, case.probs, case.uniforms, out=_poisoned(case.trees))
         _poisoned_equal(got, sample_verify_reference(case.trees, case.probs, case.uniforms), seed)
 
 
@@ -75,7 +83,7 @@ def test_sampling_fallback_when_residual_is_empty():
     probs = torch.tensor([[0.0, 0.5, 0.4999, 0.0], [0.25] * 4, [0.25] * 4])
     uniforms = torch.tensor([[0.99995, 0.5, 0.5]])
     trees = plan_verify(offsets.to(DEVICE), parents.to(DEVICE), tokens.to(DEVICE))
-    got = sample_verify(trees, probs.to(DEVICE), uniforms.to(DEVICE))
+    got = sample_verify(trees, probs.to(DEVICE), uniforms.to(DEVICE), out=_poisoned(trees))
     _poisoned_equal(got, sample_verify_reference(trees, probs, uniforms), "fixed")
     assert int(got.accepted_len[0]) == 0 and int(got.bonus_token[0]) == 0
 
