@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import shlex
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -199,6 +198,23 @@ def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...])
     return float(max(coef[0], 0.0)), float(coef[1])
 
 
+COMMAND_OPTIONS = ("target", "target_gguf", "draft", "draft_gguf", "random_shape", "dtype", "device", "threads",
+                   "batch_sizes", "tokens_per_request", "kv_lens", "draft_depths", "draft_width", "prefill_tokens",
+                   "repeats", "warmup", "overhead_steps", "hardware", "model_cache")
+
+
+def canonical_command(args, out: Path) -> str:
+    """The command line that reproduces this file, every option spelled out."""
+    words = ["echo-run", "calibrate"]
+    for name in COMMAND_OPTIONS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        words += [f"--{name.replace('_', '-')}", text]
+    return shlex.join(words + ["--out", str(out)])
+
+
 def default_out(hardware: str, model: str) -> Path:
     return Path("traces") / "calibration" / f"{hardware}_{model}.json"
 
@@ -220,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     measure_grid(pair, args, shapes, log)
     fields = dict(points=points_from(pairs, log), hardware=hardware, model=model,
                   draft_model=pair.draft_label, dtype=pair.dtype, tp=1, software=software_versions(),
-                  command="echo-run " + shlex.join(sys.argv[1:]), graph_buckets=[],
+                  command=canonical_command(args, out), graph_buckets=[],
                   kv_capacity_tokens=1_000_000, prefill_chunk_tokens=8192,
                   created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     partial = out.with_name(out.name + ".no-overhead.json")

@@ -59,9 +59,12 @@ class LiveRequest:
     slot: int = -1
     output: list[int] = field(default_factory=list)
     draft_pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    admitted_time: float = float("nan")
     first_token_time: float = float("nan")
     finish_time: float = float("nan")
     steps: int = 0
+    accepted_draft: int = 0  # Σ accepted depth a (bonus excluded)
+    verified_draft: int = 0  # Σ draft nodes verified for it
     step_times: list[float] = field(default_factory=list)  # end of every decode step it was in
     done: bool = False
 
@@ -145,7 +148,7 @@ class LiveEngine:
             record.update(self._decode(running, watch))
         end = wall_clock(self.device) - self.start
         for request in admitted:
-            request.first_token_time = end
+            request.admitted_time, request.first_token_time = begin, end
         for request in running:
             request.step_times.append(end)
         laps = watch.laps()
@@ -211,6 +214,8 @@ class LiveEngine:
             tokens = tokens[: stop[0] + 1] if stop else tokens
             request.output += tokens
             request.steps += 1
+            request.accepted_draft += len(path)
+            request.verified_draft += tree.selected
             committed += len(tokens)
             request.done = self._finished(request)
             new_tokens.append(np.asarray(tokens, dtype=np.int64))

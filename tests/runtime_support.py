@@ -23,7 +23,7 @@ def tiny_qwen2(seed: int, vocab: int, layers: int = 2, hidden: int = 32):
     return model
 
 
-def tiny_pair_models(vocab: int):
+def tiny_pair_models(vocab: int, noise: float = 0.15):
     """(target, draft): the draft is the target with noise on its weights, so it agrees often but
     not always (both acceptance and rejection happen)."""
     target = tiny_qwen2(1, vocab)
@@ -31,7 +31,7 @@ def tiny_pair_models(vocab: int):
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for param in draft.parameters():
-            param.add_(0.15 * torch.randn(param.shape, generator=generator, dtype=torch.float64))
+            param.add_(noise * torch.randn(param.shape, generator=generator, dtype=torch.float64))
     return target, draft
 
 
@@ -80,3 +80,17 @@ class Recorder:
     def observe(self, outcome) -> None:
         self.steps[-1]["outcome"] = outcome
         self.policy.observe(outcome)
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}<|im_end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def tiny_tokenizer():
+    """A real Qwen2Tokenizer over single characters (41 tokens), with a chat template."""
+    chars = ["Ġ"] + list("abcdefghijklmnopqrstuvwxyz0123456789")
+    tokenizer = transformers.Qwen2Tokenizer(vocab={c: i for i, c in enumerate(chars)}, merges=[],
+                                            unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

@@ -1,0 +1,178 @@
+"""`echo-run live`: serve prompts with real speculative decoding and report `echo-sim run`'s metrics.
+
+    echo-run live --policy echo --concurrency 4 --prompts question.jsonl [--max-new-tokens 64] [--json]
+
+Closed loop: C clients, each sends its next prompt when its previous one finishes. Times are
+measured (perf_counter on CPU, CUDA events on GPU) and go through echo_sim.metrics, so every
+number has the simulator's definition. Timing-only mode: `--random-shape NAME --trace FILE` runs
+random weights of a real shape with the trace's acceptance (the simulator's workload stream maps
+requests onto trace requests). `oracle` and `speedup_vs_ar` need the target's future: they are
+simulator-only (speedup: run `ar` live as well and divide).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from echo_runtime.engine import LiveEngine, RequestSpec, RunRecord, RuntimeConfig
+from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair
+from echo_runtime.signals import ModelSignals, TraceSignals
+from echo_sim.metrics import STEP_FIELDS, RequestLog, compute_metrics
+
+SUMMARY = (("output tokens/s", "output_tokens_per_s", "{:.3f}"), ("mean accepted tokens", "mean_accepted_tokens", "{:.3f}"),
+           ("verified tokens/step", "verified_tokens_per_step", "{:.1f}"), ("waste", "waste", "{:.1%}"),
+           ("draft time share", "draft_time_share", "{:.1%}"), ("TTFT p50", "ttft_p50", "{:.3f} s"),
+           ("TPOT p50", "tpot_p50", "{:.4f} s"), ("TPOT p99", "tpot_p99", "{:.4f} s"), ("steps", "steps", "{}"),
+           ("measured", "simulated_seconds", "{:.1f} s"), ("cost source (policies)", "cost_source", "{}"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_pair_arguments(parser)
+    parser.add_argument("--policy", default="echo", help="policy spec, e.g. echo, static:S=5,k=4,N=16")
+    parser.add_argument("--concurrency", type=int, required=True, help="closed-loop clients")
+    parser.add_argument("--prompts", type=Path, help="FastChat question.jsonl (first turn, chat template)")
+    parser.add_argument("--limit", type=int, help="only the first N prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--width", type=int, default=4, help="k: widest lattice the drafter grows")
+    parser.add_argument("--depth", type=int, default=6, help="S: deepest lattice the drafter grows")
+    parser.add_argument("--calibration", help="cost model the policies use (default: "
+                        "traces/calibration/<hardware>_<model>.json when it exists, else the preset)")
+    parser.add_argument("--hardware", default="h200", help="cost preset without a calibration file")
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b", help="cost preset without a calibration file")
+    parser.add_argument("--trace", type=Path, help="with --random-shape: acceptance replayed from this trace")
+    parser.add_argument("--requests", type=int, help="with --trace: requests to serve (default: the trace's)")
+    parser.add_argument("--seed", type=int, default=0, help="with --trace: the workload stream's seed")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def record_frames(record: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run as echo_sim.metrics' RequestLog and StepLog frames."""
+    requests = record.requests
+    log = RequestLog(np.array([len(q.prompt) for q in requests]), np.array([len(q.output) for q in requests]),
+                     np.array([q.index for q in requests]))
+    for name, attr in (("arrival", "arrival"), ("admitted", "admitted_time"), ("first_token", "first_token_time"),
+                       ("finish", "finish_time"), ("decode_steps", "steps"), ("accepted_draft", "accepted_draft"),
+                       ("verified_draft", "verified_draft")):
+        getattr(log, name)[:] = [getattr(q, attr) for q in requests]
+    log.decode_tokens[:] = [len(q.output) - 1 for q in requests]
+    rows = [(s["begin"], s["end"], s["batch"], s["prefill_tokens"], s.get("verify_tokens", 0), s.get("selected", 0),
+             s.get("padding", 0), np.nan if s.get("budget") is None else float(s["budget"]), s.get("eager", False),
+             s.get("draft_depth", 0), s.get("draft_width", 0), s.get("accepted", 0), s.get("committed", 0),
+             s["kv_tokens"], s.get("draft_s", 0.0), 0) for s in record.steps]
+    steps = pd.DataFrame.from_records(rows, columns=list(STEP_FIELDS))
+    steps.insert(0, "step", np.arange(len(steps)))
+    return log.frame(), steps
+
+
+def live_metrics(record: RunRecord, identity: dict) -> dict:
+    requests, steps = record_frames(record)
+    metrics = {**identity, **compute_metrics(requests, steps, record.concurrency)}
+    # the oracle needs the target's future; the live run does not know it
+    metrics.update(oracle_accepted_depth=float("nan"), oracle_gap_per_step=float("nan"), speedup_vs_ar=float("nan"))
+    return metrics
+
+
+def policy_cost(args, pair: Pair):
+    """The cost model the policies consult (echo's goodput budget, graph buckets)."""
+    from echo_sim.cost import load_cost_model
+
+    calibration = args.calibration
+    if calibration is None:
+        from echo_runtime.calibrate import default_out
+
+        candidate = default_out(hardware_label(pair.device), pair.target_label.split(" ")[0])
+        calibration = str(candidate) if candidate.is_file() else None
+    if calibration is not None:
+        return load_cost_model(calibration=calibration)
+    return load_cost_model(args.hardware, args.model)
+
+
+def prompt_specs(args, pair: Pair) -> list[RequestSpec]:
+    from echo_runtime.trace_gen import chat_prompt_ids, read_prompts, select_prompts
+
+    if args.prompts is None:
+        raise ValueError("--prompts FILE is needed (or --random-shape with --trace)")
+    prompts = select_prompts(read_prompts(args.prompts), args.limit, None)
+    return [RequestSpec(chat_prompt_ids(pair.tokenizer, p.text).astype(np.int64), args.max_new_tokens)
+            for p in prompts]
+
+
+def trace_workload(trace, requests: int, seed: int, concurrency: int):
+    """(specs, trace_request): the simulator's stream for this trace (workload "trace")."""
+    from echo_sim.workload import build_stream
+
+    stream = build_stream("trace", requests, seed, trace.prompt_len, trace.output_len, "closed", None)
+    specs = [RequestSpec(np.arange(int(p)) % 1000, int(n)) for p, n in zip(stream.prompt_len, stream.output_len)]
+    return specs, stream.trace_request
+
+
+def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpec], cost, signals,
+          width: int, depth: int, identity: dict, progress=None, outputs: list | None = None) -> dict:
+    """Run the closed loop once; the metrics dict (echo-sim run's fields, measured). `outputs`, if
+    given, receives each request's output tokens (in request order)."""
+    from echo_sim.policies.registry import make_policy
+
+    if concurrency < 1:
+        raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
+    policy = make_policy(policy_spec)
+    config = RuntimeConfig(concurrency, width, depth, eos_token_ids=pair.eos_token_ids)
+    record = LiveEngine(pair.target, pair.draft, policy, cost, config, signals, pair.device).run(specs, progress)
+    if outputs is not None:
+        outputs.extend(q.output for q in record.requests)
+    identity = {"policy": getattr(policy, "label", policy_spec), "concurrency": concurrency,
+                "requests": len(specs), **identity, "cost_source": str(cost.source)}
+    return live_metrics(record, identity)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from echo_sim.policies.registry import make_policy
+
+    make_policy(args.policy)  # an unknown policy or knob fails before any model is loaded
+    if args.trace is not None and not args.random_shape:
+        raise ValueError("--trace replays acceptance for timing-only runs: use it with --random-shape")
+    if args.random_shape and args.trace is None:
+        raise ValueError("--random-shape has random weights: give --trace FILE for the acceptance")
+    pair = load_pair(args)
+    cost = policy_cost(args, pair)
+    if args.random_shape:
+        from echo_sim.traces import read_trace
+
+        trace = read_trace(args.trace)
+        specs, mapping = trace_workload(trace, args.requests or trace.num_requests, args.seed, args.concurrency)
+        signals, source = TraceSignals(trace, mapping), f"trace:{args.trace}"
+        width, depth = trace.width, trace.depth
+    else:
+        specs, signals = prompt_specs(args, pair), ModelSignals()
+        source, width, depth = f"live:{pair.target_label}<-{pair.draft_label}", args.width, args.depth
+    identity = {"arrival": "closed", "workload": str(args.prompts or args.trace), "hardware": hardware_label(args.device),
+                "model": pair.target_label, "acceptance_source": source,
+                "clock": "cuda-events" if args.device == "cuda" else "perf_counter", "torch_threads": args.threads}
+    bar = tqdm(total=len(specs), desc=f"live {args.policy} C={args.concurrency}", unit="req")
+    metrics = serve(pair, args.policy, args.concurrency, specs, cost, signals, width, depth, identity,
+                    progress=lambda done: bar.update(done - bar.n))
+    bar.close()
+    print(json.dumps(json_safe(metrics)) if args.json else format_summary(metrics))
+    return 0
+
+
+def json_safe(metrics: dict) -> dict:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else
+            (v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
+
+
+def format_summary(metrics: dict) -> str:
+    lines = [f"{metrics['policy']} live: {metrics['requests']} requests, concurrency {metrics['concurrency']}, "
+             f"{metrics['hardware']} / {metrics['model']}"]
+    for label, key, pattern in SUMMARY:
+        value = metrics.get(key)
+        ok = value is not None and not (isinstance(value, float) and math.isnan(value))
+        lines.append(f"  {label:<24} {pattern.format(value) if ok else 'n/a'}")
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""`echo-run validate`: the same workload simulated and served live; the simulator's error in %.
+
+    echo-run validate --device cpu [--policies ar,static,echo] [--concurrency 1,2,4,8] [--json]
+
+1. A trace of the prompts (default: the first 8 MT-Bench questions × 64 new tokens) is generated
+   with `echo-run trace` (same pair, k, S; resumable), unless --trace names one.
+2. For every policy × concurrency: `echo_sim.engine.simulate` on that trace with the calibration
+   file's cost model (default: this machine's file under traces/calibration/), and `echo-run live`
+   on the same prompts in the order the simulator's workload stream sends them, with the same
+   calibration for the policies' cost model.
+3. Row: simulated vs measured output tokens/s, mean accepted tokens (MAT) and TPOT p50, error =
+   (simulated − measured) ÷ measured in %, and whether every live output equals the trace's
+   greedy tokens. Rows are written to OUT/rows/ as they finish (an interrupted run resumes), the
+   table to OUT/validation.json and OUT/validation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from echo_runtime.engine import RequestSpec
+from echo_runtime.live import json_safe, policy_cost, serve
+from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair
+from echo_runtime.signals import ModelSignals
+from echo_sim.atomic import write_text_atomic
+
+COMPARED = (("throughput", "output_tokens_per_s"), ("mat", "mean_accepted_tokens"), ("tpot", "tpot_p50"))
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a comma-separated list: {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("empty list")
+        return values
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_pair_arguments(parser)
+    parser.add_argument("--prompts", type=Path, default=Path("traces/prompts/mt_bench_question.jsonl"))
+    parser.add_argument("--limit", type=int, default=8, help="first N prompts (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--width", type=int, default=4)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--policies", type=_csv(str), default=["ar", "static", "echo"])
+    parser.add_argument("--concurrency", type=_csv(int), default=[1, 2, 4, 8])
+    parser.add_argument("--calibration", help="calibration file (default traces/calibration/<hardware>_<model>.json)")
+    parser.add_argument("--trace", type=Path, help="an existing trace of exactly these prompts (default: generate)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/validate_cpu"))
+    parser.add_argument("--json", action="store_true", help='print {"rows": [...]}')
+
+
+def trace_for(args, out: Path) -> Path:
+    """The trace of the validation prompts: --trace, or generated (resumably) into OUT."""
+    if args.trace is not None:
+        return args.trace
+    path = out / "validation.trace.npz"
+    if path.is_file():
+        return path
+    from echo_runtime.cli import main as echo_run
+
+    argv = ["trace", "--target", args.target, "--draft", args.draft or args.target, "--prompts", str(args.prompts),
+            "--limit", str(args.limit), "--max-new-tokens", str(args.max_new_tokens), "--width", str(args.width),
+            "--depth", str(args.depth), "--dtype", args.dtype or "float32", "--out", str(path)]
+    argv += ["--target-gguf", args.target_gguf] if args.target_gguf else []
+    argv += ["--draft-gguf", args.draft_gguf] if args.draft_gguf else []
+    argv += ["--model-cache", str(args.model_cache)] if args.model_cache else []
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    if echo_run(argv) != 0:
+        raise ValueError(f"trace generation failed: echo-run {' '.join(argv)}")
+    return path
+
+
+def check_trace(trace, args) -> None:
+    header = trace.header
+    for key, want in (("width", args.width), ("depth", args.depth), ("max_new_tokens", args.max_new_tokens)):
+        if int(header.get(key, -1)) != want:
+            raise ValueError(f"{trace.path}: header {key}={header.get(key)} but validation uses {want}")
+
+
+def workload(trace, pair: Pair, args, concurrency: int, seed: int = 0):
+    """(specs in the simulator's send order, the trace's target tokens of each)."""
+    from echo_runtime.trace_gen import chat_prompt_ids, read_prompts
+    from echo_sim.workload import build_stream
+
+    texts = {p.request_id: p.text for p in read_prompts(args.prompts)}
+    stream = build_stream("trace", trace.num_requests, seed, trace.prompt_len, trace.output_len, "closed", None)
+    specs, expected = [], []
+    for r in stream.trace_request:
+        ids = chat_prompt_ids(pair.tokenizer, texts[trace.request_ids[r]]).astype(np.int64)
+        if len(ids) != trace.prompt_len[r]:
+            raise ValueError(f"{trace.path}: request {trace.request_ids[r]} has prompt length {trace.prompt_len[r]}, "
+                             f"the tokenizer gives {len(ids)}: not a trace of these prompts")
+        specs.append(RequestSpec(ids, args.max_new_tokens))
+        start = trace.position_offsets[r]
+        expected.append(trace.target_token[start: start + trace.output_len[r]].tolist())
+    return specs, expected
+
+
+def error_pct(simulated: float, measured: float) -> float:
+    return float((simulated - measured) / measured * 100.0) if measured else float("nan")
+
+
+def validation_row(policy: str, concurrency: int, simulated: dict, measured: dict, outputs_match: bool) -> dict:
+    row = {"policy": policy, "concurrency": concurrency, "outputs_match_trace": outputs_match}
+    for short, key in COMPARED:
+        row[f"{short}_simulated"], row[f"{short}_measured"] = simulated[key], measured[key]
+        row[f"{short}_error_pct"] = error_pct(simulated[key], measured[key])
+    row["steps_simulated"], row["steps_measured"] = simulated["steps"], measured["steps"]
+    row["steady_state"] = bool(measured["steady_state"])
+    return row
+
+
+def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost, policy: str, concurrency: int) -> dict:
+    from echo_sim.calibration_file import load_calibration
+    from echo_sim.config import SimConfig
+    from echo_sim.engine import simulate
+
+    file = load_calibration(calibration)
+    config = SimConfig(policy=policy, concurrency=concurrency, requests=trace.num_requests, trace=str(trace_path),
+                       workload="trace", calibration=calibration, hardware=file.hardware, model=file.model, seed=0)
+    simulated = simulate(config, trace).metrics
+    specs, expected = workload(trace, pair, args, concurrency)
+    outputs: list = []
+    identity = {"hardware": hardware_label(pair.device), "model": pair.target_label,
+                "acceptance_source": "live", "workload": str(args.prompts)}
+    measured = serve(pair, policy, concurrency, specs, cost, ModelSignals(), args.width, args.depth, identity,
+                     outputs=outputs)
+    return validation_row(policy, concurrency, simulated, measured, outputs == expected)
+
+
+def row_path(out: Path, policy: str, concurrency: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in policy)
+    return out / "rows" / f"{safe}_c{concurrency}.json"
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| policy | C | tok/s sim | tok/s live | err % | MAT sim | MAT live | err % | TPOT p50 sim (s) "
+            "| TPOT p50 live (s) | err % | greedy = trace |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['policy']} | {r['concurrency']} | {r['throughput_simulated']:.3f} | {r['throughput_measured']:.3f} "
+            f"| {r['throughput_error_pct']:+.1f} | {r['mat_simulated']:.3f} | {r['mat_measured']:.3f} "
+            f"| {r['mat_error_pct']:+.1f} | {r['tpot_simulated']:.3f} | {r['tpot_measured']:.3f} "
+            f"| {r['tpot_error_pct']:+.1f} | {'yes' if r['outputs_match_trace'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from echo_sim.policies.registry import make_policy
+    from echo_sim.traces import read_trace
+
+    for spec in args.policies:
+        make_policy(spec)  # unknown names fail before any work
+    if min(args.concurrency) < 1:
+        raise ValueError(f"--concurrency values must be >= 1, got {args.concurrency}")
+    pair = load_pair(args)
+    if pair.random_weights:
+        raise ValueError("validate compares real acceptance: it needs real weights, not --random-shape")
+    args.calibration = args.calibration or str(_default_calibration(pair))
+    cost = policy_cost(args, pair)
+    args.out.mkdir(parents=True, exist_ok=True)
+    trace_path = trace_for(args, args.out)
+    trace = read_trace(trace_path)
+    check_trace(trace, args)
+    points = [(p, c) for p in args.policies for c in args.concurrency]
+    rows = []
+    for policy, concurrency in tqdm(points, desc="validate", unit="point"):
+        path = row_path(args.out, policy, concurrency)
+        if not path.is_file():
+            row = run_point(pair, args, trace, trace_path, args.calibration, cost, policy, concurrency)
+            write_text_atomic(path, json.dumps(json_safe(row), indent=1) + "\n")
+        rows.append(json.loads(path.read_text()))
+    summary = {"rows": rows, "trace": str(trace_path), "calibration": args.calibration,
+               "hardware": hardware_label(pair.device), "target": pair.target_label, "draft": pair.draft_label,
+               "torch_threads": args.threads}
+    write_text_atomic(args.out / "validation.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(args.out / "validation.md", format_table(rows) + "\n")
+    print(json.dumps({"rows": rows}) if args.json else format_table(rows))
+    return 0
+
+
+def _default_calibration(pair: Pair) -> Path:
+    from echo_runtime.calibrate import default_out
+
+    path = default_out(hardware_label(pair.device), pair.target_label.split(" ")[0])
+    if not path.is_file():
+        raise ValueError(f"no calibration file {path}: run `echo-run calibrate` first or pass --calibration")
+    return path

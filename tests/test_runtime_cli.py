@@ -1,0 +1,122 @@
+"""`echo-run calibrate | live | validate` end to end on a tiny random pair saved to disk (CPU, float64).
+
+What must hold exactly whatever the timing noise: every live output equals the trace's greedy
+tokens, and the simulated mean accepted tokens equal the measured ones (same lattices, same policy).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from echo_runtime.cli import main as echo_run  # noqa: E402
+from echo_sim.cost import load_cost_model  # noqa: E402
+from runtime_support import tiny_pair_models, tiny_tokenizer  # noqa: E402
+
+PROMPTS = ["write a sort in c", "hi there", "explain kv caches", "what is 2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    tokenizer = tiny_tokenizer()
+    for name, model in zip(("target", "draft"), tiny_pair_models(48, noise=0.05)):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    (root / "question.jsonl").write_text("".join(
+        json.dumps({"question_id": 80 + i, "turns": [text]}) + "\n" for i, text in enumerate(PROMPTS)))
+    return root
+
+
+def models(root):
+    return ["--target", str(root / "target"), "--target-gguf", "", "--draft", str(root / "draft"),
+            "--draft-gguf", "", "--dtype", "float64"]
+
+
+@pytest.fixture(scope="module")
+def calibration(pair_dir):
+    out = pair_dir / "cal" / "tiny.json"
+    assert echo_run(["calibrate", *models(pair_dir), "--batch-sizes", "1,2", "--tokens-per-request", "1,4",
+                     "--kv-lens", "16,32", "--draft-depths", "2,3", "--prefill-tokens", "8", "--repeats", "1",
+                     "--warmup", "0", "--overhead-steps", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_calibration_file_is_complete_and_loads(calibration):
+    data = json.loads(calibration.read_text())
+    assert len(data["points"]) == 2 * 2 * 2 + 1  # bs × kv × v, + one prefill point
+    assert data["command"].startswith("echo-run calibrate") and data["software"]["torch"]
+    assert all(p["verify_s"] > 0 and p["verify_rel_err"] is not None for p in data["points"])
+    assert all(p["draft_s"] > 0 for p in data["points"] if p["draft_depth"] > 0)
+    assert not (calibration.parent / "tiny.json.no-overhead.json").exists()
+    cost = load_cost_model(calibration=str(calibration))
+    assert cost.source.startswith("calibration:")
+
+
+def test_validate_outputs_are_greedy_and_mat_is_exact(pair_dir, calibration, capsys):
+    out = pair_dir / "val"
+    argv = ["validate", *models(pair_dir), "--prompts", str(pair_dir / "question.jsonl"), "--limit", "4",
+            "--max-new-tokens", "8", "--width", "3", "--depth", "3", "--policies", "ar,static,echo",
+            "--concurrency", "1,2", "--calibration", str(calibration), "--out", str(out), "--json"]
+    assert echo_run(argv) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [(r["policy"], r["concurrency"]) for r in rows] == [(p, c) for p in ("ar", "static", "echo") for c in (1, 2)]
+    for row in rows:
+        assert row["outputs_match_trace"], row
+        assert row["mat_error_pct"] == 0.0, row
+        assert np.isfinite(row["throughput_error_pct"]) and np.isfinite(row["tpot_error_pct"])
+    assert any(r["mat_measured"] > 1.2 for r in rows)  # speculation accepted tokens
+    assert (out / "validation.md").read_text().startswith("| policy |")
+    (out / "rows" / "ar_c1.json").write_text((out / "rows" / "ar_c1.json").read_text().replace(
+        '"policy": "ar"', '"policy": "ar", "kept": true'))
+    assert echo_run(argv) == 0  # resumes: finished rows are read back, not recomputed
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert rows[0].get("kept") is True
+
+
+def test_live_json_has_the_simulators_fields(pair_dir, calibration, capsys):
+    argv = ["live", *models(pair_dir), "--prompts", str(pair_dir / "question.jsonl"), "--policy", "static",
+            "--concurrency", "2", "--max-new-tokens", "6", "--width", "3", "--depth", "3",
+            "--calibration", str(calibration), "--json"]
+    assert echo_run(argv) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("policy", "concurrency", "requests", "output_tokens_per_s", "mean_accepted_tokens",
+                "verified_tokens_per_step", "waste", "ttft_p50", "tpot_p50", "tpot_p99", "cost_source"):
+        assert key in metrics, key
+    assert metrics["requests"] == 4 and metrics["output_tokens_per_s"] > 0 and metrics["mean_accepted_tokens"] >= 1
+
+
+def test_live_timing_only_mode_replays_a_trace(tmp_path, capsys):
+    from echo_sim.testing import random_trace
+    from echo_sim.traces import write_trace
+
+    path = tmp_path / "random.trace.npz"
+    write_trace(random_trace(np.random.default_rng(5), num_requests=3, width=2, depth=3, vocab=40), path)
+    argv = ["live", "--random-shape", "tiny-llama", "--trace", str(path), "--policy", "echo",
+            "--concurrency", "2", "--hardware", "h200", "--model", "llama-3.1-8b", "--json"]
+    assert echo_run(argv) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["acceptance_source"] == f"trace:{path}" and metrics["requests"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["live", "--random-shape", "tiny-llama", "--policy", "nope", "--concurrency", "1"], "unknown policy"),
+    (["live", "--random-shape", "tiny-llama", "--concurrency", "1"], "--trace"),
+    (["calibrate", "--random-shape", "tiny-llama", "--repeats", "0"], "--repeats"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert echo_run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
