@@ -9,6 +9,8 @@ from echo_sim.cli import dispatch
 SUBCOMMANDS = {
     "trace": ("echo_runtime.trace_gen", "generate a real acceptance trace with a draft/target pair"),
     "calibrate": ("echo_runtime.calibrate", "time the runtime's forwards over a grid and write a calibration file"),
+    "live": ("echo_runtime.live", "serve prompts with real speculative decoding; echo-sim run's metrics, measured"),
+    "validate": ("echo_runtime.validate", "simulate and serve the same workload; the simulator's error in %"),
 }
 
 
