@@ -16,25 +16,27 @@ from dataclasses import replace
 from echo_sim.config import ARRIVAL_MODES, SimConfig, config_defaults
 from echo_sim.workload import WORKLOAD_NAMES
 
-# (option, SimConfig field, type, help) shared by run and sweep.
+# (option, SimConfig field, type, metavar, help) shared by run and sweep; a help text for a field
+# whose default is None says what None means.
 SHARED_OPTIONS = (
-    ("--requests", "requests", int, "simulated requests"),
-    ("--trace", "trace", str, "acceptance trace file (default: the shipped MT-Bench trace)"),
-    ("--workload", "workload", str, f"prompt/output lengths: {', '.join(WORKLOAD_NAMES)}"),
-    ("--arrival", "arrival", str, f"load model: {', '.join(ARRIVAL_MODES)}"),
-    ("--hardware", "hardware", str, "hardware preset"),
-    ("--model", "model", str, "target model preset"),
-    ("--calibration", "calibration", str, "calibration file replacing the roofline"),
-    ("--max-batch", "max_batch", int, "running requests at most"),
-    ("--kv-capacity", "kv_capacity_tokens", int, "KV-cache tokens (default: the cost preset's)"),
-    ("--prefill-chunk", "prefill_chunk", int, "prompt tokens prefilled per step"),
+    ("--requests", "requests", int, "N", "simulated requests"),
+    ("--trace", "trace", str, "PATH", "acceptance trace file (default: the shipped MT-Bench trace)"),
+    ("--workload", "workload", str, "NAME", f"prompt/output lengths: {', '.join(WORKLOAD_NAMES)}"),
+    ("--arrival", "arrival", str, "MODE", f"load model: {', '.join(ARRIVAL_MODES)}"),
+    ("--hardware", "hardware", str, "NAME", "hardware preset"),
+    ("--model", "model", str, "NAME", "target model preset"),
+    ("--calibration", "calibration", str, "FILE", "calibration file replacing the roofline (default: none)"),
+    ("--max-batch", "max_batch", int, "N", "running requests at most"),
+    ("--kv-capacity", "kv_capacity_tokens", int, "TOKENS", "KV-cache tokens (default: the cost preset's)"),
+    ("--prefill-chunk", "prefill_chunk", int, "TOKENS",
+     "prompt tokens prefilled per step (default: the hardware preset's, 8192 on h200)"),
 )
 # Options only `run` has (the sweep takes lists of these).
 RUN_OPTIONS = (
-    ("--policy", "policy", str, "policy spec, e.g. echo, static:S=5,k=4,N=16"),
-    ("--concurrency", "concurrency", int, "closed-loop clients"),
-    ("--rate", "rate", float, "open-loop Poisson arrivals per second"),
-    ("--seed", "seed", int, "seed of workload sampling, trace mapping and arrivals"),
+    ("--policy", "policy", str, "SPEC", "policy spec, e.g. echo, static:S=5,k=4,N=16"),
+    ("--concurrency", "concurrency", int, "C", "closed-loop clients (give this or --rate)"),
+    ("--rate", "rate", float, "R", "open-loop Poisson arrivals per second (give this or --concurrency)"),
+    ("--seed", "seed", int, "S", "seed of workload sampling, trace mapping and arrivals"),
 )
 SUMMARY = (
     ("output tokens/s", "output_tokens_per_s", "{:.1f}"), ("speedup vs ar", "speedup_vs_ar", "{:.3f}x"),
@@ -52,10 +54,11 @@ def add_simulation_arguments(parser: argparse.ArgumentParser, sweep: bool = Fals
     """Register the SimConfig options (all default to SimConfig's own defaults)."""
     defaults = config_defaults()
     options = SHARED_OPTIONS if sweep else RUN_OPTIONS + SHARED_OPTIONS
-    for option, field, kind, text in options:
-        parser.add_argument(option, dest=field, type=kind, default=argparse.SUPPRESS,
-                            help=f"{text} (default: {defaults[field]})")
-    parser.set_defaults(_simulation_options=tuple(field for _, field, _, _ in options))
+    for option, field, kind, metavar, text in options:
+        shown = "" if defaults[field] is None else f" (default: {defaults[field]})"
+        parser.add_argument(option, dest=field, type=kind, metavar=metavar, default=argparse.SUPPRESS,
+                            help=text + shown)
+    parser.set_defaults(_simulation_options=tuple(field for _, field, _, _, _ in options))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
