@@ -195,7 +195,9 @@ def machine() -> str:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}, numpy {np.__version__}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} logical CPUs (shared; load average {load} at the end), "
+            f"Python {platform.python_version()}, numpy {np.__version__}")
 
 
 def report(points: list[dict], command: str, parts: dict | None) -> str:
