@@ -302,6 +302,25 @@ def choose_num_splits(programs: int, max_kv_len: int, num_sms: int) -> int:
     return max(1, min(want, max_kv_len // MIN_KEYS_PER_SPLIT, MAX_SPLITS))
 
 
+def _rows_per_program(rows: int) -> int:
+    return max(16, min(next_pow2(rows), MAX_ROWS_PER_PROGRAM))   # tl.dot needs >= 16
+
+
+def launch_grid(batch: TreeAttentionBatch, num_heads: int, num_kv_heads: int, device,
+                num_splits: int | None = None) -> tuple[int, int, int]:
+    """(row chunks, prefix splits, requests × KV heads): the attention kernel's grid for this step."""
+    rows = batch.max_tree_tokens * (num_heads // num_kv_heads)
+    row_chunks = triton.cdiv(rows, _rows_per_program(rows))
+    programs = row_chunks * batch.batch_size * num_kv_heads
+    if num_splits is None:
+        device = torch.device(device)
+        num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+        num_splits = choose_num_splits(programs, batch.max_kv_len, num_sms)
+    if not isinstance(num_splits, int) or num_splits < 1:
+        raise KernelInputError(f"num_splits must be a positive int, got {num_splits!r}")
+    return row_chunks, num_splits, batch.batch_size * num_kv_heads
+
+
 def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatch, *,
                    scale: float | None = None, num_splits: int | None = None, out=None) -> torch.Tensor:
     """Attention of every tree token over its prefix and ancestors (module docstring). Shape: out [T, Hq, D].
@@ -312,15 +331,9 @@ def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatc
     if batch.paged and batch.block_table.device != q.device:
         raise KernelInputError(f"block_table on {batch.block_table.device}, q on {q.device}")
     group = num_heads // num_kv
-    rows = batch.max_tree_tokens * group
-    block_m = max(16, min(next_pow2(rows), MAX_ROWS_PER_PROGRAM))
-    row_chunks = triton.cdiv(rows, block_m)
-    programs = row_chunks * batch.batch_size * num_kv
-    if num_splits is None:
-        num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-        num_splits = choose_num_splits(programs, batch.max_kv_len, num_sms)
-    if not isinstance(num_splits, int) or num_splits < 1:
-        raise KernelInputError(f"num_splits must be a positive int, got {num_splits!r}")
+    grid = launch_grid(batch, num_heads, num_kv, q.device, num_splits)
+    num_splits = grid[1]
+    block_m = _rows_per_program(batch.max_tree_tokens * group)
     if out is None:
         out = torch.empty_like(q)
     check_tensor("out", out, ndim=3, dtypes=(q.dtype,), shape=tuple(q.shape))
@@ -334,7 +347,6 @@ def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatc
     scale = head_dim ** -0.5 if scale is None else float(scale)
     block_table = batch.block_table if batch.paged else batch.kv_lens  # unused pointer when contiguous
     page_size = k_cache.shape[1] if batch.paged else 0
-    grid = (row_chunks, num_splits, batch.batch_size * num_kv)
     _tree_attention_kernel[grid](
         q, k_tree, v_tree, k_cache, v_cache, target, lse,
         batch.tree_offsets, batch.tree_mask, batch.kv_lens, block_table,
