@@ -27,6 +27,7 @@ node's parent is selected or is the root.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -61,12 +62,35 @@ class LatticeBatch:
 
     def request_of_node(self) -> np.ndarray:
         """int64 [n]: the batch row that owns each node."""
-        return np.repeat(np.arange(self.batch_size), np.diff(self.offsets))
+        return self._request_of_node
 
     def global_parent(self) -> np.ndarray:
         """int64 [n]: parent's index in the flat arrays, ROOT_PARENT for children of the root."""
-        base = self.offsets[:-1][self.request_of_node()]
+        return self._global_parent
+
+    # Derived arrays are computed once per batch: the policy, the engine and the metrics all walk
+    # the same step's lattices, and these are the hot path of a simulation step.
+    @cached_property
+    def _request_of_node(self) -> np.ndarray:
+        return np.repeat(np.arange(self.batch_size), np.diff(self.offsets))
+
+    @cached_property
+    def _global_parent(self) -> np.ndarray:
+        base = self.offsets[:-1][self._request_of_node]
         return np.where(self.parent == ROOT_PARENT, ROOT_PARENT, self.parent + base)
+
+    @cached_property
+    def level_links(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """Per depth level 2…S: (child indices, their global parent indices), in level order.
+
+        Any root-to-leaf propagation is one vectorised assignment per entry.
+        """
+        links = []
+        gparent = self._global_parent
+        for level in range(2, self.max_depth + 1):
+            child = np.flatnonzero(self.depth == level)
+            links.append((child, gparent[child]))
+        return tuple(links)
 
     def truncate_depth(self, max_depth: int) -> "LatticeBatch":
         """Keep only nodes with depth <= max_depth (levels the drafter actually grew)."""
@@ -91,22 +115,16 @@ class LatticeBatch:
 def propagate_all(batch: LatticeBatch, mask: np.ndarray) -> np.ndarray:
     """bool [n]: mask[i] and mask of every ancestor of i (gates a node with its subtree)."""
     out = mask.astype(bool).copy()
-    gparent = batch.global_parent()
-    has_parent = gparent != ROOT_PARENT
-    for level in range(2, batch.max_depth + 1):
-        at_level = (batch.depth == level) & has_parent
-        idx = np.flatnonzero(at_level)
-        out[idx] &= out[gparent[idx]]
+    for child, parent in batch.level_links:
+        out[child] &= out[parent]
     return out
 
 
 def running_min(batch: LatticeBatch, values: np.ndarray) -> np.ndarray:
     """float [n]: min of values over each node's path from the root (non-increasing along paths)."""
     out = np.asarray(values, dtype=np.float64).copy()
-    gparent = batch.global_parent()
-    for level in range(2, batch.max_depth + 1):
-        idx = np.flatnonzero((batch.depth == level) & (gparent != ROOT_PARENT))
-        out[idx] = np.minimum(out[idx], out[gparent[idx]])
+    for child, parent in batch.level_links:
+        out[child] = np.minimum(out[child], out[parent])
     return out
 
 
