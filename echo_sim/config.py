@@ -47,7 +47,9 @@ class SimConfig:
         trace=None               the shipped MT-Bench trace, traces/mt_bench*.trace.npz in the repo
         workload="trace"         prompt/output lengths of the acceptance trace's own requests; or a
                                  real length distribution (workload.WORKLOAD_NAMES)
-        hardware="h200", model="llama-3.1-8b"   cost presets (COST_MODEL.md), the paper's setting
+        hardware=None, model=None   cost presets (COST_MODEL.md); None means h200 / llama-3.1-8b
+                                 (the paper's setting) for the roofline, or whatever the
+                                 calibration file says when one is given (a mismatch is an error)
         calibration=None         a calibration file replaces the roofline (echo_sim.cost)
         seed=0                   workload sampling, trace mapping and arrivals derive from it only
         max_batch=256            running requests (prefilling + decoding); vLLM's long-standing
@@ -69,8 +71,8 @@ class SimConfig:
     requests: int = 1000
     trace: str | None = None
     workload: str = "trace"
-    hardware: str = "h200"
-    model: str = "llama-3.1-8b"
+    hardware: str | None = None
+    model: str | None = None
     calibration: str | None = None
     seed: int = 0
     max_batch: int = 256

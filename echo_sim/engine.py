@@ -353,10 +353,12 @@ class Simulation:
         config = self.config
         label = getattr(self.policy, "label", config.policy)
         source = getattr(self.trace, "source_label", None) or str(self.trace.path)
+        cost = getattr(self.cost, "describe", dict)()  # hardware/model come from the cost model
         return {
             "policy": label, "concurrency": config.concurrency, "rate": config.rate,
             "arrival": config.arrival_mode, "workload": config.workload, "seed": config.seed,
-            "requests": self.stream.num_requests, "hardware": config.hardware, "model": config.model,
+            "requests": self.stream.num_requests, "hardware": cost.get("hardware", config.hardware),
+            "model": cost.get("model", config.model),
             "max_batch": config.max_batch, "kv_capacity_tokens": self.kv_capacity,
             "prefill_chunk": self.prefill_chunk, "acceptance_source": source,
             "cost_source": str(self.cost.source),

@@ -44,7 +44,7 @@ class ConstantCost:
     def verify_time(self, verify_tokens, batch_size, kv_tokens, eager=False):
         return np.ones(np.shape(verify_tokens))
 
-    def draft_time(self, batch_size, depth, width) -> float:
+    def draft_time(self, batch_size, depth, width, kv_tokens=0) -> float:
         return 0.0
 
     def graph_bucket(self, verify_tokens):

@@ -29,7 +29,7 @@ class FakeCost:
         tokens = np.asarray(verify_tokens, dtype=np.float64)
         return self.base + self.per_token * np.maximum(tokens, self.knee) + (self.eager_extra if eager else 0.0)
 
-    def draft_time(self, batch_size, depth, width):
+    def draft_time(self, batch_size, depth, width, kv_tokens=0):
         return self.draft_per_level * depth
 
     def graph_bucket(self, verify_tokens):

@@ -167,8 +167,9 @@ class EchoPolicy(KnobbedPolicy):
         if self.budget == "fixed":
             return bs * (self.N - 1)
         drafted = context.draft
-        draft_seconds = context.cost.draft_time(bs, drafted.depth, drafted.width) if drafted.depth else 0.0
         kv_tokens = int(np.sum(context.kv_lens))
+        draft_seconds = (context.cost.draft_time(bs, drafted.depth, drafted.width, kv_tokens=kv_tokens)
+                         if drafted.depth else 0.0)
         return goodput_budget(eligible_confidence, bs, kv_tokens, draft_seconds, context.cost, self.bucketing)
 
     def _fit_bucket(self, budget: int, eligible: int, bs: int, context: StepContext) -> tuple[int, int, bool]:

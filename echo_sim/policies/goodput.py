@@ -43,7 +43,7 @@ def chain_goodput(cost, alpha: float, k_max: int, batch_size: int, kv_tokens: in
     lengths = np.arange(k_max + 1)
     executed, eager = executed_shape(cost.graph_buckets, batch_size * (1 + lengths))
     seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens)
-    seconds += np.array([cost.draft_time(batch_size, int(k), 1) if k else 0.0 for k in lengths])
+    seconds += np.array([cost.draft_time(batch_size, int(k), 1, kv_tokens=kv_tokens) if k else 0.0 for k in lengths])
     return batch_size * expected_tokens(alpha, lengths) / seconds
 
 
