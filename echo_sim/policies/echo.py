@@ -33,7 +33,7 @@ from echo_sim.policies.base import TRACE_LIMIT, DraftShape, Outcome, Selection, 
 from echo_sim.policies.calibration import CalibrationCurve
 from echo_sim.policies.common import executed_shape, require_confidences, step_seconds
 from echo_sim.policies.knobs import KnobbedPolicy, check_range
-from echo_sim.trees import ROOT_PARENT, LatticeBatch, propagate_all, running_min, supertree_select
+from echo_sim.trees import ROOT_PARENT, LatticeBatch, propagate_all, running_min, top_b
 
 DEPTH_WINDOW = 4  # steps of selected depth that the next draft depth looks back on
 
@@ -141,7 +141,8 @@ class EchoPolicy(KnobbedPolicy):
             confidence = running_min(lattices, confidence)
         budget = self._budget(confidence[eligible], lattices.batch_size, context)
         fill, padding, eager = self._fit_bucket(budget, int(eligible.sum()), lattices.batch_size, context)
-        nodes = supertree_select(lattices, confidence, gate_value, threshold, fill)
+        # supertree_select(lattices, confidence, gate_value, threshold, fill) with the gate reused
+        nodes = top_b(confidence, lattices.score, lattices.depth, eligible, fill)
         self._plan_depth(lattices, nodes)
         return Selection(nodes=nodes, padding=padding, eager=eager, budget=budget)
 
