@@ -1,0 +1,98 @@
+"""echo-sim sweep: tables, plots, resume without recomputation, and bad input that writes nothing."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from echo_sim import sweep
+from echo_sim.cli import main
+from echo_sim.testing import random_trace
+from echo_sim.traces import write_trace
+
+
+@pytest.fixture(scope="module")
+def trace_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trace") / "small.trace.npz"
+    trace = random_trace(np.random.default_rng(7), num_requests=6, output_len=(10, 24), width=2, depth=3)
+    write_trace(trace, path)
+    return str(path)
+
+
+def run_sweep(trace_file, out, *extra):
+    return main(["sweep", "--trace", trace_file, "--policies", "static,echo,oracle", "--concurrency", "1,4",
+                 "--requests", "12", "--out", str(out), "--jobs", "1", *extra])
+
+
+def test_sweep_writes_tables_plots_and_recommendation(trace_file, tmp_path, capsys):
+    assert run_sweep(trace_file, tmp_path / "out") == 0
+    out = tmp_path / "out"
+    summary = pd.read_csv(out / "summary.csv")
+    # ar is added because speedups need it: 4 policies x 2 loads
+    assert len(summary) == 8 and set(summary["policy"]) == {"ar", "static", "echo", "oracle"}
+    results = pd.read_parquet(out / "results.parquet")
+    assert len(results) == 8
+    ar = summary[summary["policy"] == "ar"]
+    assert np.allclose(ar["speedup_vs_ar"], 1.0)
+    for _, row in summary.iterrows():
+        base = ar[ar["concurrency"] == row["concurrency"]]["output_tokens_per_s"].item()
+        assert row["speedup_vs_ar"] == pytest.approx(row["output_tokens_per_s"] / base)
+    for name in ("throughput_vs_concurrency.png", "speedup_vs_concurrency.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "recommendation" in printed
+    recommended = [line for line in printed.splitlines() if line.strip().startswith("trace concurrency=")]
+    assert len(recommended) == 2 and not any(": oracle" in line for line in recommended)
+
+
+def test_sweep_resumes_without_recomputing(trace_file, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert run_sweep(trace_file, out, "--no-plots") == 0
+    first = pd.read_csv(out / "summary.csv")
+    calls = []
+    original = sweep.simulate
+    monkeypatch.setattr(sweep, "simulate", lambda config: calls.append(config) or original(config))
+    # one point lost (as if interrupted before it finished): only that point is recomputed
+    lost = sorted((out / "points").glob("*.json"))[0]
+    lost.unlink()
+    assert run_sweep(trace_file, out, "--no-plots") == 0
+    assert len(calls) == 1
+    again = pd.read_csv(out / "summary.csv")
+    timing = ["sim_cpu_seconds"]
+    pd.testing.assert_frame_equal(first.drop(columns=timing), again.drop(columns=timing))
+
+
+def test_identical_seeds_identical_points(trace_file, tmp_path):
+    for name in ("a", "b"):
+        assert run_sweep(trace_file, tmp_path / name, "--no-plots") == 0
+    a, b = (pd.read_csv(tmp_path / n / "summary.csv").drop(columns=["sim_cpu_seconds"]) for n in "ab")
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [
+    ["--policies", "nosuch"],
+    ["--concurrency", "0"],
+    ["--concurrency", "1,x"],
+    ["--trace", "/nonexistent/trace.npz"],
+    ["--hardware", "tpu9000"],
+])
+def test_bad_input_exits_nonzero_and_writes_nothing(trace_file, tmp_path, capsys, bad):
+    out = tmp_path / "out"
+    args = ["sweep", "--trace", trace_file, "--concurrency", "1", "--requests", "4", "--out", str(out), *bad]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("echo-sim: error:")
+    assert not out.exists()
+
+
+def test_step_log_written_per_point(trace_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["sweep", "--trace", trace_file, "--policies", "echo", "--concurrency", "2", "--requests", "6",
+                 "--out", str(out), "--jobs", "1", "--no-plots", "--step-log"]) == 0
+    logs = sorted((out / "steps").glob("*.parquet"))
+    assert len(logs) == 2  # ar and echo
+    steps = pd.concat(pd.read_parquet(p) for p in logs)
+    assert len(steps) > 0
+    point = json.loads(next((out / "points").glob("*.json")).read_text())
+    assert point["config"]["step_log"] is True
