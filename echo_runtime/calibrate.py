@@ -33,7 +33,7 @@ from echo_runtime.draft_tree import grow_lattices
 from echo_runtime.forward import next_token_logits, tree_forward
 from echo_runtime.kv_cache import KVCache
 from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair, software_versions
-from echo_runtime.timing import Stopwatch
+from echo_runtime.timing import CLOCKS, Clock
 from echo_runtime.verify import build_tree
 
 
@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--prefill-tokens", type=_ints, default=[128, 256])
     grid.add_argument("--repeats", type=int, default=3)
     grid.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--clock", default="auto", choices=CLOCKS,
+                        help="auto: CUDA events on a GPU, thread CPU time on a CPU (echo_runtime.timing); wall: perf_counter")
     parser.add_argument("--overhead-steps", type=int, default=12, help="decode steps of the overhead run")
     parser.add_argument("--hardware", help="hardware name in the file (default: cpu-<cores>core or the GPU's name)")
     parser.add_argument("--out", type=Path, help="calibration file (default traces/calibration/<hardware>_<model>.json)")
@@ -94,27 +96,28 @@ def _chain_tree(root: int, tokens: np.ndarray):
     return build_tree(root, np.arange(n), tokens, np.arange(n) - 1, np.arange(1, n + 1))
 
 
-def time_verify(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator) -> float:
+def time_verify(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator, clock: Clock) -> float:
     """Seconds of the engine's verify phase for this shape (cache lengths restored after)."""
     cached = max(shape.kv - 1, 0)
     cache.lengths[: shape.batch_size] = cached
     vocab = pair.target.config.vocab_size
-    watch = Stopwatch(pair.device)
+    watch = clock.stopwatch()
     watch.mark("start")
     trees = [_chain_tree(int(rng.integers(vocab)), rng.integers(0, vocab, size=shape.tokens - 1))
              for _ in range(shape.batch_size)]
-    hidden = tree_forward(pair.target, cache, [t.row(slot, cached) for slot, t in enumerate(trees)])
+    hidden = tree_forward(pair.target, cache, [t.row(slot, cached) for slot, t in enumerate(trees)],
+                          use_kernel=pair.device == "cuda")
     next_token_logits(pair.target, hidden).argmax(dim=-1).cpu()
     watch.mark("verify")
     return watch.total()
 
 
-def time_draft(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator) -> float:
+def time_draft(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator, clock: Clock) -> float:
     cached = max(shape.kv - 1, 0)
     cache.lengths[: shape.batch_size] = cached
     slots = np.arange(shape.batch_size)
     pending = [rng.integers(0, pair.draft.config.vocab_size, size=1) for _ in slots]
-    watch = Stopwatch(pair.device)
+    watch = clock.stopwatch()
     watch.mark("start")
     grow_lattices(pair.draft, cache, slots, pending, shape.width, shape.tokens)
     watch.mark("draft")
@@ -154,8 +157,9 @@ def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> 
     draft_cache = KVCache.allocate(pair.draft.config, slots, max(s.kv for s in shapes) + room,
                                    next(pair.draft.parameters()).dtype, pair.device)
     for shape in tqdm(todo, desc="calibrate", unit="shape"):
-        timer = (lambda: time_verify(pair, target_cache, shape, rng)) if shape.kind == "verify" \
-            else (lambda: time_draft(pair, draft_cache, shape, rng))
+        clock = Clock(pair.device, args.clock)
+        timer = (lambda: time_verify(pair, target_cache, shape, rng, clock)) if shape.kind == "verify" \
+            else (lambda: time_draft(pair, draft_cache, shape, rng, clock))
         for _ in range(args.warmup):
             timer()
         log.add(shape.key, [timer() for _ in range(args.repeats)])
@@ -175,7 +179,7 @@ def points_from(pairs, log: MeasurementLog) -> list[dict]:
     return points
 
 
-def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...]) -> tuple[float, float]:
+def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...], clock: str) -> tuple[float, float]:
     """(step_s, per_request_s): host time per decode step outside the forwards, from short live
     runs of `static` on synthetic prompts, least squares on the batch size (clipped at 0)."""
     from echo_runtime.engine import LiveEngine, RequestSpec, RuntimeConfig
@@ -186,8 +190,9 @@ def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...])
     rows, seconds = [], []
     for bs in batch_sizes:
         specs = [RequestSpec(rng.integers(0, pair.target.config.vocab_size, size=32), steps) for _ in range(bs)]
-        engine = LiveEngine(pair.target, pair.draft, make_policy("static"), cost, RuntimeConfig(bs),
-                            ModelSignals(), pair.device)
+        cuda = pair.device == "cuda"
+        engine = LiveEngine(pair.target, pair.draft, make_policy("static"), cost, RuntimeConfig(bs, kernels=cuda, clock=clock),
+                            ModelSignals(use_kernel=cuda), pair.device)
         for step in engine.run(specs).steps:
             if step["batch"]:
                 rows.append([1.0, step["batch"]])
@@ -200,7 +205,7 @@ def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...])
 
 COMMAND_OPTIONS = ("target", "target_gguf", "draft", "draft_gguf", "random_shape", "dtype", "device", "threads",
                    "batch_sizes", "tokens_per_request", "kv_lens", "draft_depths", "draft_width", "prefill_tokens",
-                   "repeats", "warmup", "overhead_steps", "hardware", "model_cache")
+                   "repeats", "warmup", "overhead_steps", "clock", "hardware", "model_cache")
 
 
 def canonical_command(args, out: Path) -> str:
@@ -230,19 +235,21 @@ def run(args: argparse.Namespace) -> int:
     model = pair.target_label.split(" ")[0]
     out = args.out or default_out(hardware, model)
     pairs, shapes = grid_shapes(args)
+    clock = Clock(pair.device, args.clock).kind
     setup = {"target": pair.target_label, "draft": pair.draft_label, "dtype": pair.dtype, "device": pair.device,
-             "hardware": hardware, "repeats": args.repeats, "warmup": args.warmup}
+             "hardware": hardware, "repeats": args.repeats, "warmup": args.warmup, "clock": clock,
+             "threads": args.threads}
     log = MeasurementLog(out.with_name(out.name + ".measurements.jsonl"), setup)
     measure_grid(pair, args, shapes, log)
     fields = dict(points=points_from(pairs, log), hardware=hardware, model=model,
-                  draft_model=pair.draft_label, dtype=pair.dtype, tp=1, software=software_versions(),
+                  draft_model=pair.draft_label, dtype=pair.dtype, tp=1, software={**software_versions(), "clock": clock},
                   command=canonical_command(args, out), graph_buckets=[],
                   kv_capacity_tokens=1_000_000, prefill_chunk_tokens=8192,
                   created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     partial = out.with_name(out.name + ".no-overhead.json")
     write_calibration(partial, step_overhead_s=0.0, per_request_overhead_s=0.0, **fields)
     step_s, per_request_s = measure_overhead(pair, load_cost_model(calibration=partial), args.overhead_steps,
-                                             (1, max(args.batch_sizes)))
+                                             (1, max(args.batch_sizes)), args.clock)
     calibration = write_calibration(out, step_overhead_s=step_s, per_request_overhead_s=per_request_s, **fields)
     partial.unlink()
     report(calibration, out)

@@ -24,7 +24,9 @@ import torch
 from echo_runtime.draft_tree import commit_draft, grow_lattices
 from echo_runtime.forward import chain_row, next_token_logits, tree_forward
 from echo_runtime.kv_cache import KVCache
-from echo_runtime.timing import Stopwatch, wall_clock
+import time
+
+from echo_runtime.timing import Clock
 from echo_runtime.verify import VerifyTree, build_tree
 from echo_sim.policies.base import TRACE_LIMIT, DraftShape, Outcome, Selection, StepContext
 from echo_sim.trees import LatticeBatch
@@ -33,13 +35,16 @@ from echo_sim.trees import LatticeBatch
 @dataclass(frozen=True)
 class RuntimeConfig:
     """concurrency C (closed-loop clients = KV slots); width/depth: the largest lattice the drafter
-    grows (what `trace_width`/`trace_depth` are to the simulator); eos ends a request early."""
+    grows (what `trace_width`/`trace_depth` are to the simulator); eos ends a request early;
+    kernels: the Triton verification kernels instead of SDPA (what a CUDA run uses)."""
 
     concurrency: int
     width: int = 4
     depth: int = 6
     eos_token_ids: tuple[int, ...] = ()
     capacity: int | None = None  # KV tokens per slot; default: longest prompt + output + tree room
+    kernels: bool = False  # verify with kernels.tree_attention (+ tree_verify via ModelSignals): on CUDA
+    clock: str = "auto"  # echo_runtime.timing: cuda events on a GPU, thread CPU time on a CPU, or "wall"
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class LiveEngine:
             raise ValueError("policy 'oracle' reads the target's future output (lattice on_path): "
                              "it runs in the simulator or in a trace replay, not live")
         self.dtype = next(target.parameters()).dtype
+        self.clock = Clock(self.device, config.clock)
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, specs: list[RequestSpec], progress=None) -> RunRecord:
@@ -103,7 +109,7 @@ class LiveEngine:
         self.target_cache = KVCache.allocate(self.target.config, slots, capacity, self.dtype, self.device)
         self.draft_cache = (KVCache.allocate(self.draft.config, slots, capacity, self.dtype, self.device)
                             if self.uses_draft else None)
-        self.start = wall_clock(self.device)
+        self.start = self.clock.now()
         requests = [LiveRequest(i, np.asarray(s.prompt, np.int64), s.max_new, arrival=0.0)
                     for i, s in enumerate(specs)]
         arrived = min(slots, len(requests))  # closed loop: C clients send their first request at 0
@@ -136,8 +142,9 @@ class LiveEngine:
 
     def step(self, running: list[LiveRequest], admitted: list[LiveRequest]) -> dict:
         """One engine step (module docstring). Returns the step's record."""
-        watch = Stopwatch(self.device)
-        begin = wall_clock(self.device) - self.start
+        watch = self.clock.stopwatch()
+        begin = self.clock.now() - self.start
+        wall_begin = time.perf_counter()
         watch.mark("start")
         if admitted:
             self._prefill(admitted)
@@ -146,7 +153,8 @@ class LiveEngine:
                   "prefill_context": 0, "kv_tokens": int(sum(len(q.prompt) + q.position for q in running))}
         if running:
             record.update(self._decode(running, watch))
-        end = wall_clock(self.device) - self.start
+        end = self.clock.now() - self.start
+        record["wall_s"] = time.perf_counter() - wall_begin
         for request in admitted:
             request.admitted_time, request.first_token_time = begin, end
         for request in running:
@@ -170,7 +178,7 @@ class LiveEngine:
             request.draft_pending = np.array(request.output, dtype=np.int64)
             request.done = self._finished(request)
 
-    def _decode(self, running: list[LiveRequest], watch: Stopwatch) -> dict:
+    def _decode(self, running: list[LiveRequest], watch) -> dict:
         shape = self._draft_shape()
         slots = np.array([q.slot for q in running], dtype=np.int64)
         grown = None
@@ -183,18 +191,16 @@ class LiveEngine:
         watch.mark("select")
         trees = self._verify_trees(running, lattices, grown, selection, shape)
         rows = [tree.row(q.slot, len(q.prompt) + q.position - 1) for q, tree in zip(running, trees)]
-        hidden = tree_forward(self.target, self.target_cache, rows)
-        argmax = next_token_logits(self.target, hidden).argmax(dim=-1).cpu().numpy()
+        hidden = tree_forward(self.target, self.target_cache, rows, use_kernel=self.config.kernels)
+        argmax = next_token_logits(self.target, hidden).argmax(dim=-1)
+        walks = self.signals.accept(lattices, selection, running, trees, argmax)
         watch.mark("verify")
-        bounds = np.cumsum([0] + [len(t.tokens) for t in trees])
-        walks = self.signals.accept(lattices, selection, running, trees,
-                                    [argmax[a:b] for a, b in zip(bounds, bounds[1:])])
         before = [q.position for q in running]
         outcome, committed = self._commit(running, lattices, selection, trees, walks, grown)
         per_request = [q.position - b for q, b in zip(running, before)]
         self.policy.observe(outcome)
         watch.mark("commit")
-        return {"verify_tokens": int(bounds[-1]), "selected": int(sum(t.selected for t in trees)),
+        return {"verify_tokens": int(sum(len(t.tokens) for t in trees)), "selected": int(sum(t.selected for t in trees)),
                 "padding": int(selection.padding), "eager": bool(selection.eager),
                 "accepted": int(outcome.accepted_depth.sum()), "committed": committed,
                 "draft_depth": shape.depth, "draft_width": shape.width,

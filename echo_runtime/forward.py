@@ -7,8 +7,11 @@ where their K/V goes, and a tree mask over the scratch (ancestors and itself). A
 token = the row's committed prefix (all of it) + the scratch entries its mask allows.
 
 The decoder's own modules (embedding, norms, projections, MLP, rotary, LM head) come from the
-transformers model; only attention is ours (torch SDPA with a boolean mask), which is what lets
-one forward serve ragged trees. Llama, Qwen2 and Qwen3 (q/k norms) layouts are supported.
+transformers model; only attention is ours, which is what lets one forward serve ragged trees:
+torch SDPA with a boolean mask (the reference, any row), or, with `use_kernel` (the engine sets it
+on CUDA), kernels.tree_attention when every row is a self-contained tree of at most 64 tokens (a
+verification; drafter levels and long prefill chunks stay on SDPA). Llama, Qwen2 and Qwen3 (q/k
+norms) layouts are supported.
 """
 
 from __future__ import annotations
@@ -69,7 +72,31 @@ def _pad(rows: list[TreeRow], field: str, n_max: int) -> np.ndarray:
     return out
 
 
-def _attention(layer, hidden, cos, sin, cache: KVCache, index: int, write, slots, keys: int, mask):
+def kernel_eligible(rows: list[TreeRow], head_dim: int, group: int) -> bool:
+    """True when kernels.tree_attention computes exactly what the SDPA path does for these rows."""
+    from kernels.tree_attention import HEAD_DIMS, MAX_GROUP, MAX_TREE_TOKENS
+
+    if head_dim not in HEAD_DIMS or group > MAX_GROUP:
+        return False
+    return all(len(row.tokens) <= MAX_TREE_TOKENS and row.visible.shape == (len(row.tokens),) * 2
+               and np.array_equal(row.scratch_index, np.arange(len(row.tokens))) for row in rows)
+
+
+def _kernel_plan(rows: list[TreeRow], prefix: np.ndarray, cache: KVCache, slots: torch.Tensor):
+    """kernels.tree_attention's metadata: ancestor bits per token, prefix lengths, slot table."""
+    from kernels.tree_attention import plan_tree_attention
+
+    device = slots.device
+    bits = np.concatenate([(row.visible.astype(np.uint64) << np.arange(row.visible.shape[1], dtype=np.uint64))
+                           .sum(axis=1, dtype=np.uint64) for row in rows]).view(np.int64)
+    offsets = np.concatenate(([0], np.cumsum([len(row.tokens) for row in rows])))
+    as_tensor = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+    return plan_tree_attention(as_tensor(offsets, torch.int32), as_tensor(bits, torch.int64),
+                               as_tensor(prefix, torch.int32), cache.keys[0].permute(0, 2, 1, 3),
+                               block_table=slots[:, None].to(torch.int32))
+
+
+def _attention(layer, hidden, cos, sin, cache: KVCache, index: int, write, slots, keys: int, mask, plan=None):
     """One self-attention block: project, rotate, store new K/V, attend over prefix + scratch."""
     attn = layer.self_attn
     bs, n, _ = hidden.shape
@@ -82,6 +109,15 @@ def _attention(layer, hidden, cos, sin, cache: KVCache, index: int, write, slots
     q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
     valid, slot_of_token, storage = write
     cache.store(index, slot_of_token, storage, k.transpose(1, 2)[valid], v[valid])
+    if plan is not None:
+        from kernels.tree_attention import tree_attention
+
+        flat = tree_attention(q.transpose(1, 2)[valid], k.transpose(1, 2)[valid], v[valid],
+                              cache.keys[index].permute(0, 2, 1, 3), cache.values[index].permute(0, 2, 1, 3),
+                              plan, scale=attn.scaling)
+        out = flat.new_zeros(bs, n, *flat.shape[1:])
+        out[valid] = flat
+        return attn.o_proj(out.reshape(bs, n, -1))
     key_states, value_states = cache.window(index, slots, keys)
     out = F.scaled_dot_product_attention(
         q, key_states, value_states, attn_mask=mask, scale=attn.scaling, enable_gqa=True
@@ -90,7 +126,7 @@ def _attention(layer, hidden, cos, sin, cache: KVCache, index: int, write, slots
 
 
 @torch.inference_mode()
-def tree_forward(model, cache: KVCache, rows: list[TreeRow]) -> torch.Tensor:
+def tree_forward(model, cache: KVCache, rows: list[TreeRow], use_kernel: bool = False) -> torch.Tensor:
     """Run the decoder over the rows' tokens; K/V go to scratch. Returns the final hidden states
     of the real tokens, row after row. Shape: [Σ n_r, hidden]."""
     device = cache.keys[0].device
@@ -107,14 +143,19 @@ def tree_forward(model, cache: KVCache, rows: list[TreeRow]) -> torch.Tensor:
     valid = to_device(valid_np)
     slots = to_device(slots_np)
     write = (valid, slots[:, None].expand(-1, n_max)[valid], to_device(storage_np)[valid])
-    mask = to_device(_attention_mask(rows, prefix, n_max, keys))[:, None]
+    first = model.model.layers[0].self_attn
+    plan = None
+    if use_kernel and kernel_eligible(rows, first.head_dim, first.num_key_value_groups):
+        plan, mask = _kernel_plan(rows, prefix, cache, slots), None
+    else:
+        mask = to_device(_attention_mask(rows, prefix, n_max, keys))[:, None]
     decoder = model.model
     hidden = decoder.embed_tokens(to_device(_pad(rows, "tokens", n_max)))
     cos, sin = decoder.rotary_emb(hidden, to_device(_pad(rows, "positions", n_max)))
     for index, layer in enumerate(decoder.layers):
         residual = hidden
         attended = _attention(layer, layer.input_layernorm(hidden), cos, sin, cache, index,
-                              write, slots, keys, mask)
+                              write, slots, keys, mask, plan)
         hidden = residual + attended
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return decoder.norm(hidden)[valid]

@@ -23,6 +23,7 @@ import pandas as pd
 from echo_runtime.engine import LiveEngine, RequestSpec, RunRecord, RuntimeConfig
 from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair
 from echo_runtime.signals import ModelSignals, TraceSignals
+from echo_runtime.timing import CLOCKS, Clock
 from echo_sim.metrics import STEP_FIELDS, RequestLog, compute_metrics
 
 SUMMARY = (("output tokens/s", "output_tokens_per_s", "{:.3f}"), ("mean accepted tokens", "mean_accepted_tokens", "{:.3f}"),
@@ -48,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", type=Path, help="with --random-shape: acceptance replayed from this trace")
     parser.add_argument("--requests", type=int, help="with --trace: requests to serve (default: the trace's)")
     parser.add_argument("--seed", type=int, default=0, help="with --trace: the workload stream's seed")
+    parser.add_argument("--clock", default="auto", choices=CLOCKS,
+                        help="auto: CUDA events on a GPU, thread CPU time on a CPU (echo_runtime.timing); wall: perf_counter")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -113,7 +116,8 @@ def trace_workload(trace, requests: int, seed: int, concurrency: int):
 
 
 def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpec], cost, signals,
-          width: int, depth: int, identity: dict, progress=None, outputs: list | None = None) -> dict:
+          width: int, depth: int, identity: dict, progress=None, outputs: list | None = None,
+          clock: str = "auto") -> dict:
     """Run the closed loop once; the metrics dict (echo-sim run's fields, measured). `outputs`, if
     given, receives each request's output tokens (in request order)."""
     from echo_sim.policies.registry import make_policy
@@ -121,13 +125,17 @@ def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpe
     if concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
     policy = make_policy(policy_spec)
-    config = RuntimeConfig(concurrency, width, depth, eos_token_ids=pair.eos_token_ids)
+    config = RuntimeConfig(concurrency, width, depth, eos_token_ids=pair.eos_token_ids,
+                           kernels=pair.device == "cuda", clock=clock)
     record = LiveEngine(pair.target, pair.draft, policy, cost, config, signals, pair.device).run(specs, progress)
     if outputs is not None:
         outputs.extend(q.output for q in record.requests)
     identity = {"policy": getattr(policy, "label", policy_spec), "concurrency": concurrency,
-                "requests": len(specs), **identity, "cost_source": str(cost.source)}
-    return live_metrics(record, identity)
+                "requests": len(specs), **identity, "cost_source": str(cost.source),
+                "clock": Clock(pair.device, clock).kind}
+    metrics = live_metrics(record, identity)
+    metrics["wall_seconds"] = float(sum(step["wall_s"] for step in record.steps))
+    return metrics
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,14 +158,13 @@ def run(args: argparse.Namespace) -> int:
         signals, source = TraceSignals(trace, mapping), f"trace:{args.trace}"
         width, depth = trace.width, trace.depth
     else:
-        specs, signals = prompt_specs(args, pair), ModelSignals()
+        specs, signals = prompt_specs(args, pair), ModelSignals(use_kernel=args.device == "cuda")
         source, width, depth = f"live:{pair.target_label}<-{pair.draft_label}", args.width, args.depth
     identity = {"arrival": "closed", "workload": str(args.prompts or args.trace), "hardware": hardware_label(args.device),
-                "model": pair.target_label, "acceptance_source": source,
-                "clock": "cuda-events" if args.device == "cuda" else "perf_counter", "torch_threads": args.threads}
+                "model": pair.target_label, "acceptance_source": source, "torch_threads": args.threads}
     bar = tqdm(total=len(specs), desc=f"live {args.policy} C={args.concurrency}", unit="req")
     metrics = serve(pair, args.policy, args.concurrency, specs, cost, signals, width, depth, identity,
-                    progress=lambda done: bar.update(done - bar.n))
+                    progress=lambda done: bar.update(done - bar.n), clock=args.clock)
     bar.close()
     print(json.dumps(json_safe(metrics)) if args.json else format_summary(metrics))
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from echo_runtime.draft_tree import Lattice, empty_lattice, lattice_batch
-from echo_runtime.verify import VerifyTree, greedy_walk
+from echo_runtime.verify import VerifyTree, walk_all
 from echo_sim.policies.base import Selection
 from echo_sim.traces import TraceSet
 from echo_sim.trees import LatticeBatch, accepted_nodes
@@ -32,6 +32,9 @@ class ModelSignals:
 
     uses_trace = False
 
+    def __init__(self, use_kernel: bool = False) -> None:
+        self.use_kernel = use_kernel  # kernels.tree_verify for the walk (the engine sets it on CUDA)
+
     def first_token(self, request, argmax: int) -> int:
         return argmax
 
@@ -44,8 +47,9 @@ class ModelSignals:
         return _local_arrays(lattices, row)
 
     def accept(self, lattices: LatticeBatch, selection: Selection, requests, trees: list[VerifyTree],
-               argmax: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-        return [greedy_walk(tree, top) for tree, top in zip(trees, argmax)]
+               argmax) -> list[tuple[np.ndarray, int]]:
+        """argmax: the target's argmax after every verified token, int tensor [Σ m_r]."""
+        return walk_all(trees, argmax, self.use_kernel)
 
 
 class TraceSignals:
@@ -84,7 +88,7 @@ class TraceSignals:
         return _local_arrays(lattices, row)
 
     def accept(self, lattices: LatticeBatch, selection: Selection, requests, trees: list[VerifyTree],
-               argmax: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+               argmax) -> list[tuple[np.ndarray, int]]:
         if selection.chain is not None:
             depth = np.minimum(lattices.spine_run, np.asarray(selection.chain))
             paths = [np.arange(1, int(a) + 1) for a in depth]

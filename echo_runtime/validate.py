@@ -27,6 +27,7 @@ from echo_runtime.engine import RequestSpec
 from echo_runtime.live import json_safe, policy_cost, serve
 from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair
 from echo_runtime.signals import ModelSignals
+from echo_runtime.timing import CLOCKS, Clock
 from echo_sim.atomic import write_text_atomic
 
 COMPARED = (("throughput", "output_tokens_per_s"), ("mat", "mean_accepted_tokens"), ("tpot", "tpot_p50"))
@@ -56,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", help="calibration file (default traces/calibration/<hardware>_<model>.json)")
     parser.add_argument("--trace", type=Path, help="an existing trace of exactly these prompts (default: generate)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/validate_cpu"))
+    parser.add_argument("--clock", default="auto", choices=CLOCKS,
+                        help="must be the calibration's clock (auto: thread CPU time on a CPU, CUDA events on a GPU)")
     parser.add_argument("--json", action="store_true", help='print {"rows": [...]}')
 
 
@@ -116,6 +119,8 @@ def validation_row(policy: str, concurrency: int, simulated: dict, measured: dic
         row[f"{short}_simulated"], row[f"{short}_measured"] = simulated[key], measured[key]
         row[f"{short}_error_pct"] = error_pct(simulated[key], measured[key])
     row["steps_simulated"], row["steps_measured"] = simulated["steps"], measured["steps"]
+    row["clock"], row["wall_seconds_measured"] = measured["clock"], measured["wall_seconds"]
+    row["seconds_simulated"], row["seconds_measured"] = simulated["simulated_seconds"], measured["simulated_seconds"]
     row["steady_state"] = bool(measured["steady_state"])
     return row
 
@@ -126,6 +131,9 @@ def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost,
     from echo_sim.engine import simulate
 
     file = load_calibration(calibration)
+    clock = Clock(pair.device, args.clock).kind
+    if file.software.get("clock", clock) != clock:
+        raise ValueError(f"{calibration} was measured with the {file.software['clock']} clock, this run uses {clock}")
     config = SimConfig(policy=policy, concurrency=concurrency, requests=trace.num_requests, trace=str(trace_path),
                        workload="trace", calibration=calibration, hardware=file.hardware, model=file.model, seed=0)
     simulated = simulate(config, trace).metrics
@@ -133,8 +141,8 @@ def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost,
     outputs: list = []
     identity = {"hardware": hardware_label(pair.device), "model": pair.target_label,
                 "acceptance_source": "live", "workload": str(args.prompts)}
-    measured = serve(pair, policy, concurrency, specs, cost, ModelSignals(), args.width, args.depth, identity,
-                     outputs=outputs)
+    measured = serve(pair, policy, concurrency, specs, cost, ModelSignals(pair.device == "cuda"), args.width, args.depth, identity,
+                     outputs=outputs, clock=args.clock)
     return validation_row(policy, concurrency, simulated, measured, outputs == expected)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from echo_runtime.forward import TreeRow
 
@@ -81,3 +82,28 @@ def greedy_walk(tree: VerifyTree, argmax: np.ndarray) -> tuple[np.ndarray, int]:
             return np.asarray(path, dtype=np.int64), int(argmax[current])
         current = int(match[0])
         path.append(current)
+
+
+def walk_all(trees: list[VerifyTree], argmax, use_kernel: bool = False) -> list[tuple[np.ndarray, int]]:
+    """Greedy walks of every request. argmax: int tensor [Σ m_r] (padding included), on any device.
+
+    use_kernel: kernels.tree_verify's greedy walk on the argmax's device (same semantics: the lowest
+    matching child index wins, which never matters here since siblings carry distinct tokens)."""
+    if not use_kernel:
+        host = argmax.cpu().numpy()
+        bounds = np.cumsum([0] + [len(t.tokens) for t in trees])
+        return [greedy_walk(tree, host[a:b]) for tree, a, b in zip(trees, bounds, bounds[1:])]
+    from kernels.tree_verify import greedy_verify, plan_verify
+
+    device = argmax.device
+    sizes = [1 + t.selected for t in trees]
+    starts = np.cumsum([0] + [len(t.tokens) for t in trees])[:-1]
+    keep = np.concatenate([start + np.arange(size) for start, size in zip(starts, sizes)])
+    as_tensor = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+    plan = plan_verify(as_tensor(np.concatenate(([0], np.cumsum(sizes))), torch.int32),
+                       as_tensor(np.concatenate([t.parent[:s] for t, s in zip(trees, sizes)]), torch.int32),
+                       as_tensor(np.concatenate([t.tokens[:s] for t, s in zip(trees, sizes)]), torch.int64))
+    result = greedy_verify(plan, argmax[as_tensor(keep, torch.int64)])
+    accepted, lengths = result.accepted.cpu().numpy(), result.accepted_len.cpu().numpy()
+    bonus = result.bonus_token.cpu().numpy()
+    return [(accepted[r, : lengths[r]].astype(np.int64), int(bonus[r])) for r in range(len(trees))]

@@ -18,10 +18,14 @@ Query head h uses KV head h // G. Scores are scale · q·k (default scale = D^-1
 
 Kernel design: one program per (request, KV head, prefix split, row chunk). Its rows are the
 request's tree tokens × the G query heads of the KV head, so each K/V tile is loaded once and
-serves every tree token and query head of the group (COST_MODEL.md's attention bytes). The prefix
-pass needs no mask; the tree pass (one tile, in the last split) applies the ancestor bits; both feed
-one online softmax. When bs × Hkv programs cannot fill the GPU the prefix is split across programs
-and the partial results merged by log-sum-exp in a second kernel.
+serves every tree token and query head of the group (COST_MODEL.md's attention bytes). A program
+holds at most 128 rows; bigger trees × groups (e.g. 64 tokens × 4 heads) take adjacent row-chunk
+programs that read the same tiles at the same time, so the second read is mostly an L2 hit (and
+such shapes are compute-bound anyway). The prefix pass needs no mask; the tree pass (one tile, in
+the last split) applies the ancestor bits; both feed one online softmax. When the programs cannot
+fill the GPU the prefix is split across programs and the partial results merged by log-sum-exp in
+a second kernel. Dots run in fp32 under the interpreter (its bf16 tl.dot is wrong) and with
+input_precision="ieee" for fp32 inputs on the GPU (TF32 would miss the 1e-5 tolerance).
 """
 
 from __future__ import annotations
@@ -338,6 +342,8 @@ def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatc
         out = torch.empty_like(q)
     check_tensor("out", out, ndim=3, dtypes=(q.dtype,), shape=tuple(q.shape))
     check_device({"q": q, "out": out})
+    if out.stride(-1) != 1:
+        raise KernelInputError("out must be contiguous in head_dim (stride(-1) == 1)")
     split = num_splits > 1
     if split:
         target = torch.empty((num_splits, *q.shape), dtype=torch.float32, device=q.device)

@@ -246,9 +246,12 @@ def greedy_verify(trees: VerifyTrees, target: torch.Tensor, *, out: VerifyResult
 
 
 def sample_verify(trees: VerifyTrees, probs: torch.Tensor, uniforms: torch.Tensor, *,
-                  out: VerifyResult | None = None) -> VerifyResult:
+                  out: VerifyResult | None = None, check_uniforms: bool = True) -> VerifyResult:
     """Lossless tree sampling walk (module docstring). Shape: probs f32 [N, V]; uniforms f32 [bs, >= max_nodes].
-    `out`: buffers to fill."""
+
+    Rows of probs must be distributions (not checked: that is a full read). check_uniforms checks
+    the coins (one host sync). `out`: buffers to fill.
+    """
     check_device({"offsets": trees.offsets, "probs": probs, "uniforms": uniforms})
     check_tensor("probs", probs, ndim=2, dtypes=(torch.float32,), shape=(trees.num_nodes, None))
     check_tensor("uniforms", uniforms, ndim=2, dtypes=(torch.float32,), shape=(trees.batch_size, None))
@@ -256,6 +259,8 @@ def sample_verify(trees: VerifyTrees, probs: torch.Tensor, uniforms: torch.Tenso
         raise KernelInputError(f"uniforms needs {trees.max_nodes} coins per request (one per level), got {uniforms.shape[1]}")
     if probs.stride(1) != 1 or uniforms.stride(1) != 1:
         raise KernelInputError("probs and uniforms must be contiguous in their last dim")
+    if check_uniforms and not bool(((uniforms >= 0) & (uniforms < 1)).all()):
+        raise KernelInputError("uniforms must lie in [0, 1) (NaN included)")
     result = _output(trees, out)
     _sample_walk_kernel[(trees.batch_size,)](
         trees.offsets, trees.parents, trees.tokens, probs, uniforms,

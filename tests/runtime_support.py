@@ -9,11 +9,11 @@ import torch
 import transformers
 
 
-def tiny_qwen2(seed: int, vocab: int, layers: int = 2, hidden: int = 32):
+def tiny_qwen2(seed: int, vocab: int, layers: int = 2, hidden: int = 32, heads: int = 4, kv_heads: int = 2):
     """Random Qwen2 in float64 with peaked weights (distinct probabilities, confident drafts)."""
     config = transformers.Qwen2Config(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256, tie_word_embeddings=True)
     model = transformers.Qwen2ForCausalLM(config).to(torch.float64).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -44,7 +44,7 @@ class LinearCost:
     def verify_time(self, verify_tokens, batch_size, kv_tokens, eager=False):
         return 0.010 + 0.001 * np.asarray(verify_tokens, dtype=np.float64)
 
-    def draft_time(self, batch_size, depth, width):
+    def draft_time(self, batch_size, depth, width, kv_tokens=0):
         return 0.002 * depth
 
     def step_time(self, shape):

@@ -117,9 +117,10 @@ def test_kernel_matches_reference(dtype, paged, head_dim):
 
 
 def test_full_64_token_trees_and_custom_scale():
-    """Requests with 64 tree tokens (mask bit 63 = the int64 sign bit), several row chunks."""
+    """Requests of up to 64 tree tokens (mask bit 63 = the int64 sign bit), 3 heads per KV head:
+    192 rows per request, so two row-chunk programs per (request, KV head)."""
     seed = fresh_seed()
-    case = _case(seed, batch_size=2, tree_tokens=(60, 64), kv_lens=(1, 20), num_heads=4, num_kv_heads=2)
+    case = _case(seed, batch_size=2, tree_tokens=(60, 64), kv_lens=(1, 20), num_heads=6, num_kv_heads=2)
     out = torch.full_like(case.q, float("nan"))
     tree_attention(*case.args(), scale=0.3, num_splits=2, out=out)
     expected = tree_attention_reference(*case.args(), scale=0.3)

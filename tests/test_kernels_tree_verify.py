@@ -187,6 +187,8 @@ def test_bad_inputs_raise_clear_errors():
     trees = plan_verify(offsets, parents, torch.tensor([0, 1, 2]).to(DEVICE))
     with pytest.raises(KernelInputError, match="3 coins per request"):
         sample_verify(trees, torch.rand(3, 4).to(DEVICE), torch.rand(1, 2).to(DEVICE))
+    with pytest.raises(KernelInputError, match=r"uniforms must lie in \[0, 1\)"):
+        sample_verify(trees, torch.rand(3, 4).to(DEVICE), torch.tensor([[0.1, float("nan"), 0.2]]).to(DEVICE))
     with pytest.raises(KernelInputError, match="probs must have dtype"):
         sample_verify(trees, torch.rand(3, 4, dtype=torch.float64).to(DEVICE), torch.rand(1, 3).to(DEVICE))
     with pytest.raises(KernelInputError, match="target has shape"):
