@@ -239,25 +239,26 @@ def supertree_select(trees: SelectTrees, rank_value, threshold: float, budget: i
 def supertree_select_reference(trees: SelectTrees, rank_value, threshold: float, budget: int, *,
                                gate_value=None, score=None) -> SelectResult:
     """Pure-torch selection with the same semantics: level-order gating, then stable sorts
-    (least significant key first: node, depth asc, score desc, rank desc)."""
-    gate_value = rank_value if gate_value is None else gate_value
-    score = rank_value if score is None else score
-    offsets = trees.offsets.long()
-    request = torch.repeat_interleave(torch.arange(trees.batch_size, device=offsets.device), offsets.diff())
-    parents = trees.parents.long()
-    global_parent = torch.where(parents >= 0, parents + offsets[request], -1)
-    eligible = gate_value >= torch.tensor(threshold, dtype=torch.float32)
-    depth = torch.ones_like(parents)
-    for node in range(trees.num_nodes):          # parents come first (level order)
-        parent = int(global_parent[node])
+    (least significant key first: node, depth asc, score desc, rank desc). Computes on the CPU,
+    returns on the lattice's device."""
+    rank_value = rank_value.detach().cpu()
+    gate_value = rank_value if gate_value is None else gate_value.detach().cpu()
+    score = rank_value if score is None else score.detach().cpu()
+    offsets, parents = trees.offsets.cpu().long(), trees.parents.cpu().long()
+    request = torch.repeat_interleave(torch.arange(trees.batch_size), offsets.diff())
+    global_parent = torch.where(parents >= 0, parents + offsets[request], -1).tolist()
+    eligible = (gate_value >= torch.tensor(threshold, dtype=torch.float32)).tolist()
+    depth = [1] * trees.num_nodes
+    for node, parent in enumerate(global_parent):   # parents come first (level order)
         if parent >= 0:
-            eligible[node] &= eligible[parent]
+            eligible[node] = eligible[node] and eligible[parent]
             depth[node] = depth[parent] + 1
     order = torch.arange(trees.num_nodes)
-    for key, descending in ((depth, False), (score, True), (rank_value, True)):
+    for key, descending in ((torch.tensor(depth), False), (score, True), (rank_value, True)):
         order = order[torch.sort(key[order], stable=True, descending=descending).indices]
-    ranked = order[eligible[order]]
+    ranked = order[torch.tensor(eligible, dtype=torch.bool)[order]]
     selected = torch.zeros(trees.num_nodes, dtype=torch.bool)
     selected[ranked[:max(budget, 0)]] = True
     counts = torch.bincount(request[selected], minlength=trees.batch_size).to(torch.int32)
-    return SelectResult(selected, counts)
+    device = trees.offsets.device
+    return SelectResult(selected.to(device), counts.to(device))
