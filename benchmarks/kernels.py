@@ -180,6 +180,7 @@ def _flex(bench, dense, kv):
     block_mask = create_block_mask(tree_or_prefix, batch, None, tokens, kv + tokens, device=bench.device,
                                    _compile=compile_now)
     if compile_now and not hasattr(bench, "flex_compiled"):
+        import torch._dynamo
         for knob in ("cache_size_limit", "recompile_limit"):      # one compile per shape, never eager fallback
             if hasattr(torch._dynamo.config, knob):
                 setattr(torch._dynamo.config, knob, 64)
