@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--draft-depths", type=_ints, default=[2, 4, 6])
     grid.add_argument("--draft-width", type=int, default=4)
     grid.add_argument("--prefill-tokens", type=_ints, default=[128, 256])
+    grid.add_argument("--max-batch-kv-tokens", type=int,
+                      help="skip batch × KV-length combinations above this many cached tokens (GPU memory)")
     grid.add_argument("--repeats", type=int, default=3)
     grid.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--clock", default="auto", choices=CLOCKS,
@@ -83,6 +85,8 @@ def grid_shapes(args) -> tuple[list[tuple[Shape, Shape | None]], list[Shape]]:
     """(point pairs (verify shape, draft shape or None), every shape to measure)."""
     pairs = []
     for bs, kv in itertools.product(args.batch_sizes, args.kv_lens):
+        if args.max_batch_kv_tokens and bs * kv > args.max_batch_kv_tokens:
+            continue  # does not fit the device's memory: measured at smaller batches only
         for i, v in enumerate(args.tokens_per_request):
             depth = args.draft_depths[i % len(args.draft_depths)]
             pairs.append((Shape("verify", bs, v, kv), Shape("draft", bs, depth, kv, args.draft_width)))
@@ -145,24 +149,33 @@ class MeasurementLog:
 
 
 def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> None:
+    """Measure every shape not in the log yet. Caches are sized per KV length (slots × capacity of
+    that group only), so a GPU grid with large batches at short KV and long KV at small batches fits."""
     todo = [s for s in shapes if s.key not in log.done]
-    if not todo:
-        return
     rng = np.random.default_rng(0)
-    longest = max(s.kv for s in shapes) + max(args.prefill_tokens + args.tokens_per_request)
-    room = args.draft_width * (max(args.draft_depths) + 1) + 2
-    slots = max(args.batch_sizes)
-    target_cache = KVCache.allocate(pair.target.config, slots, longest + 1, next(pair.target.parameters()).dtype,
-                                    pair.device)
-    draft_cache = KVCache.allocate(pair.draft.config, slots, max(s.kv for s in shapes) + room,
-                                   next(pair.draft.parameters()).dtype, pair.device)
-    for shape in tqdm(todo, desc="calibrate", unit="shape"):
-        clock = Clock(pair.device, args.clock)
-        timer = (lambda: time_verify(pair, target_cache, shape, rng, clock)) if shape.kind == "verify" \
-            else (lambda: time_draft(pair, draft_cache, shape, rng, clock))
-        for _ in range(args.warmup):
-            timer()
-        log.add(shape.key, [timer() for _ in range(args.repeats)])
+    clock = Clock(pair.device, args.clock)
+    bar = tqdm(total=len(todo), desc="calibrate", unit="shape")
+    for kv in sorted({s.kv for s in todo}):
+        group = [s for s in todo if s.kv == kv]
+        slots = max(s.batch_size for s in group)
+        verify_room = max([s.tokens for s in group if s.kind == "verify"] or [1])
+        draft_room = args.draft_width * (max(args.draft_depths) + 1) + 2
+        caches = {
+            "verify": KVCache.allocate(pair.target.config, slots, kv + verify_room, _dtype(pair.target), pair.device),
+            "draft": KVCache.allocate(pair.draft.config, slots, kv + draft_room, _dtype(pair.draft), pair.device),
+        }
+        for shape in group:
+            timer = time_verify if shape.kind == "verify" else time_draft
+            for _ in range(args.warmup):
+                timer(pair, caches[shape.kind], shape, rng, clock)
+            log.add(shape.key, [timer(pair, caches[shape.kind], shape, rng, clock) for _ in range(args.repeats)])
+            bar.update(1)
+        del caches
+    bar.close()
+
+
+def _dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 def points_from(pairs, log: MeasurementLog) -> list[dict]:
@@ -205,6 +218,7 @@ def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...],
 
 COMMAND_OPTIONS = ("target", "target_gguf", "draft", "draft_gguf", "random_shape", "dtype", "device", "threads",
                    "batch_sizes", "tokens_per_request", "kv_lens", "draft_depths", "draft_width", "prefill_tokens",
+                   "max_batch_kv_tokens",
                    "repeats", "warmup", "overhead_steps", "clock", "hardware", "model_cache")
 
 

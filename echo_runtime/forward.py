@@ -64,14 +64,6 @@ def _attention_mask(rows: list[TreeRow], prefix: np.ndarray, n_max: int, keys: i
     return mask
 
 
-def _pad(rows: list[TreeRow], field: str, n_max: int) -> np.ndarray:
-    out = np.zeros((len(rows), n_max), dtype=np.int64)
-    for r, row in enumerate(rows):
-        values = getattr(row, field)
-        out[r, : len(values)] = values
-    return out
-
-
 def kernel_eligible(rows: list[TreeRow], head_dim: int, group: int) -> bool:
     """True when kernels.tree_attention computes exactly what the SDPA path does for these rows."""
     from kernels.tree_attention import HEAD_DIMS, MAX_GROUP, MAX_TREE_TOKENS
@@ -96,69 +88,89 @@ def _kernel_plan(rows: list[TreeRow], prefix: np.ndarray, cache: KVCache, slots:
                                block_table=slots[:, None].to(torch.int32))
 
 
-def _attention(layer, hidden, cos, sin, cache: KVCache, index: int, write, slots, keys: int, mask, plan=None):
-    """One self-attention block: project, rotate, store new K/V, attend over prefix + scratch."""
+@dataclass(frozen=True)
+class _Layout:
+    """Where the flat tokens live. Projections, norms and MLPs run on the T real tokens only;
+    attention scatters queries into a padded [bs, n_max] grid (SDPA) or runs flat (kernel).
+
+    Shape: valid bool [bs, n_max]; slot_of_token, storage int64 [T]; slots int64 [bs];
+    mask bool [bs, 1, n_max, keys] (SDPA) or None; plan: kernels.tree_attention metadata or None.
+    """
+
+    valid: torch.Tensor
+    slot_of_token: torch.Tensor
+    storage: torch.Tensor
+    slots: torch.Tensor
+    keys: int
+    mask: torch.Tensor | None
+    plan: object | None
+
+
+def _attention(layer, hidden, cos, sin, cache: KVCache, index: int, layout: _Layout):
+    """One self-attention block over flat tokens: project, rotate, store K/V, attend. Shape: hidden [T, h]."""
     attn = layer.self_attn
-    bs, n, _ = hidden.shape
-    head_dim = attn.head_dim
-    q = attn.q_proj(hidden).view(bs, n, -1, head_dim)
-    k = attn.k_proj(hidden).view(bs, n, -1, head_dim)
-    v = attn.v_proj(hidden).view(bs, n, -1, head_dim)
+    tokens, head_dim = hidden.shape[0], attn.head_dim
+    q = attn.q_proj(hidden).view(tokens, -1, head_dim)
+    k = attn.k_proj(hidden).view(tokens, -1, head_dim)
+    v = attn.v_proj(hidden).view(tokens, -1, head_dim)
     if hasattr(attn, "q_norm"):  # Qwen3
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-    valid, slot_of_token, storage = write
-    cache.store(index, slot_of_token, storage, k.transpose(1, 2)[valid], v[valid])
-    if plan is not None:
+    q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+    cache.store(index, layout.slot_of_token, layout.storage, k, v)
+    if layout.plan is not None:
         from kernels.tree_attention import tree_attention
 
-        flat = tree_attention(q.transpose(1, 2)[valid], k.transpose(1, 2)[valid], v[valid],
-                              cache.keys[index].permute(0, 2, 1, 3), cache.values[index].permute(0, 2, 1, 3),
-                              plan, scale=attn.scaling)
-        out = flat.new_zeros(bs, n, *flat.shape[1:])
-        out[valid] = flat
-        return attn.o_proj(out.reshape(bs, n, -1))
-    key_states, value_states = cache.window(index, slots, keys)
-    out = F.scaled_dot_product_attention(
-        q, key_states, value_states, attn_mask=mask, scale=attn.scaling, enable_gqa=True
-    )
-    return attn.o_proj(out.transpose(1, 2).reshape(bs, n, -1))
+        out = tree_attention(q, k, v, cache.keys[index].permute(0, 2, 1, 3), cache.values[index].permute(0, 2, 1, 3),
+                             layout.plan, scale=attn.scaling)
+        return attn.o_proj(out.reshape(tokens, -1))
+    bs, n_max = layout.valid.shape
+    padded = q.new_zeros(bs, n_max, *q.shape[1:])
+    padded[layout.valid] = q
+    key_states, value_states = cache.window(index, layout.slots, layout.keys)
+    out = F.scaled_dot_product_attention(padded.transpose(1, 2), key_states, value_states, attn_mask=layout.mask,
+                                         scale=attn.scaling, enable_gqa=True)
+    return attn.o_proj(out.transpose(1, 2)[layout.valid].reshape(tokens, -1))
 
 
-@torch.inference_mode()
-def tree_forward(model, cache: KVCache, rows: list[TreeRow], use_kernel: bool = False) -> torch.Tensor:
-    """Run the decoder over the rows' tokens; K/V go to scratch. Returns the final hidden states
-    of the real tokens, row after row. Shape: [Σ n_r, hidden]."""
+def _layout(rows: list[TreeRow], cache: KVCache, use_kernel: bool, head_dim: int, group: int) -> _Layout:
     device = cache.keys[0].device
     slots_np = np.array([row.slot for row in rows], dtype=np.int64)
     prefix = cache.lengths[slots_np]
     widths = np.array([row.visible.shape[1] for row in rows], dtype=np.int64)
     cache.check_room(slots_np, widths)
-    n_max = max(len(row.tokens) for row in rows)
-    keys = int((prefix + widths).max())
     counts = np.array([len(row.tokens) for row in rows])
+    n_max = int(counts.max())
+    keys = int((prefix + widths).max())
     valid_np = np.arange(n_max)[None, :] < counts[:, None]
-    storage_np = prefix[:, None] + _pad(rows, "scratch_index", n_max)
     to_device = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    valid = to_device(valid_np)
     slots = to_device(slots_np)
-    write = (valid, slots[:, None].expand(-1, n_max)[valid], to_device(storage_np)[valid])
-    first = model.model.layers[0].self_attn
-    plan = None
-    if use_kernel and kernel_eligible(rows, first.head_dim, first.num_key_value_groups):
-        plan, mask = _kernel_plan(rows, prefix, cache, slots), None
+    plan = mask = None
+    if use_kernel and kernel_eligible(rows, head_dim, group):
+        plan = _kernel_plan(rows, prefix, cache, slots)
     else:
         mask = to_device(_attention_mask(rows, prefix, n_max, keys))[:, None]
+    storage = np.concatenate([prefix[r] + row.scratch_index for r, row in enumerate(rows)])
+    return _Layout(valid=to_device(valid_np), slot_of_token=to_device(np.repeat(slots_np, counts)),
+                   storage=to_device(storage), slots=slots, keys=keys, mask=mask, plan=plan)
+
+
+@torch.inference_mode()
+def tree_forward(model, cache: KVCache, rows: list[TreeRow], use_kernel: bool = False) -> torch.Tensor:
+    """Run the decoder over the rows' tokens; K/V go to scratch. Returns the final hidden states
+    of the tokens, row after row. Shape: [Σ n_r, hidden]."""
     decoder = model.model
-    hidden = decoder.embed_tokens(to_device(_pad(rows, "tokens", n_max)))
-    cos, sin = decoder.rotary_emb(hidden, to_device(_pad(rows, "positions", n_max)))
+    first = decoder.layers[0].self_attn
+    layout = _layout(rows, cache, use_kernel, first.head_dim, first.num_key_value_groups)
+    device = cache.keys[0].device
+    tokens = torch.as_tensor(np.concatenate([row.tokens for row in rows]), device=device)
+    positions = torch.as_tensor(np.concatenate([row.positions for row in rows]), device=device)
+    hidden = decoder.embed_tokens(tokens)
+    cos, sin = decoder.rotary_emb(hidden, positions[None, :])
+    cos, sin = cos[0], sin[0]
     for index, layer in enumerate(decoder.layers):
-        residual = hidden
-        attended = _attention(layer, layer.input_layernorm(hidden), cos, sin, cache, index,
-                              write, slots, keys, mask, plan)
-        hidden = residual + attended
+        hidden = hidden + _attention(layer, layer.input_layernorm(hidden), cos, sin, cache, index, layout)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return decoder.norm(hidden)[valid]
+    return decoder.norm(hidden)
 
 
 @torch.inference_mode()

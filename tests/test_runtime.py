@@ -94,12 +94,12 @@ def test_tree_forward_equals_plain_forward_on_every_path(pair):
     tree_forward(target, cache, [chain_row(s, np.array(p), 0) for s, p in prompts.items()])
     cache.keep(np.array(list(prompts)), [np.arange(len(p)) for p in prompts.values()])
     rows, paths = [], []
-    for slot, prompt in prompts.items():
-        parent, depth = random_tree(rng, 7)
-        tokens = rng.integers(0, VOCAB, size=7)
-        tree = build_tree(int(tokens[0]), np.arange(6), tokens[1:], parent[1:] - 1, depth[1:])
+    for (slot, prompt), size in zip(prompts.items(), (7, 4)):  # ragged: rows of different sizes
+        parent, depth = random_tree(rng, size)
+        tokens = rng.integers(0, VOCAB, size=size)
+        tree = build_tree(int(tokens[0]), np.arange(size - 1), tokens[1:], parent[1:] - 1, depth[1:])
         rows.append(tree.row(slot, len(prompt)))
-        for i in range(7):  # the tokens on the root-to-i path
+        for i in range(size):  # the tokens on the root-to-i path
             walk, path = i, []
             while walk >= 0:
                 path.insert(0, int(tree.tokens[walk]))
