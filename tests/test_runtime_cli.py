@@ -120,3 +120,16 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert echo_run(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_calibrate_random_shape_writes_a_file_the_simulator_reads(tmp_path):
+    out = tmp_path / "tiny-llama.json"
+    assert echo_run(["calibrate", "--random-shape", "tiny-llama", "--batch-sizes", "1,3", "--tokens-per-request", "2,5",
+                     "--kv-lens", "20", "--draft-depths", "2", "--prefill-tokens", "9", "--repeats", "2",
+                     "--warmup", "0", "--overhead-steps", "2", "--max-batch-kv-tokens", "40", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["model"] == "tiny-llama" and "random" in data["draft_model"]
+    assert [p["batch_size"] for p in data["points"]] == [1, 1, 1]  # bs 3 x KV 20 = 60 > 40: skipped
+    assert data["software"]["clock"] == "cpu"
+    assert "--max-batch-kv-tokens 40" in data["command"]
+    assert load_cost_model(calibration=str(out)).verify_time([1, 4], 1, 20).shape == (2,)
