@@ -107,6 +107,7 @@ class CostModel:
         self.kv_capacity_tokens = int(kv_capacity_tokens)
         self.prefill_chunk_tokens = int(prefill_chunk_tokens)
         self._description = {"source": source, **description}
+        self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
 
     def describe(self) -> dict:
         """What a result record stores about its cost source: source, hardware, model, dtype, tp."""
@@ -146,7 +147,10 @@ class CostModel:
         """Seconds to draft `depth` levels of `width` for `batch_size` requests (0 when depth is 0)."""
         if depth < 0 or (depth > 0 and (batch_size < 1 or width < 1)):
             raise CostModelError(f"draft_time: impossible shape bs={batch_size} depth={depth} width={width}")
-        return float(self.terms.draft(batch_size, depth, width, kv_tokens))
+        key = (batch_size, depth, width, kv_tokens)
+        if self._last_draft[0] != key:
+            self._last_draft = (key, float(self.terms.draft(batch_size, depth, width, kv_tokens)))
+        return self._last_draft[1]
 
     def prefill_time(self, prefill_tokens: int, prefill_context: int = 0) -> float:
         """Seconds of one prefill chunk of `prefill_tokens` over `prefill_context` cached tokens."""

@@ -26,6 +26,30 @@ import numpy as np
 from echo_sim.cost_presets import CostModelError, HardwareSpec, ModelSpec, NetworkSpec
 
 EXTRA_KERNELS = 4  # per forward outside the layers: embedding, final norm, LM head, argmax
+TABLE_LIMIT = 1 << 17  # token counts tabulated at most (verify and draft forwards stay far below)
+
+
+class TokenTable:
+    """An elementwise function of a token count, tabulated over 0…size−1 on first use.
+
+    A simulation evaluates the same few thousand token counts at every step; a table lookup
+    returns exactly what the function returns for them (same elementwise arithmetic), at a
+    fraction of the cost. Non-integer or very large counts fall through to the function.
+    """
+
+    def __init__(self, function):
+        self.function = function
+        self.values = np.zeros(0)
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        index = tokens.astype(np.int64)
+        top = int(index.max(initial=0))
+        if top >= TABLE_LIMIT or np.any(index != tokens) or index.min(initial=0) < 0:
+            return self.function(tokens)
+        if top >= len(self.values):
+            size = max(1024, 1 << top.bit_length())
+            self.values = self.function(np.arange(size, dtype=float))
+        return self.values[index]
 
 
 class NetworkCost:
@@ -63,6 +87,9 @@ class NetworkCost:
         self.layer_kernels = net.kernels_per_layer + (2 if tp > 1 else 0)
         self.kernel_count = net.num_layers * self.layer_kernels + EXTRA_KERNELS
         self.fixed_s = self.kernel_count * hw.kernel_floor_s
+        self._token_terms = TokenTable(self._token_only_seconds)
+        self._input_fc = TokenTable(lambda t: self._linear(t, self.fc_param_array, self.fc_act_array))
+        self._logits = TokenTable(self._lm_head)
 
     def _roofline(self, flops, bytes_moved):
         return np.maximum(flops / self.hw.matmul_flops_per_s, bytes_moved / self.hw.memory_bytes_per_s)
@@ -102,9 +129,7 @@ class NetworkCost:
     def _parts(self, tokens, kv_tokens, pairs, logits_tokens, with_input_fc) -> dict:
         """Unmasked seconds per component; tokens float [n]."""
         layers = self.net.num_layers
-        attention = self._roofline(self.attention_flops_per_pair * np.asarray(pairs, dtype=float),
-                                   (np.asarray(kv_tokens, dtype=float) + tokens) * self.kv_bytes_per_token
-                                   + tokens * self.qo_bytes_per_token)
+        attention = self._attention(tokens, kv_tokens, pairs)
         linear = layers * self._linear(tokens, self.linear_params, self.linear_act)
         if self.net.input_fc_size:
             fc = self._linear(tokens, self.fc_param_array, self.fc_act_array)
@@ -132,10 +157,28 @@ class NetworkCost:
         parts = self._parts(tokens, kv_tokens, pairs, logits_tokens, with_input_fc)
         return {name: np.where(active, value, 0.0) for name, value in parts.items()}
 
+    def _attention(self, tokens, kv_tokens, pairs):
+        return self._roofline(self.attention_flops_per_pair * np.asarray(pairs, dtype=float),
+                              (np.asarray(kv_tokens, dtype=float) + tokens) * self.kv_bytes_per_token
+                              + tokens * self.qo_bytes_per_token)
+
+    def _token_only_seconds(self, tokens):
+        """Seconds [n] of every term that depends on the token count alone (not KV, not logits)."""
+        layers = self.net.num_layers
+        total = layers * self._linear(tokens, self.linear_params, self.linear_act)
+        total = total + tokens * self.embedding_s_per_token + self.fixed_s
+        if self.net.is_moe:
+            total = total + layers * self._experts(tokens)
+        return total + layers * 2.0 * self._allreduce(tokens)
+
     def forward(self, tokens, kv_tokens, pairs, logits_tokens, with_input_fc=False):
-        """Seconds [n]: the sum of `breakdown`, without launch overhead."""
+        """Seconds [n]: the sum of `breakdown` (up to rounding), without launch overhead."""
         tokens = np.atleast_1d(np.asarray(tokens, dtype=float))
-        total = sum(self._parts(tokens, kv_tokens, pairs, logits_tokens, with_input_fc).values())
+        logits = np.broadcast_to(np.asarray(logits_tokens, dtype=float), tokens.shape)
+        total = (self._token_terms(tokens) + self._logits(logits)
+                 + self.net.num_layers * self._attention(tokens, kv_tokens, pairs))
+        if self.net.input_fc_size:
+            total = total + np.where(with_input_fc, self._input_fc(tokens), 0.0)
         return np.where(tokens > 0, total, 0.0)
 
     def weight_bytes(self) -> float:
