@@ -23,8 +23,10 @@ SHARED_OPTIONS = (
     ("--trace", "trace", str, "PATH", "acceptance trace file (default: the shipped MT-Bench trace)"),
     ("--workload", "workload", str, "NAME", f"prompt/output lengths: {', '.join(WORKLOAD_NAMES)}"),
     ("--arrival", "arrival", str, "MODE", f"load model: {', '.join(ARRIVAL_MODES)}"),
-    ("--hardware", "hardware", str, "NAME", "hardware preset"),
-    ("--model", "model", str, "NAME", "target model preset"),
+    ("--hardware", "hardware", str, "NAME", "hardware preset: h200, h100, a100 (default: h200, or the calibration file's)"),
+    ("--model", "model", str, "NAME",
+     "target model preset: llama-3.1-8b, qwen3-8b, qwen3-235b-a22b, qwen2.5-coder-1.5b "
+     "(default: llama-3.1-8b, or the calibration file's)"),
     ("--calibration", "calibration", str, "FILE", "calibration file replacing the roofline (default: none)"),
     ("--max-batch", "max_batch", int, "N", "running requests at most"),
     ("--kv-capacity", "kv_capacity_tokens", int, "TOKENS", "KV-cache tokens (default: the cost preset's)"),
