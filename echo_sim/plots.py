@@ -8,6 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: sweeps run on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 METRIC_LABELS = {
@@ -76,3 +78,163 @@ def save_sweep_plots(table: pd.DataFrame, out: Path) -> list[Path]:
         write_bytes_atomic(Path(out) / name, buffer.getvalue())
         written.append(Path(out) / name)
     return written
+
+
+# ------------------------------------------------------------------ notebooks (notebooks/*.ipynb)
+
+CEILING_POLICY = "oracle"
+PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#d62728", "#e377c2",
+           "#17becf", "#bcbd22")
+
+
+def policy_colors(policies) -> dict[str, str]:
+    """A fixed colour per policy, in the order given (the same order gives the same colours in
+    every figure); the ceiling (`oracle`) is always black."""
+    colors, index = {}, 0
+    for policy in dict.fromkeys(policies):
+        if policy.startswith(CEILING_POLICY):
+            colors[policy] = "black"
+        else:
+            colors[policy] = PALETTE[index % len(PALETTE)]
+            index += 1
+    return colors
+
+
+def plot_policies_vs_load(ax, table: pd.DataFrame, metric: str, colors: dict[str, str]) -> None:
+    """One line per policy in `colors` order (mean over seeds); the oracle dashed, as the ceiling."""
+    load = load_column(table)
+    means = table.groupby(["policy", load])[metric].mean().reset_index()
+    for policy, color in colors.items():
+        part = means[means["policy"] == policy].sort_values(load)
+        if part.empty:
+            continue
+        ceiling = policy.startswith(CEILING_POLICY)
+        ax.plot(part[load], part[metric], color=color, marker="" if ceiling else "o", markersize=3,
+                linestyle="--" if ceiling else "-", linewidth=1.6 if policy.startswith("echo") else 1.1,
+                label=f"{policy} (per-step ceiling)" if ceiling else policy)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set_xlabel("concurrent clients (closed loop, log scale)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def policy_panels(table: pd.DataFrame, metrics: list[str], row_titles: dict[tuple[str, str], str],
+                  colors: dict[str, str], title: str):
+    """Rows: cost settings (hardware, model) in `row_titles` order; columns: metrics. One legend."""
+    fig, axes = plt.subplots(len(row_titles), len(metrics), figsize=(6 * len(metrics), 4.2 * len(row_titles)),
+                             squeeze=False)
+    for row, ((hardware, model), row_title) in enumerate(row_titles.items()):
+        part = table[(table["hardware"] == hardware) & (table["model"] == model)]
+        for col, metric in enumerate(metrics):
+            ax = axes[row][col]
+            plot_policies_vs_load(ax, part, metric, colors)
+            if metric == "speedup_vs_ar":
+                ax.axhline(1.0, color="grey", linewidth=0.8)
+            ax.set_title(row_title, fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    return fig
+
+
+def plot_supertree_snapshot(ax, snapshot: pd.DataFrame, max_width: int) -> None:
+    """One engine step of echo: a bar per request (batch order sorted by depth) as tall as its
+    selected depth, coloured by its selected width; black ticks mark the depth actually accepted."""
+    rank = np.arange(len(snapshot))
+    cmap = plt.get_cmap("viridis", max_width + 1)
+    ax.bar(rank, snapshot["selected_depth"], width=0.85, color=cmap(snapshot["selected_width"].to_numpy()))
+    ax.scatter(rank, snapshot["accepted_depth"], marker="_", color="black", s=60 if len(rank) < 40 else 12,
+               label="accepted depth", zorder=3)
+    mappable = plt.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(-0.5, max_width + 0.5))
+    ax.figure.colorbar(mappable, ax=ax, ticks=range(max_width + 1), label="selected width (most nodes on one level)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("request in the batch (sorted by selected depth)")
+    ax.set_ylabel("selected depth (draft levels)")
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def plot_extent_heatmap(ax, extents: pd.DataFrame, max_depth: int, max_width: int) -> None:
+    """Share of request-steps (%) at each (selected depth, selected width)."""
+    counts = np.zeros((max_width + 1, max_depth + 1))
+    np.add.at(counts, (extents["selected_width"].to_numpy(), extents["selected_depth"].to_numpy()), 1)
+    share = 100 * counts / max(counts.sum(), 1)
+    image = ax.imshow(share, origin="lower", cmap="magma_r", aspect="auto")
+    for (w, d), value in np.ndenumerate(share):
+        if value >= 0.5:
+            ax.text(d, w, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if value > share.max() / 2 else "black")
+    ax.figure.colorbar(image, ax=ax, label="request-steps (%)")
+    ax.set_xticks(range(max_depth + 1))
+    ax.set_yticks(range(max_width + 1))
+    ax.set_xlabel("selected depth (draft levels)")
+    ax.set_ylabel("selected width (most nodes on one level)")
+
+
+def plot_budget_vs_batch(ax, steps: pd.DataFrame, fixed_per_request: int) -> None:
+    """echo's chosen budget B (draft nodes beyond the roots) against the step's batch size,
+    coloured by the sweep's concurrency; the line is the fixed budget bs·(N−1) of `static`."""
+    loads = np.sort(steps["concurrency"].unique())
+    cmap = plt.get_cmap("plasma", len(loads) + 1)
+    for i, load in enumerate(loads):
+        part = steps[steps["concurrency"] == load]
+        ax.scatter(part["batch_size"], part["budget"], s=5, alpha=0.35, color=cmap(i), label=f"C = {load}")
+    sizes = np.arange(1, int(steps["batch_size"].max()) + 1)
+    ax.plot(sizes, fixed_per_request * sizes, color="black", linestyle=":", linewidth=1,
+            label=f"fixed: bs·{fixed_per_request}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set_xlabel("decoding requests in the step (batch size, log scale)")
+    ax.set_ylabel("chosen budget B (draft tokens verified, symlog)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, markerscale=3)
+
+
+def plot_grouped_bars(ax, table: pd.DataFrame, group: str, bar: str, value: str, bar_order: list) -> None:
+    """Bars of `value`: one group per `group` value (sorted), one bar per `bar` value in bar_order."""
+    groups = np.sort(table[group].unique())
+    width = 0.8 / len(bar_order)
+    for i, name in enumerate(bar_order):
+        part = table[table[bar] == name].set_index(group).reindex(groups)
+        ax.bar(np.arange(len(groups)) + (i - (len(bar_order) - 1) / 2) * width, part[value], width=width,
+               label=name, color=PALETTE[i % len(PALETTE)])
+    ax.set_xticks(np.arange(len(groups)), [f"{g}" for g in groups])
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def plot_parity(ax, measured, simulated, labels, unit: str) -> None:
+    """Simulated against measured, log-log, with y = x and ±25 % bands; one marker group per label."""
+    measured, simulated, labels = np.asarray(measured, float), np.asarray(simulated, float), np.asarray(labels)
+    for i, label in enumerate(dict.fromkeys(labels)):
+        mask = labels == label
+        ax.scatter(measured[mask], simulated[mask], s=14, alpha=0.7, color=PALETTE[(i + 1) % len(PALETTE)],
+                   label=str(label))
+    values = np.concatenate([measured, simulated])
+    values = values[values > 0]
+    low, high = values.min() / 1.3, values.max() * 1.3
+    line = np.array([low, high])
+    ax.plot(line, line, color="black", linewidth=0.8, label="simulated = measured")
+    ax.fill_between(line, line / 1.25, line * 1.25, color="grey", alpha=0.15, label="±25 %")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_xlabel(f"measured ({unit})")
+    ax.set_ylabel(f"simulated / fitted ({unit})")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def save_figure(fig, path: Path, dpi: int = 130) -> Path:
+    """Write the figure as PNG atomically (a reader never sees a half-written file)."""
+    import io
+
+    from echo_sim.atomic import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    write_bytes_atomic(Path(path), buffer.getvalue())
+    return Path(path)
