@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -174,15 +175,16 @@ def run(args: argparse.Namespace) -> int:
         make_policy(spec)  # unknown names fail before any work
     if min(args.concurrency) < 1:
         raise ValueError(f"--concurrency values must be >= 1, got {args.concurrency}")
-    pair = load_pair(args)
-    if pair.random_weights:
+    if args.random_shape:
         raise ValueError("validate compares real acceptance: it needs real weights, not --random-shape")
-    args.calibration = args.calibration or str(_default_calibration(pair))
-    cost = policy_cost(args, pair)
     args.out.mkdir(parents=True, exist_ok=True)
-    trace_path = trace_for(args, args.out)
+    trace_path = trace_for(args, args.out)  # before loading the pair: one copy of the models at a time
+    gc.collect()
     trace = read_trace(trace_path)
     check_trace(trace, args)
+    pair = load_pair(args)
+    args.calibration = args.calibration or str(_default_calibration(pair))
+    cost = policy_cost(args, pair)
     points = [(p, c) for p in args.policies for c in args.concurrency]
     rows = []
     for policy, concurrency in tqdm(points, desc="validate", unit="point"):
