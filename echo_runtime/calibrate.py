@@ -1,8 +1,9 @@
 """`echo-run calibrate`: time the runtime's forwards over a grid and write a calibration file.
 
 Measured with the engine's own code paths (so the simulator's clock prices what the runtime does):
-  verify   build the trees, one target `tree_forward` over bs requests × v tokens (root + v − 1
-           drafts) on KV prefixes of length kv, LM head and argmax: the engine's verify phase;
+  verify   one target `tree_forward` over bs requests × v tokens (root + v − 1 drafts) on KV
+           prefixes of length kv, LM head and argmax: the engine's verify phase (building the
+           trees' arrays on the host is left out: under 1 ms at bs 8, and overlappable on a GPU);
   draft    `grow_lattices` for bs requests (one pending token each) to depth S with width k: the
            engine's draft phase (level 1 over bs tokens, levels 2…S over bs·k);
   prefill  bs = 1 chains of P tokens on an empty prefix (points without a draft);
@@ -105,12 +106,12 @@ def time_verify(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generat
     cached = max(shape.kv - 1, 0)
     cache.lengths[: shape.batch_size] = cached
     vocab = pair.target.config.vocab_size
-    watch = clock.stopwatch()
-    watch.mark("start")
     trees = [_chain_tree(int(rng.integers(vocab)), rng.integers(0, vocab, size=shape.tokens - 1))
              for _ in range(shape.batch_size)]
-    hidden = tree_forward(pair.target, cache, [t.row(slot, cached) for slot, t in enumerate(trees)],
-                          use_kernel=pair.device == "cuda")
+    rows = [t.row(slot, cached) for slot, t in enumerate(trees)]  # host-side tree building is not timed
+    watch = clock.stopwatch()
+    watch.mark("start")
+    hidden = tree_forward(pair.target, cache, rows, use_kernel=pair.device == "cuda")
     next_token_logits(pair.target, hidden).argmax(dim=-1).cpu()
     watch.mark("verify")
     return watch.total()

@@ -70,7 +70,6 @@ class LiveRequest:
     steps: int = 0
     accepted_draft: int = 0  # Σ accepted depth a (bonus excluded)
     verified_draft: int = 0  # Σ draft nodes verified for it
-    step_times: list[float] = field(default_factory=list)  # end of every decode step it was in
     done: bool = False
 
     @property
@@ -157,8 +156,6 @@ class LiveEngine:
         record["wall_s"] = time.perf_counter() - wall_begin
         for request in admitted:
             request.admitted_time, request.first_token_time = begin, end
-        for request in running:
-            request.step_times.append(end)
         laps = watch.laps()
         record.update({"end": end, "seconds": end - begin, **{f"{k}_s": v for k, v in laps.items()}})
         return record
