@@ -145,8 +145,9 @@ def plot_supertree_snapshot(ax, snapshot: pd.DataFrame, max_width: int) -> None:
     rank = np.arange(len(snapshot))
     cmap = plt.get_cmap("viridis", max_width + 1)
     ax.bar(rank, snapshot["selected_depth"], width=0.85, color=cmap(snapshot["selected_width"].to_numpy()))
-    ax.scatter(rank, snapshot["accepted_depth"], marker="_", color="black", s=60 if len(rank) < 40 else 12,
-               label="accepted depth", zorder=3)
+    drafted = snapshot["selected_depth"].to_numpy() > 0  # a request without drafts accepts nothing
+    ax.scatter(rank[drafted], snapshot["accepted_depth"].to_numpy()[drafted], marker="_", color="black",
+               s=60 if len(rank) < 40 else 12, label="accepted depth", zorder=3)
     mappable = plt.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(-0.5, max_width + 0.5))
     ax.figure.colorbar(mappable, ax=ax, ticks=range(max_width + 1), label="selected width (most nodes on one level)")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -206,8 +207,9 @@ def plot_grouped_bars(ax, table: pd.DataFrame, group: str, bar: str, value: str,
     ax.grid(True, axis="y", alpha=0.3)
 
 
-def plot_parity(ax, measured, simulated, labels, unit: str) -> None:
-    """Simulated against measured, log-log, with y = x and ±25 % bands; one marker group per label."""
+def plot_parity(ax, measured, simulated, labels, unit: str, estimate: str = "simulated") -> None:
+    """`estimate` (simulated, fitted, …) against measured, log-log, with y = x and ±25 % bands; one
+    marker group per label."""
     measured, simulated, labels = np.asarray(measured, float), np.asarray(simulated, float), np.asarray(labels)
     for i, label in enumerate(dict.fromkeys(labels)):
         mask = labels == label
@@ -217,14 +219,17 @@ def plot_parity(ax, measured, simulated, labels, unit: str) -> None:
     values = values[values > 0]
     low, high = values.min() / 1.3, values.max() * 1.3
     line = np.array([low, high])
-    ax.plot(line, line, color="black", linewidth=0.8, label="simulated = measured")
+    ax.plot(line, line, color="black", linewidth=0.8, label=f"{estimate} = measured")
     ax.fill_between(line, line / 1.25, line * 1.25, color="grey", alpha=0.15, label="±25 %")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(low, high)
     ax.set_ylim(low, high)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(f"measured ({unit})")
-    ax.set_ylabel(f"simulated / fitted ({unit})")
+    ax.set_ylabel(f"{estimate} ({unit})")
     ax.grid(True, which="both", alpha=0.3)
 
 
