@@ -226,6 +226,13 @@ def steady_steps(record: dict, steps: pd.DataFrame, limit: int) -> pd.DataFrame:
     return decode
 
 
+def _tagged(frame: pd.DataFrame, hardware: str, model: str, record: dict) -> pd.DataFrame:
+    """The frame with its setting in front (hardware, model, concurrency) and its acceptance source."""
+    tags = pd.DataFrame({"hardware": hardware, "model": model, "concurrency": record["concurrency"]},
+                        index=frame.index)
+    return pd.concat([tags, frame], axis=1).assign(acceptance_source=record["acceptance_source"])
+
+
 BUDGET_COLUMNS = ["step", "batch_size", "budget", "selected", "padding", "verify_tokens", "eager", "draft_depth",
                   "kv_tokens"]
 
@@ -238,15 +245,11 @@ def budget_table(settings: NotebookSettings) -> pd.DataFrame:
     def compute() -> pd.DataFrame:
         parts = []
         for hw, model, record, steps in _echo_step_runs(settings, loads):
-            kept = steady_steps(record, steps, MAX_BUDGET_STEPS)[BUDGET_COLUMNS].copy()
-            kept.insert(0, "concurrency", record["concurrency"])
-            kept.insert(0, "model", model)
-            kept.insert(0, "hardware", hw)
-            kept["acceptance_source"] = record["acceptance_source"]
-            parts.append(kept)
+            kept = steady_steps(record, steps, MAX_BUDGET_STEPS)[BUDGET_COLUMNS]
+            parts.append(_tagged(kept, hw, model, record))
         return pd.concat(parts, ignore_index=True)
 
-    return cached_table(settings, "echo_budget", _grid_spec(settings, loads=loads), compute)
+    return cached_table(settings, "echo_budget", _grid_spec(settings, loads=loads, limit=MAX_BUDGET_STEPS), compute)
 
 
 def extent_table(settings: NotebookSettings) -> pd.DataFrame:
@@ -262,14 +265,10 @@ def extent_table(settings: NotebookSettings) -> pd.DataFrame:
             columns = ["requests", "selected_depth", "selected_width", "accepted_depth", "oracle_depth_r"]
             rows = kept[["step", "batch_size", *columns]].explode(columns, ignore_index=True)
             rows = rows.rename(columns={"requests": "request", "oracle_depth_r": "oracle_depth"})
-            rows = rows.astype({c: "int64" for c in rows.columns})
-            rows.insert(0, "concurrency", record["concurrency"])
-            rows.insert(0, "model", model)
-            rows.insert(0, "hardware", hw)
-            parts.append(rows)
+            parts.append(_tagged(rows.astype({c: "int64" for c in rows.columns}), hw, model, record))
         return pd.concat(parts, ignore_index=True)
 
-    return cached_table(settings, "echo_extents", _grid_spec(settings, loads=loads), compute)
+    return cached_table(settings, "echo_extents", _grid_spec(settings, loads=loads, limit=MAX_EXTENT_STEPS), compute)
 
 
 def snapshot_step(extents: pd.DataFrame, hardware: str, model: str, concurrency: int) -> pd.DataFrame:
@@ -298,7 +297,8 @@ def setting_titles() -> dict[tuple[str, str], str]:
         tp = spec.tensor_parallel
         gpus = "1 GPU" if tp == 1 else f"{tp} GPUs, TP {tp}"
         draft = spec.draft_kind.upper().replace("EAGLE3", "EAGLE-3")
-        titles[(hardware, model)] = f"{hardware.upper()} · {model} ({spec.dtype}, {gpus}) + {draft} draft: roofline step times"
+        titles[(hardware, model)] = (f"{hardware.upper()} · {model} ({spec.dtype}, {gpus}) + {draft} draft: "
+                                     "roofline step times")
     return titles
 
 
