@@ -6,12 +6,15 @@ Three sources, all files the repository ships (nothing is simulated or invented 
 - calibration files (`echo-run calibrate`), traces/calibration/*.json: measured step times and the
   fitted cost model's prediction at every measured point (the fit's residuals);
 - the roofline presets against published GPU step timings, benchmarks/results/cost_crosscheck.csv.
-A missing source gives an empty result, which the notebook reports as missing.
+A missing source gives an empty result, which the notebook reports as missing. The files are read
+under the repository root, or under ECHO_NOTEBOOK_FIDELITY_ROOT when set (the tests point it at
+synthetic files to exercise every cell).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -24,17 +27,23 @@ VALIDATION_GLOBS = ("benchmarks/results/validate*/validation.json", "benchmarks/
 CALIBRATION_GLOB = "traces/calibration/*.json"
 CROSSCHECK_CSV = "benchmarks/results/cost_crosscheck.csv"
 VALIDATED_QUANTITIES = ("throughput", "mat", "tpot")  # echo_runtime.validate.COMPARED short names
+ENV_ROOT = "ECHO_NOTEBOOK_FIDELITY_ROOT"
 
 
-def validation_files(root: Path = REPO_ROOT) -> list[Path]:
+def fidelity_root() -> Path:
+    return Path(os.environ.get(ENV_ROOT) or REPO_ROOT)
+
+
+def validation_files(root: Path | None = None) -> list[Path]:
+    root = root or fidelity_root()
     return sorted({path for pattern in VALIDATION_GLOBS for path in Path(root).glob(pattern) if path.is_file()})
 
 
-def validation_table(root: Path = REPO_ROOT) -> pd.DataFrame:
+def validation_table(root: Path | None = None) -> pd.DataFrame:
     """One row per (file, policy, concurrency, quantity): simulated, measured, error_pct, plus the
     file's setting (hardware, target, draft, calibration, trace). Empty when no table exists.
     Raises ValueError naming the file when one is malformed."""
-    rows = []
+    root, rows = root or fidelity_root(), []
     for path in validation_files(root):
         try:
             data = json.loads(path.read_text())
@@ -52,7 +61,7 @@ def validation_table(root: Path = REPO_ROOT) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def calibration_residuals(root: Path = REPO_ROOT) -> tuple[pd.DataFrame, list[str]]:
+def calibration_residuals(root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
     """(one row per measured point of every calibration file, problems): the point's grid
     coordinates, measured verify/draft seconds, the fit's prediction and relative error
     (fit − measured) ÷ measured. Files that do not load are listed in `problems`, not skipped
@@ -60,7 +69,7 @@ def calibration_residuals(root: Path = REPO_ROOT) -> tuple[pd.DataFrame, list[st
     from echo_sim.calibration_file import load_calibration
 
     rows, problems = [], []
-    for path in sorted(Path(root).glob(CALIBRATION_GLOB)):
+    for path in sorted(Path(root or fidelity_root()).glob(CALIBRATION_GLOB)):
         try:
             calibration = load_calibration(path)
         except ValueError as error:  # CostModelError names the field
@@ -80,10 +89,10 @@ def calibration_residuals(root: Path = REPO_ROOT) -> tuple[pd.DataFrame, list[st
     return pd.DataFrame(rows), problems
 
 
-def cost_crosscheck(root: Path = REPO_ROOT) -> pd.DataFrame:
+def cost_crosscheck(root: Path | None = None) -> pd.DataFrame:
     """benchmarks/results/cost_crosscheck.csv with `graph_error` and `eager_error` (= ours ÷
     measured − 1) for whole prefill/decode steps; empty when the file is absent."""
-    path = Path(root) / CROSSCHECK_CSV
+    path = Path(root or fidelity_root()) / CROSSCHECK_CSV
     if not path.is_file():
         return pd.DataFrame()
     table = pd.read_csv(path)

@@ -159,38 +159,48 @@ def validation_row(policy, concurrency, simulated, measured):
     return row
 
 
+def write_validation(root, rows):
+    folder = root / "benchmarks" / "results" / "validate_cpu"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"rows": rows, "hardware": "cpu", "target": "t", "draft": "d", "calibration": "c.json",
+            "trace": "v.trace.npz"}
+    (folder / "validation.json").write_text(json.dumps(data))
+    return folder / "validation.json"
+
+
 def test_validation_table_reads_rows_and_names_bad_files(tmp_path):
     assert nf.validation_table(tmp_path).empty  # absent: empty, reported as missing by the notebook
-    folder = tmp_path / "benchmarks" / "results" / "validate_cpu"
-    folder.mkdir(parents=True)
-    data = {"rows": [validation_row("echo", 2, 12.0, 10.0)], "hardware": "cpu", "target": "t", "draft": "d",
-            "calibration": "c.json", "trace": "v.trace.npz"}
-    (folder / "validation.json").write_text(json.dumps(data))
+    path = write_validation(tmp_path, [validation_row("echo", 2, 12.0, 10.0)])
     table = nf.validation_table(tmp_path)
     assert len(table) == 3 and set(table["quantity"]) == set(nf.VALIDATED_QUANTITIES)
     assert table["error_pct"].tolist() == pytest.approx([20.0] * 3)
     summary = nf.validation_summary(table)
     assert summary["max_abs_error_pct"].tolist() == pytest.approx([20.0] * 3)
-    (folder / "validation.json").write_text(json.dumps({"rows": [{"policy": "echo"}]}))
+    path.write_text(json.dumps({"rows": [{"policy": "echo"}]}))
     with pytest.raises(ValueError, match="validation.json"):
         nf.validation_table(tmp_path)
 
 
-def test_calibration_residuals_against_an_exact_law(tmp_path):
+def write_exact_calibration(root) -> list[dict]:
+    """A calibration file whose points follow the fitted model's form exactly (no residual)."""
     from echo_sim.calibration_file import write_calibration
 
-    folder = tmp_path / "traces" / "calibration"
     points = []
     for bs in (1, 2, 4):
         for v_per in (1, 4, 8):
             v, kv = bs * v_per, 128 * bs
-            verify_s = 0.01 + 0.002 * v + 1e-5 * kv  # an exact linear law: the fit has no residual
-            points.append(dict(batch_size=bs, verify_tokens=v, kv_tokens=kv, draft_depth=2, draft_width=2,
-                               eager=True, verify_s=verify_s, draft_s=0.004 + 0.001 * (bs + bs * 2)))
-    write_calibration(folder / "cpu_m.json", points=points, hardware="cpu", model="m", draft_model="d",
-                      dtype="float32", tp=1, software={}, command="test", graph_buckets=[],
+            points.append(dict(batch_size=bs, verify_tokens=v, kv_tokens=kv, draft_depth=2, draft_width=2, eager=True,
+                               verify_s=0.01 + 0.002 * v + 1e-5 * kv, draft_s=0.004 + 0.001 * (bs + bs * 2)))
+    write_calibration(root / "traces" / "calibration" / "cpu_m.json", points=points, hardware="cpu", model="m",
+                      draft_model="d", dtype="float32", tp=1, software={}, command="test", graph_buckets=[],
                       kv_capacity_tokens=10_000, prefill_chunk_tokens=512, step_overhead_s=0.0,
                       per_request_overhead_s=0.0)
+    return points
+
+
+def test_calibration_residuals_against_an_exact_law(tmp_path):
+    points = write_exact_calibration(tmp_path)
+    folder = tmp_path / "traces" / "calibration"
     (folder / "broken.json").write_text('{"format": "echo-sim-calibration"}')
     residuals, problems = nf.calibration_residuals(tmp_path)
     assert len(residuals) == len(points) and set(residuals["file"]) == {"cpu_m.json"}
@@ -201,13 +211,31 @@ def test_calibration_residuals_against_an_exact_law(tmp_path):
     assert residuals["verify_fit_s"].tolist() == pytest.approx([p["verify_fit_s"] for p in stored])
 
 
-def test_cost_crosscheck_errors_by_hand(tmp_path):
-    assert nf.cost_crosscheck(tmp_path).empty
-    path = tmp_path / nf.CROSSCHECK_CSV
-    path.parent.mkdir(parents=True)
+def write_crosscheck(root):
+    path = root / nf.CROSSCHECK_CSV
+    path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"source": "s", "device": "a100", "op": ["decode", "prefill", "linear"],
                   "measured_s": [2.0, 4.0, 1.0], "graph_s": [1.0, 5.0, 1.0], "eager_s": [3.0, 4.0, 1.0]}).to_csv(path)
+
+
+def test_cost_crosscheck_errors_by_hand(tmp_path):
+    assert nf.cost_crosscheck(tmp_path).empty
+    write_crosscheck(tmp_path)
     table = nf.cost_crosscheck(tmp_path)
     assert table["op"].tolist() == ["decode", "prefill"]  # single operators are not steps
     assert table["graph_error"].tolist() == pytest.approx([-0.5, 0.25])
     assert table["eager_error"].tolist() == pytest.approx([0.5, 0.0])
+
+
+def test_fidelity_notebook_plots_every_source(tmp_path, monkeypatch):
+    """The cells that draw a validation table run too (the repository may not have one yet)."""
+    root = tmp_path / "measured"
+    write_validation(root, [validation_row(p, c, 10.0 + c, 10.0) for p in ("ar", "echo") for c in (1, 2)])
+    write_exact_calibration(root)
+    write_crosscheck(root)
+    monkeypatch.setenv(nf.ENV_ROOT, str(root))
+    executed = nbformat.read(execute_notebook(nd.NOTEBOOKS_DIR / "fidelity.ipynb", tmp_path / "f.ipynb"),
+                             as_version=4)
+    text = "".join(o.get("text", "") for o in outputs(executed))
+    assert "NO VALIDATION TABLE" not in text and "NO CALIBRATION FILE" not in text and str(root) in text
+    assert image_count(executed) == 3  # validation parity, calibration residuals, roofline cross-check
