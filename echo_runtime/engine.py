@@ -192,6 +192,8 @@ class LiveEngine:
         argmax = next_token_logits(self.target, hidden).argmax(dim=-1)
         walks = self.signals.accept(lattices, selection, running, trees, argmax)
         watch.mark("verify")
+        verified = np.array([1 + t.selected for t in trees], dtype=np.int64)
+        kv = np.array([len(q.prompt) + q.position for q in running], dtype=np.int64)
         before = [q.position for q in running]
         outcome, committed = self._commit(running, lattices, selection, trees, walks, grown)
         per_request = [q.position - b for q, b in zip(running, before)]
@@ -201,7 +203,7 @@ class LiveEngine:
                 "padding": int(selection.padding), "eager": bool(selection.eager),
                 "accepted": int(outcome.accepted_depth.sum()), "committed": committed,
                 "draft_depth": shape.depth, "draft_width": shape.width,
-                "budget": selection.budget, "rows": [(q.index, q.position - c) for q, c in zip(running, per_request)]}
+                "budget": selection.budget, "attention_pairs": int(np.dot(verified, kv + verified)), "rows": [(q.index, q.position - c) for q, c in zip(running, per_request)]}
 
     def _commit(self, running, lattices: LatticeBatch, selection: Selection, trees: list[VerifyTree],
                 walks, grown) -> tuple[Outcome, int]:

@@ -70,7 +70,30 @@ def record_frames(record: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
              s["kv_tokens"], s.get("draft_s", 0.0), 0) for s in record.steps]
     steps = pd.DataFrame.from_records(rows, columns=list(STEP_FIELDS))
     steps.insert(0, "step", np.arange(len(steps)))
+    for name in ("attention_pairs", *PHASES, "wall_s"):
+        steps[name] = [s.get(name, 0) for s in record.steps]
     return log.frame(), steps
+
+
+PHASES = ("prefill_s", "draft_s", "select_s", "verify_s", "commit_s")  # the engine's Stopwatch laps
+
+
+def predicted_components(steps: pd.DataFrame, cost) -> pd.DataFrame:
+    """The cost model's prefill/draft/verify/overhead seconds for every measured step's shape.
+
+    What the simulator would charge for exactly the steps the runtime took (same batch, V, KV,
+    draft shape, prefill chunk): its gap to the measured laps is the cost model's own error."""
+    from echo_sim.cost import StepShape
+
+    rows = []
+    for step in steps.itertuples():
+        decode = step.batch_size > 0
+        shape = StepShape(batch_size=int(step.batch_size), verify_tokens=int(step.verify_tokens),
+                          kv_tokens=int(step.kv_tokens) if decode else 0, attention_pairs=int(step.attention_pairs),
+                          draft_depth=int(step.draft_depth), draft_width=int(step.draft_width),
+                          prefill_tokens=int(step.prefill_tokens), eager=bool(step.eager))
+        rows.append(cost.components(shape))
+    return pd.DataFrame.from_records(rows).add_prefix("predicted_").set_index(steps.index)
 
 
 def live_metrics(record: RunRecord, identity: dict) -> dict:
@@ -117,9 +140,10 @@ def trace_workload(trace, requests: int, seed: int, concurrency: int):
 
 def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpec], cost, signals,
           width: int, depth: int, identity: dict, progress=None, outputs: list | None = None,
-          clock: str = "auto") -> dict:
+          clock: str = "auto", steps_out: list | None = None) -> dict:
     """Run the closed loop once; the metrics dict (echo-sim run's fields, measured). `outputs`, if
-    given, receives each request's output tokens (in request order)."""
+    given, receives each request's output tokens (in request order); `steps_out` the step table
+    with the measured laps and the cost model's predicted components (predicted_components)."""
     from echo_sim.policies.registry import make_policy
 
     if concurrency < 1:
@@ -135,6 +159,9 @@ def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpe
                 "clock": Clock(pair.device, clock).kind}
     metrics = live_metrics(record, identity)
     metrics["wall_seconds"] = float(sum(step["wall_s"] for step in record.steps))
+    if steps_out is not None:
+        _, steps = record_frames(record)
+        steps_out.append(pd.concat([steps, predicted_components(steps, cost)], axis=1))
     return metrics
 
 

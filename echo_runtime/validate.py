@@ -126,7 +126,8 @@ def validation_row(policy: str, concurrency: int, simulated: dict, measured: dic
     return row
 
 
-def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost, policy: str, concurrency: int) -> dict:
+def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost, policy: str, concurrency: int):
+    """(table row, live step table) of one policy × concurrency."""
     from echo_sim.calibration_file import load_calibration
     from echo_sim.config import SimConfig
     from echo_sim.engine import simulate
@@ -139,12 +140,31 @@ def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost,
                        workload="trace", calibration=calibration, hardware=file.hardware, model=file.model, seed=0)
     simulated = simulate(config, trace).metrics
     specs, expected = workload(trace, pair, args, concurrency)
-    outputs: list = []
+    outputs, steps = [], []
     identity = {"hardware": hardware_label(pair.device), "model": pair.target_label,
                 "acceptance_source": "live", "workload": str(args.prompts)}
     measured = serve(pair, policy, concurrency, specs, cost, ModelSignals(pair.device == "cuda"), args.width, args.depth, identity,
-                     outputs=outputs, clock=args.clock)
-    return validation_row(policy, concurrency, simulated, measured, outputs == expected)
+                     outputs=outputs, clock=args.clock, steps_out=steps)
+    row = validation_row(policy, concurrency, simulated, measured, outputs == expected)
+    row.update(cost_model_errors(steps[0]))
+    return row, steps[0]
+
+
+# measured laps (engine Stopwatch) against the cost model's components for the same step shapes
+COMPONENTS = (("prefill", ("prefill_s",)), ("draft", ("draft_s",)), ("verify", ("verify_s",)),
+              ("overhead", ("select_s", "commit_s")))
+
+
+def cost_model_errors(steps) -> dict:
+    """Σ predicted vs Σ measured seconds over the live run's own steps, per component and in total
+    (in %): how much of the throughput error is the step-time model's, step shapes held fixed."""
+    out, predicted_total, measured_total = {}, 0.0, 0.0
+    for name, laps in COMPONENTS:
+        predicted, measured = float(steps[f"predicted_{name}"].sum()), float(sum(steps[lap].sum() for lap in laps))
+        out[f"{name}_seconds_measured"], out[f"{name}_seconds_predicted"] = measured, predicted
+        predicted_total, measured_total = predicted_total + predicted, measured_total + measured
+    out["step_time_model_error_pct"] = error_pct(predicted_total, measured_total)
+    return out
 
 
 def row_path(out: Path, policy: str, concurrency: int) -> Path:
@@ -154,14 +174,15 @@ def row_path(out: Path, policy: str, concurrency: int) -> Path:
 
 def format_table(rows: list[dict]) -> str:
     head = ("| policy | C | tok/s sim | tok/s live | err % | MAT sim | MAT live | err % | TPOT p50 sim (s) "
-            "| TPOT p50 live (s) | err % | greedy = trace |")
-    lines = [head, "|" + "---|" * 12]
+            "| TPOT p50 live (s) | err % | step-time model err % | greedy = trace |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         lines.append(
             f"| {r['policy']} | {r['concurrency']} | {r['throughput_simulated']:.3f} | {r['throughput_measured']:.3f} "
             f"| {r['throughput_error_pct']:+.1f} | {r['mat_simulated']:.3f} | {r['mat_measured']:.3f} "
             f"| {r['mat_error_pct']:+.1f} | {r['tpot_simulated']:.3f} | {r['tpot_measured']:.3f} "
-            f"| {r['tpot_error_pct']:+.1f} | {'yes' if r['outputs_match_trace'] else 'NO'} |")
+            f"| {r['tpot_error_pct']:+.1f} | {r.get('step_time_model_error_pct', float('nan')):+.1f} "
+            f"| {'yes' if r['outputs_match_trace'] else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -190,7 +211,9 @@ def run(args: argparse.Namespace) -> int:
     for policy, concurrency in tqdm(points, desc="validate", unit="point"):
         path = row_path(args.out, policy, concurrency)
         if not path.is_file():
-            row = run_point(pair, args, trace, trace_path, args.calibration, cost, policy, concurrency)
+            row, steps = run_point(pair, args, trace, trace_path, args.calibration, cost, policy, concurrency)
+            write_text_atomic(path.with_suffix(".steps.csv"), steps.drop(columns=["rows"], errors="ignore")
+                              .to_csv(index=False))
             write_text_atomic(path, json.dumps(json_safe(row), indent=1) + "\n")
         rows.append(json.loads(path.read_text()))
     summary = {"rows": rows, "trace": str(trace_path), "calibration": args.calibration,
