@@ -154,7 +154,10 @@ def canonical_command(args) -> str:
     if args.ids:
         words += ["--ids", *args.ids]
     words += ["--max-new-tokens", str(args.max_new_tokens), "--width", str(args.width),
-              "--depth", str(args.depth), "--dtype", args.dtype, "--out", str(args.out)]
+              "--depth", str(args.depth), "--dtype", args.dtype, "--target-batch", str(args.target_batch)]
+    if args.threads:  # the thread count can change float summation order: part of the recipe
+        words += ["--threads", str(args.threads)]
+    words += ["--out", str(args.out)]
     return shlex.join(words)
 
 
@@ -191,6 +194,7 @@ def build_header(args, target: LoadedModel, draft: LoadedModel, prompts: list[Pr
         "dataset": dataset_name(args), "prompts_file": args.prompts.name,
         "prompts_sha256": file_sha256(args.prompts), "prompt_ids": [p.request_id for p in prompts],
         "decoding": "greedy", "eos_token_ids": eos_ids, "dtype": args.dtype, "target_batch": args.target_batch,
+        "threads": torch.get_num_threads(),
         "width": args.width, "depth": args.depth, "max_new_tokens": args.max_new_tokens,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "absent_columns": [],
     }
