@@ -24,7 +24,8 @@ def build_parser(prog: str, subcommands: dict[str, tuple[str, str]]) -> argparse
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in subcommands.items():
         module = importlib.import_module(module_name)
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        escaped = help_text.replace("%", "%%")  # argparse formats help strings with %
+        sub_parser = sub.add_parser(name, help=escaped, description=escaped)
         module.add_arguments(sub_parser)
         sub_parser.set_defaults(handler=module.run)
     return parser
