@@ -9,7 +9,8 @@ Measured with the engine's own code paths (so the simulator's clock prices what 
   prefill  bs = 1 chains of P tokens on an empty prefix (points without a draft);
   overhead a short live run: per decode step, the host time outside the forwards (policy select,
            acceptance walk, cache compaction, observe), fitted as step_s + per_request_s · bs.
-Each grid point is the median of --repeats timed runs after --warmup untimed ones. A point pairs
+Each grid point is the median of --repeats timed runs (taken in rounds over the grid) after
+--warmup untimed ones. A point pairs
 one verify shape (bs, v, kv) with one draft depth (the depths cycle over v), so no time is
 measured twice. Measurements are appended to OUT.measurements.jsonl as they finish: an interrupted
 run resumes where it stopped. The fit is echo_sim.calibration_fit's; the file is written by
@@ -138,7 +139,8 @@ class MeasurementLog:
             lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             if not lines or lines[0].get("setup") != setup:
                 raise ValueError(f"{path}: measured with a different setup; delete it or use another --out")
-            self.done = {line["key"]: line["seconds"] for line in lines[1:]}
+            for line in lines[1:]:  # one line per timing run (or a list of them)
+                self.done.setdefault(line["key"], []).extend(line["seconds"])
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"setup": setup}) + "\n")
@@ -146,32 +148,39 @@ class MeasurementLog:
     def add(self, key: str, seconds: list[float]) -> None:
         with open(self.path, "a") as handle:
             handle.write(json.dumps({"key": key, "seconds": seconds}) + "\n")
-        self.done[key] = seconds
+        self.done.setdefault(key, []).extend(seconds)
 
 
 def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> None:
-    """Measure every shape not in the log yet. Caches are sized per KV length (slots × capacity of
-    that group only), so a GPU grid with large batches at short KV and long KV at small batches fits."""
-    todo = [s for s in shapes if s.key not in log.done]
+    """Measure every shape until it has --repeats timings, in rounds: each round times every
+    unfinished shape once, so consecutive timings are of different shapes, as in a running engine
+    (back-to-back repeats of one shape ran ~5 % faster than the same shape inside live runs).
+    Caches are sized per KV length (slots × capacity of that group only)."""
+    todo = [s for s in shapes if len(log.done.get(s.key, [])) < args.repeats]
     rng = np.random.default_rng(0)
     clock = Clock(pair.device, args.clock)
-    bar = tqdm(total=len(todo), desc="calibrate", unit="shape")
+    caches = {}
     for kv in sorted({s.kv for s in todo}):
         group = [s for s in todo if s.kv == kv]
         slots = max(s.batch_size for s in group)
         verify_room = max([s.tokens for s in group if s.kind == "verify"] or [1])
         draft_room = args.draft_width * (max(args.draft_depths) + 1) + 2
-        caches = {
+        caches[kv] = {
             "verify": KVCache.allocate(pair.target.config, slots, kv + verify_room, _dtype(pair.target), pair.device),
             "draft": KVCache.allocate(pair.draft.config, slots, kv + draft_room, _dtype(pair.draft), pair.device),
         }
-        for shape in group:
-            timer = time_verify if shape.kind == "verify" else time_draft
-            for _ in range(args.warmup):
-                timer(pair, caches[shape.kind], shape, rng, clock)
-            log.add(shape.key, [timer(pair, caches[shape.kind], shape, rng, clock) for _ in range(args.repeats)])
+    bar = tqdm(total=sum(args.repeats - len(log.done.get(s.key, [])) for s in todo), desc="calibrate", unit="run")
+    warmed: set[str] = set()
+    while todo:
+        for shape in todo:
+            timer, cache = (time_verify if shape.kind == "verify" else time_draft), caches[shape.kv][shape.kind]
+            if shape.key not in warmed:
+                for _ in range(args.warmup):
+                    timer(pair, cache, shape, rng, clock)
+                warmed.add(shape.key)
+            log.add(shape.key, [timer(pair, cache, shape, rng, clock)])
             bar.update(1)
-        del caches
+        todo = [s for s in todo if len(log.done[s.key]) < args.repeats]
     bar.close()
 
 
@@ -179,7 +188,7 @@ def _dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def points_from(pairs, log: MeasurementLog) -> list[dict]:
+def points_from(pairs, log: MeasurementLog, repeats: int) -> list[dict]:
     points = []
     for verify, draft in pairs:
         bs, v, kv = verify.batch_size, verify.tokens, verify.kv
@@ -187,8 +196,8 @@ def points_from(pairs, log: MeasurementLog) -> list[dict]:
             "batch_size": bs, "verify_tokens": bs * v, "kv_tokens": bs * kv,
             "attention_pairs": bs * v * (kv + v), "eager": True,
             "draft_depth": draft.tokens if draft else 0, "draft_width": draft.width if draft else 1,
-            "verify_s": float(np.median(log.done[verify.key])),
-            "draft_s": float(np.median(log.done[draft.key])) if draft else None,
+            "verify_s": float(np.median(log.done[verify.key][: repeats])),
+            "draft_s": float(np.median(log.done[draft.key][: repeats])) if draft else None,
         })
     return points
 
@@ -252,11 +261,11 @@ def run(args: argparse.Namespace) -> int:
     pairs, shapes = grid_shapes(args)
     clock = Clock(pair.device, args.clock).kind
     setup = {"target": pair.target_label, "draft": pair.draft_label, "dtype": pair.dtype, "device": pair.device,
-             "hardware": hardware, "repeats": args.repeats, "warmup": args.warmup, "clock": clock,
+             "hardware": hardware, "order": "rounds", "warmup": args.warmup, "clock": clock,
              "threads": args.threads}
     log = MeasurementLog(out.with_name(out.name + ".measurements.jsonl"), setup)
     measure_grid(pair, args, shapes, log)
-    fields = dict(points=points_from(pairs, log), hardware=hardware, model=model,
+    fields = dict(points=points_from(pairs, log, args.repeats), hardware=hardware, model=model,
                   draft_model=pair.draft_label, dtype=pair.dtype, tp=1, software={**software_versions(), "clock": clock},
                   command=canonical_command(args, out), graph_buckets=[],
                   kv_capacity_tokens=1_000_000, prefill_chunk_tokens=8192,

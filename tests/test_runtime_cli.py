@@ -136,3 +136,11 @@ def test_calibrate_random_shape_writes_a_file_the_simulator_reads(tmp_path):
     assert data["software"]["clock"] == "cpu"
     assert "--max-batch-kv-tokens 40" in data["command"]
     assert load_cost_model(calibration=str(out)).verify_time([1, 4], 1, 20).shape == (2,)
+    log = out.with_name(out.name + ".measurements.jsonl")
+    before = log.read_text().splitlines()
+    assert echo_run(["calibrate", "--random-shape", "tiny-llama", "--batch-sizes", "1,3", "--tokens-per-request", "2,5",
+                     "--kv-lens", "20", "--draft-depths", "2", "--prefill-tokens", "9", "--repeats", "3",
+                     "--warmup", "0", "--overhead-steps", "2", "--max-batch-kv-tokens", "40", "--out", str(out)]) == 0
+    after = log.read_text().splitlines()
+    assert after[: len(before)] == before  # resumed: earlier timings kept, one more run per shape
+    assert len(after) - len(before) == (len(before) - 1) // 2  # 4 shapes: 2 runs each, then a 3rd
