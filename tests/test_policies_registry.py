@@ -121,7 +121,8 @@ def test_sglang_flags():
         "--speculative-eagle-topk": 4,
         "--speculative-echo-threshold": 0.3,
     }
-    assert "--speculative-echo-threshold" not in make_policy("echo:gate=off").sglang_flags()
+    # no gate is ECHO with a threshold nothing falls below (dropping the flag would turn ECHO off)
+    assert make_policy("echo:gate=off").sglang_flags()["--speculative-echo-threshold"] == 0.0
     assert make_policy("echo:budget=fixed,N=8").sglang_flags()["--speculative-num-draft-tokens"] == 8
 
 

@@ -196,6 +196,5 @@ class EchoPolicy(KnobbedPolicy):
             flags["--speculative-eagle-topk"] = self.trace_shape.width
         if self.budget == "fixed":
             flags["--speculative-num-draft-tokens"] = self.N
-        if self.gate:
-            flags["--speculative-echo-threshold"] = self.tau
+        flags["--speculative-echo-threshold"] = self.tau if self.gate else 0.0  # 0 gates nothing
         return flags
