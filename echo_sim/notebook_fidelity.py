@@ -27,6 +27,7 @@ VALIDATION_GLOBS = ("benchmarks/results/validate*/validation.json", "benchmarks/
 CALIBRATION_GLOB = "traces/calibration/*.json"
 CROSSCHECK_CSV = "benchmarks/results/cost_crosscheck.csv"
 VALIDATED_QUANTITIES = ("throughput", "mat", "tpot")  # echo_runtime.validate.COMPARED short names
+STEP_COMPONENTS = ("prefill", "draft", "verify", "overhead")  # <part>_seconds_measured / _predicted
 ENV_ROOT = "ECHO_NOTEBOOK_FIDELITY_ROOT"
 
 
@@ -55,9 +56,26 @@ def validation_table(root: Path | None = None) -> pd.DataFrame:
                                  "simulated": float(row[f"{quantity}_simulated"]),
                                  "measured": float(row[f"{quantity}_measured"]),
                                  "error_pct": float(row[f"{quantity}_error_pct"]),
-                                 "outputs_match_trace": bool(row.get("outputs_match_trace", False))})
+                                 "outputs_match_trace": bool(row.get("outputs_match_trace", False)),
+                                 "step_time_model_error_pct": float(row.get("step_time_model_error_pct", "nan"))})
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{path}: not a validation table ({type(error).__name__}: {error})") from None
+    return pd.DataFrame(rows)
+
+
+def validation_components(root: Path | None = None) -> pd.DataFrame:
+    """Where the simulated time goes wrong: one row per (file, policy, concurrency, step-time
+    component) with the seconds the live run measured and the calibrated cost model predicted for
+    the same steps. Empty when no table has these columns (older validation tables)."""
+    root, rows = root or fidelity_root(), []
+    for path in validation_files(root):
+        for row in json.loads(path.read_text()).get("rows", []):
+            for part in STEP_COMPONENTS:
+                measured, predicted = row.get(f"{part}_seconds_measured"), row.get(f"{part}_seconds_predicted")
+                if measured is not None and predicted is not None:
+                    rows.append({"file": str(path.relative_to(root)), "policy": row["policy"],
+                                 "concurrency": int(row["concurrency"]), "component": part,
+                                 "measured_s": float(measured), "predicted_s": float(predicted)})
     return pd.DataFrame(rows)
 
 
@@ -106,15 +124,20 @@ def cost_crosscheck(root: Path | None = None) -> pd.DataFrame:
 
 
 def validation_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per file, quantity and policy: mean and largest |error| (%) over concurrencies, and whether
-    every live output equalled the trace's greedy tokens."""
-    grouped = table.groupby(["file", "quantity", "policy"], sort=False)
-    return pd.DataFrame({
-        "points": grouped.size(),
-        "mean_error_pct": grouped["error_pct"].mean(),
-        "max_abs_error_pct": grouped["error_pct"].agg(lambda e: e.abs().max()),
-        "outputs_match_trace": grouped["outputs_match_trace"].all(),
-    })
+    """Per file and policy, over its concurrencies: mean and largest |error| (%) of each validated
+    quantity, the mean step-time model error (%) and whether every live output equalled the
+    trace's greedy tokens."""
+    rows = []
+    for (file, policy), part in table.groupby(["file", "policy"], sort=False):
+        row = {"file": file, "policy": policy, "points": part["concurrency"].nunique()}
+        for quantity in VALIDATED_QUANTITIES:
+            errors = part.loc[part["quantity"] == quantity, "error_pct"]
+            row[f"{quantity}_mean_err_pct"] = errors.mean()
+            row[f"{quantity}_max_abs_err_pct"] = errors.abs().max()
+        row["step_time_model_mean_err_pct"] = part.drop_duplicates("concurrency")["step_time_model_error_pct"].mean()
+        row["outputs_match_trace"] = bool(part["outputs_match_trace"].all())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["file", "policy"])
 
 
 def _rms(values: pd.Series) -> float:

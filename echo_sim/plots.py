@@ -225,7 +225,10 @@ def plot_parity(ax, measured, simulated, labels, unit: str, estimate: str = "sim
     ax.set_yscale("log")
     ax.set_xlim(low, high)
     ax.set_ylim(low, high)
+    narrow = high / low < 100  # under two decades: label 1-2-5 steps, not only powers of ten
     for axis in (ax.xaxis, ax.yaxis):
+        if narrow:
+            axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(f"measured ({unit})")
