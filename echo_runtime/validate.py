@@ -167,6 +167,21 @@ def cost_model_errors(steps) -> dict:
     return out
 
 
+def canonical_command(args) -> str:
+    import shlex
+
+    words = ["echo-run", "validate", "--device", args.device, "--target", args.target, "--prompts", str(args.prompts),
+             "--limit", str(args.limit), "--max-new-tokens", str(args.max_new_tokens), "--width", str(args.width),
+             "--depth", str(args.depth), "--policies", ",".join(args.policies),
+             "--concurrency", ",".join(map(str, args.concurrency)), "--calibration", args.calibration,
+             "--clock", args.clock, "--threads", str(args.threads), "--out", str(args.out)]
+    for flag, value in (("--draft", args.draft), ("--target-gguf", args.target_gguf), ("--draft-gguf", args.draft_gguf),
+                        ("--trace", args.trace), ("--model-cache", args.model_cache), ("--dtype", args.dtype)):
+        if value:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
 def row_path(out: Path, policy: str, concurrency: int) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in policy)
     return out / "rows" / f"{safe}_c{concurrency}.json"
@@ -216,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
                               .to_csv(index=False))
             write_text_atomic(path, json.dumps(json_safe(row), indent=1) + "\n")
         rows.append(json.loads(path.read_text()))
-    summary = {"rows": rows, "trace": str(trace_path), "calibration": args.calibration,
+    summary = {"rows": rows, "command": canonical_command(args), "trace": str(trace_path), "calibration": args.calibration,
                "hardware": hardware_label(pair.device), "target": pair.target_label, "draft": pair.draft_label,
                "torch_threads": args.threads}
     write_text_atomic(args.out / "validation.json", json.dumps(summary, indent=1) + "\n")
