@@ -16,6 +16,7 @@ the next step on. The closed-loop client of a finished request sends its next re
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,8 +25,6 @@ import torch
 from echo_runtime.draft_tree import commit_draft, grow_lattices
 from echo_runtime.forward import chain_row, next_token_logits, tree_forward
 from echo_runtime.kv_cache import KVCache
-import time
-
 from echo_runtime.timing import Clock
 from echo_runtime.verify import VerifyTree, build_tree
 from echo_sim.policies.base import TRACE_LIMIT, DraftShape, Outcome, Selection, StepContext

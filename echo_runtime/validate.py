@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -8,7 +8,6 @@ the same trace through the same policy.
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from echo_runtime.draft_tree import commit_draft, grow_lattices  # noqa: E402
 from echo_runtime.engine import LiveEngine, RequestSpec, RuntimeConfig  # noqa: E402
-from echo_runtime.forward import TreeRow, chain_row, next_token_logits, tree_forward  # noqa: E402
+from echo_runtime.forward import chain_row, next_token_logits, tree_forward  # noqa: E402
 from echo_runtime.kv_cache import KVCache  # noqa: E402
 from echo_runtime.lattice import grow_request_lattices  # noqa: E402
 from echo_runtime.signals import ModelSignals  # noqa: E402
