@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from echo_sim.atomic import write_bytes_atomic  # noqa: E402
 
 METRIC_LABELS = {
     "output_tokens_per_s": "output tokens/s (steady state)",
@@ -63,9 +66,6 @@ def metric_figure(table: pd.DataFrame, metric: str, title: str):
 
 
 def save_sweep_plots(table: pd.DataFrame, out: Path) -> list[Path]:
-    from echo_sim.atomic import write_bytes_atomic
-    import io
-
     written = []
     for metric, name, title in (
         ("output_tokens_per_s", "throughput_vs_concurrency.png", "Output throughput vs load"),
