@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -311,8 +312,10 @@ def trace_note(settings: NotebookSettings) -> str:
 
 
 def acceptance_label(table: pd.DataFrame) -> str:
-    """The acceptance source(s) of a table, e.g. 'mt_bench_qwen_coder.trace.npz (draft -> target)'."""
-    return " + ".join(sorted(set(map(str, table["acceptance_source"].dropna()))))
+    """The acceptance source(s) of a table, e.g. 'mt_bench_qwen_coder.trace.npz (draft -> target)',
+    model paths shortened to their file names so that a figure title stays readable."""
+    sources = sorted(set(map(str, table["acceptance_source"].dropna())))
+    return " + ".join(re.sub(r"[^\s()]*/([^\s/()]+)", r"\1", source) for source in sources)
 
 
 def speedup_table(table: pd.DataFrame, hardware: str, model: str) -> pd.DataFrame:

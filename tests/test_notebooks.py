@@ -241,3 +241,8 @@ def test_fidelity_notebook_plots_every_source(tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs(executed))
     assert "NO VALIDATION TABLE" not in text and "NO CALIBRATION FILE" not in text and str(root) in text
     assert image_count(executed) == 3  # validation parity, calibration residuals, roofline cross-check
+
+
+def test_acceptance_label_shortens_model_paths():
+    table = pd.DataFrame({"acceptance_source": ["t.trace.npz (/m/d/draft.gguf -> /m/t/target.gguf)", None]})
+    assert nd.acceptance_label(table) == "t.trace.npz (draft.gguf -> target.gguf)"
