@@ -83,6 +83,11 @@ def save_sweep_plots(table: pd.DataFrame, out: Path) -> list[Path]:
 # ------------------------------------------------------------------ notebooks (notebooks/*.ipynb)
 
 CEILING_POLICY = "oracle"
+# Two-line axis labels for the notebooks' multi-panel figures, where METRIC_LABELS' run too long.
+PANEL_LABELS = {
+    "waste": "waste: fraction of verified\ndraft nodes not accepted",
+    "mean_accepted_tokens": "mean accepted tokens per\nverification (MAT, bonus included)",
+}
 PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#d62728", "#e377c2",
            "#17becf", "#bcbd22")
 
@@ -115,7 +120,7 @@ def plot_policies_vs_load(ax, table: pd.DataFrame, metric: str, colors: dict[str
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
     ax.set_xlabel("concurrent clients (closed loop, log scale)")
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_ylabel(PANEL_LABELS.get(metric) or METRIC_LABELS.get(metric, metric))
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -135,7 +140,7 @@ def policy_panels(table: pd.DataFrame, metrics: list[str], row_titles: dict[tupl
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))  # tight_layout makes room for the suptitle itself
     return fig
 
 
