@@ -85,7 +85,12 @@ class NotebookSettings:
         mode = "REDUCED test grid" if self.quick else "full grid"
         return (f"{mode}: concurrency {', '.join(map(str, self.grid.concurrency))}; "
                 f"{self.grid.requests} requests per point; trace {self.trace_file.name} "
-                f"(sha256 {self.trace_sha256[:12]}); tables in {self.results}")
+                f"(sha256 {self.trace_sha256[:12]}); tables in {_shown(self.results)}")
+
+
+def _shown(path: Path) -> str:
+    """The path relative to the repository when inside it (saved outputs stay machine-independent)."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def _flag(name: str) -> bool:

@@ -35,6 +35,11 @@ def fidelity_root() -> Path:
     return Path(os.environ.get(ENV_ROOT) or REPO_ROOT)
 
 
+def fidelity_root_label() -> str:
+    root = fidelity_root()
+    return "the repository root" if root.resolve() == REPO_ROOT.resolve() else str(root)
+
+
 def validation_files(root: Path | None = None) -> list[Path]:
     root = root or fidelity_root()
     return sorted({path for pattern in VALIDATION_GLOBS for path in Path(root).glob(pattern) if path.is_file()})
