@@ -38,7 +38,7 @@ class LoadedModel:
 
     model: torch.nn.Module
     tokenizer: object
-    name: str  # what the user asked for: HF id, folder, or folder/file.gguf
+    name: str  # HF id, or the local folder's / GGUF file's name (paths are machine-specific)
     weight_sha256: dict[str, str]  # weight file name -> sha256 hex
     dtype: str
 
@@ -74,10 +74,11 @@ def load_model(source: str, gguf_file: str | None = None, dtype: str = "float32"
         sha = file_sha256(gguf_path)
         folder = _gguf_cache_folder(gguf_path, sha, cache_dir or default_cache_dir())
         model, tokenizer = _load_plain(str(folder), torch_dtype)
-        return LoadedModel(model, tokenizer, str(gguf_path), {gguf_file: sha}, dtype)
+        return LoadedModel(model, tokenizer, gguf_path.name, {gguf_file: sha}, dtype)
     folder = _local_folder(source)
     model, tokenizer = _load_plain(str(folder), torch_dtype)
-    return LoadedModel(model, tokenizer, source, _folder_weight_sha256(folder), dtype)
+    name = Path(source).name if Path(source).is_dir() else source
+    return LoadedModel(model, tokenizer, name, _folder_weight_sha256(folder), dtype)
 
 
 def _load_plain(folder: str, torch_dtype: torch.dtype):
