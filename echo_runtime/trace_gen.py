@@ -67,21 +67,25 @@ def read_prompts(path: Path) -> list[Prompt]:
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TraceGenError(f"{path}:{line_no}: not JSON ({error.msg})") from None
-        turns = row.get("turns") if isinstance(row, dict) else None
-        if "question_id" not in (row if isinstance(row, dict) else {}) or not turns or not isinstance(turns[0], str):
-            raise TraceGenError(f"{path}:{line_no}: needs 'question_id' and a non-empty 'turns' list of strings")
-        request_id = str(row["question_id"])
-        if request_id in seen:
-            raise TraceGenError(f"{path}:{line_no}: duplicate question_id {request_id}")
-        seen.add(request_id)
-        prompts.append(Prompt(request_id, turns[0]))
+        prompt = _parse_question(line, f"{path}:{line_no}")
+        if prompt.request_id in seen:
+            raise TraceGenError(f"{path}:{line_no}: duplicate question_id {prompt.request_id}")
+        seen.add(prompt.request_id)
+        prompts.append(prompt)
     if not prompts:
         raise TraceGenError(f"{path}: no prompts")
     return prompts
+
+
+def _parse_question(line: str, where: str) -> Prompt:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise TraceGenError(f"{where}: not JSON ({error.msg})") from None
+    turns = row.get("turns") if isinstance(row, dict) else None
+    if not isinstance(row, dict) or "question_id" not in row or not turns or not isinstance(turns[0], str):
+        raise TraceGenError(f"{where}: needs 'question_id' and a non-empty 'turns' list of strings")
+    return Prompt(str(row["question_id"]), turns[0])
 
 
 def select_prompts(prompts: list[Prompt], limit: int | None, ids: list[str] | None) -> list[Prompt]:

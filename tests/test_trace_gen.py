@@ -240,3 +240,9 @@ def test_bad_prompts_file_is_a_clear_error(tiny_pair, tmp_path, capsys, line, pr
     assert echo_run(args) == 2
     err = capsys.readouterr().err
     assert f"{bad}:1" in err and problem in err and not (tmp_path / "x.trace.npz").exists()
+
+
+def test_unknown_question_id_is_a_clear_error(tiny_pair, tmp_path, capsys):
+    assert echo_run(cli_args(tiny_pair, tmp_path / "x.trace.npz", "--ids", "100", "999")) == 2
+    assert "unknown question ids 999" in capsys.readouterr().err
+    assert not (tmp_path / "x.trace.npz").exists()
