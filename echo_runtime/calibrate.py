@@ -6,7 +6,9 @@ Measured with the engine's own code paths (so the simulator's clock prices what 
            trees' arrays on the host is left out: under 1 ms at bs 8, and overlappable on a GPU);
   draft    `grow_lattices` for bs requests (one pending token each) to depth S with width k: the
            engine's draft phase (level 1 over bs tokens, levels 2…S over bs·k);
-  prefill  bs = 1 chains of P tokens on an empty prefix (points without a draft);
+  curve    bs = 1 verifies of every v in --curve-tokens (the fit interpolates between measured
+           token counts: on one CPU thread a forward of 3 tokens costs more than one of 4);
+  prefill  bs = 1 chains of P tokens on an empty prefix, target and draft (the draft's prefill);
   overhead a short live run: per decode step, the host time outside the forwards (policy select,
            acceptance walk, cache compaction, observe), fitted as step_s + per_request_s · bs.
 Each grid point is the median of --repeats timed runs (taken in rounds over the grid) after
@@ -32,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from echo_runtime.draft_tree import grow_lattices
-from echo_runtime.forward import next_token_logits, tree_forward
+from echo_runtime.forward import chain_row, next_token_logits, tree_forward
 from echo_runtime.kv_cache import KVCache
 from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair, software_versions
 from echo_runtime.timing import CLOCKS, Clock
@@ -58,11 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--kv-lens", type=_ints, default=[128, 384], help="KV tokens per request")
     grid.add_argument("--draft-depths", type=_ints, default=[2, 4, 6])
     grid.add_argument("--draft-width", type=int, default=4)
-    grid.add_argument("--prefill-tokens", type=_ints, default=[128, 256])
+    grid.add_argument("--curve-tokens", type=_ints, default=list(range(1, 17)) + [20, 24, 28, 32, 40, 48, 56, 64, 96, 128],
+                      help="verified tokens of extra bs = 1 points (at the first --kv-lens)")
+    grid.add_argument("--prefill-tokens", type=_ints, default=[32, 64, 128, 256, 512])
     grid.add_argument("--max-batch-kv-tokens", type=int,
                       help="skip batch × KV-length combinations above this many cached tokens (GPU memory)")
     grid.add_argument("--repeats", type=int, default=3)
     grid.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--fit", default="curve", choices=("curve", "linear"),
+                        help="cost model form (echo_sim.calibration_fit): measured token-count curves or lines")
     parser.add_argument("--clock", default="auto", choices=CLOCKS,
                         help="auto: CUDA events on a GPU, thread CPU time on a CPU (echo_runtime.timing); wall: perf_counter")
     parser.add_argument("--overhead-steps", type=int, default=12, help="decode steps of the overhead run")
@@ -72,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Shape:
-    kind: str  # "verify" or "draft"
+    kind: str  # "verify", "draft" (lattice levels) or "draft-prefill" (a chain of `tokens`)
     batch_size: int
     tokens: int  # verify: v per request; draft: depth S
     kv: int
@@ -92,7 +98,10 @@ def grid_shapes(args) -> tuple[list[tuple[Shape, Shape | None]], list[Shape]]:
         for i, v in enumerate(args.tokens_per_request):
             depth = args.draft_depths[i % len(args.draft_depths)]
             pairs.append((Shape("verify", bs, v, kv), Shape("draft", bs, depth, kv, args.draft_width)))
-    pairs += [(Shape("verify", 1, p, 0), None) for p in args.prefill_tokens]
+    in_grid = {verify for verify, _ in pairs}
+    curve = [Shape("verify", 1, v, args.kv_lens[0]) for v in args.curve_tokens]
+    pairs += [(shape, None) for shape in curve if shape not in in_grid]
+    pairs += [(Shape("verify", 1, p, 0), Shape("draft-prefill", 1, p, 0)) for p in args.prefill_tokens]
     shapes = list(dict.fromkeys(s for pair in pairs for s in pair if s is not None))
     return pairs, shapes
 
@@ -118,6 +127,17 @@ def time_verify(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generat
     return watch.total()
 
 
+def time_draft_prefill(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator, clock: Clock) -> float:
+    """The engine's draft prefill: one causal chain of `tokens` on an empty slot."""
+    cache.lengths[0] = 0
+    row = chain_row(0, rng.integers(0, pair.draft.config.vocab_size, size=shape.tokens), 0)
+    watch = clock.stopwatch()
+    watch.mark("start")
+    tree_forward(pair.draft, cache, [row])
+    watch.mark("draft")
+    return watch.total()
+
+
 def time_draft(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator, clock: Clock) -> float:
     cached = max(shape.kv - 1, 0)
     cache.lengths[: shape.batch_size] = cached
@@ -128,6 +148,9 @@ def time_draft(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generato
     grow_lattices(pair.draft, cache, slots, pending, shape.width, shape.tokens)
     watch.mark("draft")
     return watch.total()
+
+
+TIMERS = {"verify": time_verify, "draft": time_draft, "draft-prefill": time_draft_prefill}
 
 
 class MeasurementLog:
@@ -164,16 +187,18 @@ def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> 
         group = [s for s in todo if s.kv == kv]
         slots = max(s.batch_size for s in group)
         verify_room = max([s.tokens for s in group if s.kind == "verify"] or [1])
-        draft_room = args.draft_width * (max(args.draft_depths) + 1) + 2
+        draft_room = max([args.draft_width * (max(args.draft_depths) + 1) + 2]
+                         + [s.tokens for s in group if s.kind == "draft-prefill"])
+        draft_cache = KVCache.allocate(pair.draft.config, slots, kv + draft_room, _dtype(pair.draft), pair.device)
         caches[kv] = {
             "verify": KVCache.allocate(pair.target.config, slots, kv + verify_room, _dtype(pair.target), pair.device),
-            "draft": KVCache.allocate(pair.draft.config, slots, kv + draft_room, _dtype(pair.draft), pair.device),
+            "draft": draft_cache, "draft-prefill": draft_cache,
         }
     bar = tqdm(total=sum(args.repeats - len(log.done.get(s.key, [])) for s in todo), desc="calibrate", unit="run")
     warmed: set[str] = set()
     while todo:
         for shape in todo:
-            timer, cache = (time_verify if shape.kind == "verify" else time_draft), caches[shape.kv][shape.kind]
+            timer, cache = TIMERS[shape.kind], caches[shape.kv][shape.kind]
             if shape.key not in warmed:
                 for _ in range(args.warmup):
                     timer(pair, cache, shape, rng, clock)
@@ -190,15 +215,19 @@ def _dtype(model) -> torch.dtype:
 
 def points_from(pairs, log: MeasurementLog, repeats: int) -> list[dict]:
     points = []
+    median = lambda shape: float(np.median(log.done[shape.key][: repeats]))  # noqa: E731
     for verify, draft in pairs:
         bs, v, kv = verify.batch_size, verify.tokens, verify.kv
-        points.append({
+        lattice = draft if draft and draft.kind == "draft" else None
+        point = {
             "batch_size": bs, "verify_tokens": bs * v, "kv_tokens": bs * kv,
-            "attention_pairs": bs * v * (kv + v), "eager": True,
-            "draft_depth": draft.tokens if draft else 0, "draft_width": draft.width if draft else 1,
-            "verify_s": float(np.median(log.done[verify.key][: repeats])),
-            "draft_s": float(np.median(log.done[draft.key][: repeats])) if draft else None,
-        })
+            "attention_pairs": bs * v * (kv + v) if kv else v * (v + 1) // 2, "eager": True,
+            "draft_depth": lattice.tokens if lattice else 0, "draft_width": lattice.width if lattice else 1,
+            "verify_s": median(verify), "draft_s": median(lattice) if lattice else None,
+        }
+        if draft and draft.kind == "draft-prefill":
+            point["draft_prefill_s"] = median(draft)
+        points.append(point)
     return points
 
 
@@ -227,7 +256,8 @@ def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...],
 
 
 COMMAND_OPTIONS = ("target", "target_gguf", "draft", "draft_gguf", "random_shape", "dtype", "device", "threads",
-                   "batch_sizes", "tokens_per_request", "kv_lens", "draft_depths", "draft_width", "prefill_tokens",
+                   "batch_sizes", "tokens_per_request", "kv_lens", "draft_depths", "draft_width", "curve_tokens",
+                   "prefill_tokens", "fit",
                    "max_batch_kv_tokens",
                    "repeats", "warmup", "overhead_steps", "clock", "hardware", "model_cache")
 
@@ -269,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
                   draft_model=pair.draft_label, dtype=pair.dtype, tp=1, software={**software_versions(), "clock": clock},
                   command=canonical_command(args, out), graph_buckets=[],
                   kv_capacity_tokens=1_000_000, prefill_chunk_tokens=8192,
-                  created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                  form=args.fit, created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     partial = out.with_name(out.name + ".no-overhead.json")
     write_calibration(partial, step_overhead_s=0.0, per_request_overhead_s=0.0, **fields)
     step_s, per_request_s = measure_overhead(pair, load_cost_model(calibration=partial), args.overhead_steps,

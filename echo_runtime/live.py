@@ -78,11 +78,12 @@ def record_frames(record: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
 PHASES = ("prefill_s", "draft_s", "select_s", "verify_s", "commit_s")  # the engine's Stopwatch laps
 
 
-def predicted_components(steps: pd.DataFrame, cost) -> pd.DataFrame:
+def predicted_components(steps: pd.DataFrame, cost, drafts: bool) -> pd.DataFrame:
     """The cost model's prefill/draft/verify/overhead seconds for every measured step's shape.
 
     What the simulator would charge for exactly the steps the runtime took (same batch, V, KV,
-    draft shape, prefill chunk): its gap to the measured laps is the cost model's own error."""
+    draft shape, prefill chunk; `drafts`: the policy runs a draft model, which prefills too): its
+    gap to the measured laps is the cost model's own error."""
     from echo_sim.cost import StepShape
 
     rows = []
@@ -91,7 +92,7 @@ def predicted_components(steps: pd.DataFrame, cost) -> pd.DataFrame:
         shape = StepShape(batch_size=int(step.batch_size), verify_tokens=int(step.verify_tokens),
                           kv_tokens=int(step.kv_tokens) if decode else 0, attention_pairs=int(step.attention_pairs),
                           draft_depth=int(step.draft_depth), draft_width=int(step.draft_width),
-                          prefill_tokens=int(step.prefill_tokens), eager=bool(step.eager))
+                          prefill_tokens=int(step.prefill_tokens), eager=bool(step.eager), prefill_draft=drafts)
         rows.append(cost.components(shape))
     return pd.DataFrame.from_records(rows).add_prefix("predicted_").set_index(steps.index)
 
@@ -149,6 +150,7 @@ def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpe
     if concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
     policy = make_policy(policy_spec)
+    drafts = policy.draft.depth > 0  # the engine's rule (LiveEngine.uses_draft), before the run adapts it
     config = RuntimeConfig(concurrency, width, depth, eos_token_ids=pair.eos_token_ids,
                            kernels=pair.device == "cuda", clock=clock)
     record = LiveEngine(pair.target, pair.draft, policy, cost, config, signals, pair.device).run(specs, progress)
@@ -161,7 +163,7 @@ def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpe
     metrics["wall_seconds"] = float(sum(step["wall_s"] for step in record.steps))
     if steps_out is not None:
         _, steps = record_frames(record)
-        steps_out.append(pd.concat([steps, predicted_components(steps, cost)], axis=1))
+        steps_out.append(pd.concat([steps, predicted_components(steps, cost, drafts)], axis=1))
     return metrics
 
 

@@ -16,10 +16,14 @@ version 1; every number finite, none negative; docs/COST_MODEL_DEFAULTS.md has a
     overhead                         {"step_s": s, "per_request_s": s}  host time outside forwards
     points                           [{batch_size, verify_tokens, kv_tokens, attention_pairs,
                                        draft_depth, draft_width, eager, verify_s, draft_s|null,
-                                       verify_fit_s, verify_rel_err, draft_fit_s, draft_rel_err}]
+                                       draft_prefill_s (optional), verify_fit_s, verify_rel_err,
+                                       draft_fit_s, draft_rel_err}]
     fit                              {"verify": {...}, "draft": {...}|null, "fixed_zero": [...],
                                       "verify_rms_rel_err", "verify_max_abs_rel_err",
                                       "draft_rms_rel_err", "draft_max_abs_rel_err"}
+
+The "curve" form of the fit (echo_sim.calibration_fit) adds fit.verify.token_curve and
+fit.draft.level_curve / prefill_curve, each {"knots": [int, ...], "seconds": [s, ...]}.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 from echo_sim.calibration_fit import (CalibrationFit, CalibrationPoint, DraftFit, VerifyFit,
                                       fit_calibration, with_default_pairs)
 from echo_sim.cost_presets import CostModelError, read_json
+from echo_sim.piecewise import PiecewiseLinear
 
 FORMAT, VERSION = "echo-sim-calibration", 1
 
@@ -114,19 +119,38 @@ def _point(reader: _Reader, raw: Mapping, i: int) -> CalibrationPoint:
     draft_s = reader.number(raw, "draft_s", f"{at}.draft_s", optional=True)
     if draft_s is not None and depth > 0 and draft_s == 0:
         raise reader.fail(f"{at}.draft_s", "= 0 with draft_depth > 0: must be > 0")
+    draft_prefill_s = reader.number(raw, "draft_prefill_s", f"{at}.draft_prefill_s", positive=True, optional=True)
     return CalibrationPoint(
         batch_size=bs, verify_tokens=v, kv_tokens=reader.integer(raw, "kv_tokens", f"{at}.kv_tokens"),
         attention_pairs=reader.integer(raw, "attention_pairs", f"{at}.attention_pairs"),
         draft_depth=depth, draft_width=reader.integer(raw, "draft_width", f"{at}.draft_width", minimum=1),
         eager=eager, verify_s=reader.number(raw, "verify_s", f"{at}.verify_s", positive=True),
-        draft_s=draft_s)
+        draft_s=draft_s, draft_prefill_s=draft_prefill_s)
+
+
+def _curve(reader: _Reader, section: Mapping, key: str, field: str) -> PiecewiseLinear | None:
+    raw = section.get(key)
+    if raw is None:
+        return None
+    knots, seconds = reader.get(raw, "knots", f"{field}.knots"), reader.get(raw, "seconds", f"{field}.seconds")
+    if not isinstance(knots, list) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in knots):
+        raise reader.fail(f"{field}.knots", f"= {knots!r}: must be a list of integers >= 1")
+    if not isinstance(seconds, list):
+        raise reader.fail(f"{field}.seconds", "must be a list of numbers")
+    values = [reader.number({"s": v}, "s", f"{field}.seconds[{i}]") for i, v in enumerate(seconds)]
+    try:
+        return PiecewiseLinear(tuple(knots), tuple(values))
+    except ValueError as error:
+        raise reader.fail(field, str(error)) from None
 
 
 def _fit(reader: _Reader, raw: Mapping) -> CalibrationFit:
     verify_raw = reader.get(raw, "verify", "fit.verify")
     values = {}
     for f in fields(VerifyFit):
-        if f.name == "knee_tokens":
+        if f.name == "token_curve":
+            values[f.name] = _curve(reader, verify_raw, f.name, f"fit.verify.{f.name}")
+        elif f.name == "knee_tokens":
             knee = verify_raw.get("knee_tokens") if isinstance(verify_raw, Mapping) else None
             if knee is not None and (isinstance(knee, bool) or not isinstance(knee, int) or knee < 1):
                 raise reader.fail("fit.verify.knee_tokens", f"= {knee!r}: must be null or an integer >= 1")
@@ -136,7 +160,9 @@ def _fit(reader: _Reader, raw: Mapping) -> CalibrationFit:
     draft = None
     draft_raw = reader.get(raw, "draft", "fit.draft")
     if draft_raw is not None:
-        draft = DraftFit(**{f.name: reader.number(draft_raw, f.name, f"fit.draft.{f.name}")
+        draft = DraftFit(**{f.name: (_curve(reader, draft_raw, f.name, f"fit.draft.{f.name}")
+                                     if f.name.endswith("_curve") else
+                                     reader.number(draft_raw, f.name, f"fit.draft.{f.name}"))
                             for f in fields(DraftFit)})
     fixed = raw.get("fixed_zero", [])
     if not isinstance(fixed, list) or not all(isinstance(name, str) for name in fixed):
@@ -205,6 +231,8 @@ def _points_with_errors(points: list[CalibrationPoint], fit: CalibrationFit) -> 
     for point in points:
         verify_fit, draft_fit = fit.predict(point)
         row = {f.name: getattr(point, f.name) for f in fields(CalibrationPoint)}
+        if row["draft_prefill_s"] is None:
+            del row["draft_prefill_s"]
         row.update(verify_fit_s=verify_fit, verify_rel_err=_rel(verify_fit, point.verify_s))
         measured_draft = point.draft_s if point.draft_depth > 0 else None
         row.update(draft_fit_s=draft_fit if measured_draft is not None else None,
@@ -229,8 +257,10 @@ def write_calibration(path: str | Path, *, points: Iterable[CalibrationPoint | M
                       model: str, draft_model: str, dtype: str, tp: int, software: Mapping[str, str],
                       command: str, graph_buckets: Iterable[int], kv_capacity_tokens: int,
                       prefill_chunk_tokens: int, step_overhead_s: float, per_request_overhead_s: float,
-                      fit: CalibrationFit | None = None, created_utc: str | None = None) -> Calibration:
-    """Validate, fit (unless `fit` is given), add per-point fit errors, write atomically.
+                      fit: CalibrationFit | None = None, form: str = "linear",
+                      created_utc: str | None = None) -> Calibration:
+    """Validate, fit (unless `fit` is given; `form` as in fit_calibration), add per-point fit
+    errors, write atomically.
 
     Nothing is written when anything is invalid. Returns the Calibration as `load_calibration`
     will read it back.
@@ -239,7 +269,7 @@ def write_calibration(path: str | Path, *, points: Iterable[CalibrationPoint | M
     points = [_point(reader, _as_mapping(p), i) for i, p in enumerate(points)]  # named errors first
     if not points:
         raise reader.fail("points", "must be a non-empty list")
-    fit = fit if fit is not None else fit_calibration(points)
+    fit = fit if fit is not None else fit_calibration(points, form)
     rows, summary = _points_with_errors(points, fit)
     data = {
         "format": FORMAT, "version": VERSION, "hardware": hardware, "model": model,
@@ -267,8 +297,8 @@ def write_calibration(path: str | Path, *, points: Iterable[CalibrationPoint | M
 class CalibratedTerms:
     """The step-time terms of a calibration file (same interface as cost_roofline.RooflineTerms).
 
-    prefill: the verify fit at bs = 1 over the chunk (causal pairs, eager) plus one draft level over
-    the chunk when the draft was timed.
+    prefill: the verify fit at bs = 1 over the chunk (causal pairs, eager) plus, when the policy
+    drafts, the draft's forward over the chunk (its measured prefills, or one draft level).
     """
 
     def __init__(self, calibration: Calibration):
@@ -289,14 +319,13 @@ class CalibratedTerms:
                                  "it can only cost steps without drafting")
         return self.fit.draft.time(batch_size, depth, width, kv_tokens)
 
-    def prefill(self, tokens: int, context: int) -> float:
+    def prefill(self, tokens: int, context: int, with_draft: bool = True) -> float:
         if tokens == 0:
             return 0.0
         pairs = tokens * context + tokens * (tokens + 1) / 2
         seconds = float(self.fit.verify.forward(tokens, 1, context, pairs)) + self.fit.verify.eager_s
-        if self.fit.draft is not None:
-            draft = self.fit.draft
-            seconds += draft.per_level_s + draft.per_token_s * tokens + draft.per_level_kv_token_s * context
+        if with_draft and self.fit.draft is not None:
+            seconds += self.fit.draft.prefill(tokens, context)
         return seconds
 
     def scheduler(self, batch_size: int) -> float:

@@ -1,35 +1,46 @@
 """Fit the measured step-time grid of `echo-run calibrate` to the calibrated cost model.
 
-Fitted model (all coefficients >= 0, seconds):
+Two forms (all coefficients >= 0, seconds). "linear":
 
     T_verify(bs, V, KV, pairs, eager) = a + b·bs + c·V + d·ΣKV + p·pairs + c2·max(0, V − knee) + g·eager
     T_draft(bs, S, k, KV)              = S·e + f·tokens + h·S·ΣKV,   tokens = bs + (S − 1)·bs·k
 
 `knee` is where the forward turns compute-bound: chosen among the measured V values by BIC
-(no knee unless it pays for its extra parameter). Least squares on relative error (rows weighted
-1 / measured), so short and long steps count alike. A coefficient the grid cannot identify (its
-column adds no rank, e.g. `eager` when every point ran eagerly) or that comes out negative is fixed
-at 0 and listed in `fixed_zero`.
+(no knee unless it pays for its extra parameter). "curve" (what `echo-run calibrate` writes):
+
+    T_verify = g(V) + b·bs + d·ΣKV + p·pairs + g·eager
+    T_draft  = h(bs) + (S − 1)·h(bs·k) + h_kv·S·ΣKV          (level 1 runs bs tokens, the rest bs·k)
+    draft prefill of P tokens = q(P)
+
+where g, h are piecewise linear through one fitted value per measured token count
+(echo_sim.piecewise) and q goes through the measured draft prefills: the forward's time as a
+function of its token count is kept as measured, not forced onto a line (on one CPU thread it is
+not monotone). Least squares on relative error (rows weighted 1 / measured), so short and long
+steps count alike. A coefficient the grid cannot identify (its column adds no rank, e.g. `eager`
+when every point ran eagerly) or that comes out negative is fixed at 0 and listed in `fixed_zero`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Iterable, Mapping
 
 import numpy as np
 
 from echo_sim.cost_presets import CostModelError
+from echo_sim.piecewise import PiecewiseLinear, hat_basis, mean_curve
 
 VERIFY_COLUMNS = ("intercept_s", "per_token_s", "per_request_s", "per_kv_token_s",
                   "per_attention_pair_s", "eager_s", "per_token_above_knee_s")
 DRAFT_COLUMNS = ("per_level_s", "per_token_s", "per_level_kv_token_s")
+FORMS = ("linear", "curve")
 
 
 @dataclass(frozen=True)
 class CalibrationPoint:
-    """One measured grid point. draft_s None: the draft was not timed at this point."""
+    """One measured grid point. draft_s None: the draft was not timed at this point.
+    draft_prefill_s: for a prefill point (bs 1, no KV), the draft's forward over the same chunk."""
 
     batch_size: int
     verify_tokens: int
@@ -40,15 +51,19 @@ class CalibrationPoint:
     eager: bool
     verify_s: float
     draft_s: float | None = None
+    draft_prefill_s: float | None = None
 
     @classmethod
     def from_mapping(cls, raw: Mapping) -> "CalibrationPoint":
         """From a dict; attention_pairs defaults to V spread evenly (`with_default_pairs`)."""
         raw = with_default_pairs(raw)
-        missing = [f.name for f in fields(cls) if f.name not in raw and f.name != "draft_s"]
+        missing = [f.name for f in fields(cls) if f.name not in raw and f.name not in OPTIONAL_POINT_FIELDS]
         if missing:
             raise CostModelError(f"calibration point {dict(raw)} lacks {', '.join(missing)}")
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
+OPTIONAL_POINT_FIELDS = ("draft_s", "draft_prefill_s")
 
 
 def with_default_pairs(raw: Mapping) -> Mapping:
@@ -72,15 +87,20 @@ class VerifyFit:
     eager_s: float = 0.0
     per_token_above_knee_s: float = 0.0
     knee_tokens: int | None = None
+    token_curve: PiecewiseLinear | None = None  # "curve" form: replaces a + c·V + c2·hinge
 
     def forward(self, tokens, batch_size, kv_tokens, pairs):
         """Seconds [n] without the eager term. Shape: tokens, pairs [n] (or scalars)."""
         tokens = np.asarray(tokens, dtype=float)
-        knee = self.knee_tokens if self.knee_tokens is not None else math.inf
-        return (self.intercept_s + self.per_token_s * tokens + self.per_request_s * batch_size
+        if self.token_curve is not None:
+            by_tokens = self.token_curve(tokens).reshape(tokens.shape)
+        else:
+            knee = self.knee_tokens if self.knee_tokens is not None else math.inf
+            by_tokens = (self.intercept_s + self.per_token_s * tokens
+                         + self.per_token_above_knee_s * np.maximum(tokens - knee, 0.0))
+        return (by_tokens + self.per_request_s * batch_size
                 + self.per_kv_token_s * np.asarray(kv_tokens, dtype=float)
-                + self.per_attention_pair_s * np.asarray(pairs, dtype=float)
-                + self.per_token_above_knee_s * np.maximum(tokens - knee, 0.0))
+                + self.per_attention_pair_s * np.asarray(pairs, dtype=float))
 
 
 @dataclass(frozen=True)
@@ -88,13 +108,24 @@ class DraftFit:
     per_level_s: float = 0.0
     per_token_s: float = 0.0
     per_level_kv_token_s: float = 0.0
+    level_curve: PiecewiseLinear | None = None  # "curve" form: seconds of one level by its tokens
+    prefill_curve: PiecewiseLinear | None = None  # measured draft prefills by chunk tokens
 
     def time(self, batch_size: int, depth: int, width: int, kv_tokens: float) -> float:
         if depth == 0:
             return 0.0
+        kv = depth * kv_tokens * self.per_level_kv_token_s
+        if self.level_curve is not None:
+            first, rest = self.level_curve([batch_size, batch_size * width])
+            return float(first + (depth - 1) * rest + kv)
         tokens = batch_size + (depth - 1) * batch_size * width
-        return depth * self.per_level_s + tokens * self.per_token_s \
-            + depth * kv_tokens * self.per_level_kv_token_s
+        return depth * self.per_level_s + tokens * self.per_token_s + kv
+
+    def prefill(self, tokens: int, context: int) -> float:
+        """The draft's forward over a prompt chunk of `tokens` after `context` cached tokens."""
+        if self.prefill_curve is not None:
+            return float(self.prefill_curve(tokens)[0]) + self.per_level_kv_token_s * context
+        return self.per_level_s + self.per_token_s * tokens + self.per_level_kv_token_s * context
 
 
 @dataclass(frozen=True)
@@ -114,9 +145,20 @@ class CalibrationFit:
         return verify, draft
 
     def to_dict(self) -> dict:
-        return {"verify": asdict(self.verify),
-                "draft": asdict(self.draft) if self.draft is not None else None,
+        return {"verify": _fit_dict(self.verify),
+                "draft": _fit_dict(self.draft) if self.draft is not None else None,
                 "fixed_zero": list(self.fixed_zero)}
+
+
+def _fit_dict(fit) -> dict:
+    """asdict, with absent curves left out (files of the linear form look as they always did)."""
+    out = {f.name: getattr(fit, f.name) for f in fields(fit)}
+    for name, value in list(out.items()):
+        if isinstance(value, PiecewiseLinear):
+            out[name] = value.to_dict()
+        elif value is None and name.endswith("_curve"):
+            del out[name]
+    return out
 
 
 def _verify_matrix(points: list[CalibrationPoint], knee: int | None) -> np.ndarray:
@@ -179,27 +221,78 @@ def fit_verify(points: list[CalibrationPoint]) -> tuple[VerifyFit, tuple[str, ..
     return VerifyFit(**values, knee_tokens=knee), fixed
 
 
-def fit_draft(points: list[CalibrationPoint]) -> tuple[DraftFit | None, tuple[str, ...]]:
+CURVE_EXTRA_COLUMNS = ("per_request_s", "per_kv_token_s", "per_attention_pair_s", "eager_s")
+
+
+def fit_verify_curve(points: list[CalibrationPoint]) -> tuple[VerifyFit, tuple[str, ...]]:
+    """g(V) at every measured V plus the additive batch, KV, attention and eager terms."""
+    knots = sorted({p.verify_tokens for p in points})
+    x = np.column_stack([
+        hat_basis([p.verify_tokens for p in points], knots),
+        [p.batch_size for p in points], [p.kv_tokens for p in points],
+        [p.attention_pairs for p in points], [float(p.eager) for p in points]]).astype(float)
+    names = tuple(f"token_curve[{k}]" for k in knots) + CURVE_EXTRA_COLUMNS
+    coef, _, fixed = _nonnegative_lstsq(x, np.array([p.verify_s for p in points], dtype=float), names)
+    extra = dict(zip(CURVE_EXTRA_COLUMNS, (float(c) for c in coef[len(knots):])))
+    curve = PiecewiseLinear(tuple(knots), tuple(float(c) for c in coef[: len(knots)]))
+    return VerifyFit(**extra, token_curve=curve), fixed
+
+
+def _draft_rows(points: list[CalibrationPoint]) -> list[CalibrationPoint]:
     rows = [p for p in points if p.draft_depth > 0 and p.draft_s is not None]
+    if not np.all([math.isfinite(p.draft_s) and p.draft_s > 0 for p in rows]):
+        raise CostModelError("calibration fit: every timed draft_s with draft_depth > 0 must be finite and > 0")
+    return rows
+
+
+def fit_draft(points: list[CalibrationPoint]) -> tuple[DraftFit | None, tuple[str, ...]]:
+    rows = _draft_rows(points)
     if not rows:
         return None, ()
     depth = np.array([p.draft_depth for p in rows], dtype=float)
     tokens = np.array([p.batch_size * (1 + (p.draft_depth - 1) * p.draft_width) for p in rows], dtype=float)
     kv = np.array([p.kv_tokens for p in rows], dtype=float)
     y = np.array([p.draft_s for p in rows], dtype=float)
-    if not np.all(np.isfinite(y) & (y > 0)):
-        raise CostModelError("calibration fit: every timed draft_s with draft_depth > 0 must be finite and > 0")
     coef, _, fixed = _nonnegative_lstsq(np.column_stack([depth, tokens, depth * kv]), y, DRAFT_COLUMNS)
     return DraftFit(*(float(c) for c in coef)), tuple(f"draft.{name}" for name in fixed)
 
 
-def fit_calibration(points: Iterable[CalibrationPoint | Mapping]) -> CalibrationFit:
+def fit_draft_curve(points: list[CalibrationPoint]) -> tuple[DraftFit | None, tuple[str, ...]]:
+    """h(level tokens) at every measured level size plus the per-level KV term; q through the
+    measured draft prefills (when at least two chunk sizes were timed)."""
+    rows = _draft_rows(points)
+    prefills = [p for p in points if p.draft_prefill_s is not None]
+    prefill_curve = (mean_curve([p.verify_tokens for p in prefills], [p.draft_prefill_s for p in prefills])
+                     if len({p.verify_tokens for p in prefills}) >= 2 else None)
+    if not rows:
+        return (DraftFit(prefill_curve=prefill_curve) if prefill_curve else None), ()
+    first = [p.batch_size for p in rows]
+    rest = [p.batch_size * p.draft_width for p in rows]
+    knots = sorted(set(first) | {n for n, p in zip(rest, rows) if p.draft_depth > 1})
+    later_levels = np.array([p.draft_depth - 1 for p in rows], dtype=float)[:, None]
+    x = np.column_stack([hat_basis(first, knots) + later_levels * hat_basis(rest, knots),
+                         [p.draft_depth * p.kv_tokens for p in rows]])
+    names = tuple(f"level_curve[{k}]" for k in knots) + ("per_level_kv_token_s",)
+    coef, _, fixed = _nonnegative_lstsq(x, np.array([p.draft_s for p in rows], dtype=float), names)
+    curve = PiecewiseLinear(tuple(knots), tuple(float(c) for c in coef[: len(knots)]))
+    fit = DraftFit(per_level_kv_token_s=float(coef[-1]), level_curve=curve, prefill_curve=prefill_curve)
+    return fit, tuple(f"draft.{name}" for name in fixed)
+
+
+def fit_calibration(points: Iterable[CalibrationPoint | Mapping], form: str = "linear") -> CalibrationFit:
     """Fit verify (and draft, where timed) models to measured points; see module docstring."""
+    if form not in FORMS:
+        raise CostModelError(f"calibration fit form {form!r}: expected one of {', '.join(FORMS)}")
     points = [p if isinstance(p, CalibrationPoint) else CalibrationPoint.from_mapping(p) for p in points]
     if len(points) < 2:
         raise CostModelError(f"calibration fit needs at least 2 measured points, got {len(points)}")
     if any(not (p.verify_s > 0 and math.isfinite(p.verify_s)) for p in points):
         raise CostModelError("calibration fit: every verify_s must be a finite number > 0")
-    verify, verify_fixed = fit_verify(points)
-    draft, draft_fixed = fit_draft(points)
+    bad = [p for p in points if p.draft_prefill_s is not None and not (p.draft_prefill_s > 0 and math.isfinite(p.draft_prefill_s))]
+    if bad:
+        raise CostModelError(f"calibration fit: draft_prefill_s {bad[0].draft_prefill_s!r} must be a finite number > 0")
+    if form == "curve":
+        (verify, verify_fixed), (draft, draft_fixed) = fit_verify_curve(points), fit_draft_curve(points)
+    else:
+        (verify, verify_fixed), (draft, draft_fixed) = fit_verify(points), fit_draft(points)
     return CalibrationFit(verify=verify, draft=draft, fixed_zero=verify_fixed + draft_fixed)

@@ -12,6 +12,8 @@ CONTRACT (fixed; the engine and the policies build against it; the cost work fil
         prefill_tokens: int = 0     prompt tokens of the prefill chunk scheduled in this step
         prefill_context: int = 0    tokens already cached for the prefilling request(s)
         eager: bool = False         the verify shape is not a captured graph
+        prefill_draft: bool = True  the draft model prefills the chunk too (False: a policy that
+                                    never drafts, e.g. ar, runs no draft model at all)
 
     class CostModel:
         source: str                      "preset:h200/llama-3.1-8b" or "calibration:<path>"
@@ -74,6 +76,7 @@ class StepShape:
     prefill_tokens: int = 0
     prefill_context: int = 0
     eager: bool = False
+    prefill_draft: bool = True
 
     def __post_init__(self):
         for name in _COUNT_FIELDS:
@@ -92,7 +95,7 @@ class StepShape:
             raise CostModelError(f"StepShape.draft_width = {self.draft_width}: must be >= 1 when drafting")
 
 
-_COUNT_FIELDS = tuple(f.name for f in fields(StepShape) if f.name != "eager")
+_COUNT_FIELDS = tuple(f.name for f in fields(StepShape) if f.type == "int")
 
 
 class CostModel:
@@ -152,15 +155,16 @@ class CostModel:
             self._last_draft = (key, float(self.terms.draft(batch_size, depth, width, kv_tokens)))
         return self._last_draft[1]
 
-    def prefill_time(self, prefill_tokens: int, prefill_context: int = 0) -> float:
-        """Seconds of one prefill chunk of `prefill_tokens` over `prefill_context` cached tokens."""
+    def prefill_time(self, prefill_tokens: int, prefill_context: int = 0, with_draft: bool = True) -> float:
+        """Seconds of one prefill chunk of `prefill_tokens` over `prefill_context` cached tokens
+        (target, plus the draft's prefill of the same chunk when `with_draft`)."""
         if prefill_tokens < 0 or prefill_context < 0:
             raise CostModelError(f"prefill_time: negative tokens ({prefill_tokens}, {prefill_context})")
-        return float(self.terms.prefill(prefill_tokens, prefill_context))
+        return float(self.terms.prefill(prefill_tokens, prefill_context, with_draft))
 
     def components(self, shape: StepShape) -> dict[str, float]:
         """Seconds of prefill, draft, verify and overhead (scheduler + launch) for one step."""
-        parts = {"prefill": self.prefill_time(shape.prefill_tokens, shape.prefill_context),
+        parts = {"prefill": self.prefill_time(shape.prefill_tokens, shape.prefill_context, shape.prefill_draft),
                  "draft": 0.0, "verify": 0.0, "overhead": float(self.terms.scheduler(shape.batch_size))}
         if shape.batch_size == 0:
             return parts

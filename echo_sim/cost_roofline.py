@@ -227,13 +227,14 @@ class RooflineTerms:
         seconds = self.draft_net.forward(tokens, kv_tokens, pairs, tokens, with_input_fc=level == 1)
         return float(seconds.sum() + depth * self.hw.graph_launch_s)
 
-    def prefill(self, tokens: int, context: int) -> float:
-        """A prompt chunk over its cached prefix, eagerly launched, plus the draft's extend over it."""
+    def prefill(self, tokens: int, context: int, with_draft: bool = True) -> float:
+        """A prompt chunk over its cached prefix, eagerly launched, plus (with_draft) the draft's
+        extend over it."""
         if tokens == 0:
             return 0.0
         pairs = tokens * context + tokens * (tokens + 1) / 2  # causal
         seconds = self.target.forward(tokens, context, pairs, 1.0)[0] + self.target_eager_s
-        if self.draft_net is not None:
+        if with_draft and self.draft_net is not None:
             seconds += self.draft_net.forward(tokens, context, pairs, 1.0, True)[0] + self.draft_eager_s
         return float(seconds)
 

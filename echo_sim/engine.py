@@ -122,6 +122,7 @@ class Simulation:
         self.requests = RequestLog(stream.prompt_len, stream.output_len, stream.trace_request)
         self.steps = StepLog(detail=config.step_log)
         self._reader = LatticeReader(trace)
+        self._drafts = policy.draft.depth > 0  # as the runtime: a policy that never drafts runs no draft model
         self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
         self._trace_len = trace.output_len[stream.trace_request].astype(np.int64)
         self._kv_need = stream.prompt_len + stream.output_len
@@ -263,10 +264,11 @@ class Simulation:
     def _step_shape(self, plan: DecodePlan | None, chunks) -> StepShape:
         prefill_tokens = sum(take for _, take, _ in chunks)
         prefill_context = sum(cached for _, _, cached in chunks)
+        prefill = dict(prefill_tokens=prefill_tokens, prefill_context=prefill_context, prefill_draft=self._drafts)
         if plan is None:
             return StepShape(batch_size=0, verify_tokens=0, kv_tokens=0, attention_pairs=0, draft_depth=0,
-                             draft_width=0, prefill_tokens=prefill_tokens, prefill_context=prefill_context)
-        return StepShape(**plan.verify, prefill_tokens=prefill_tokens, prefill_context=prefill_context)
+                             draft_width=0, **prefill)
+        return StepShape(**plan.verify, **prefill)
 
     # ------------------------------------------------------------------------------ commits
 

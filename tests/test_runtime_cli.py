@@ -49,14 +49,17 @@ def models(root):
 def calibration(pair_dir):
     out = pair_dir / "cal" / "tiny.json"
     assert echo_run(["calibrate", *models(pair_dir), "--batch-sizes", "1,2", "--tokens-per-request", "1,4",
-                     "--kv-lens", "16,32", "--draft-depths", "2,3", "--prefill-tokens", "8", "--repeats", "1",
+                     "--kv-lens", "16,32", "--draft-depths", "2,3", "--curve-tokens", "1,2,3", "--prefill-tokens", "8,12",
+                     "--repeats", "1",
                      "--warmup", "0", "--overhead-steps", "2", "--out", str(out)]) == 0
     return out
 
 
 def test_calibration_file_is_complete_and_loads(calibration):
     data = json.loads(calibration.read_text())
-    assert len(data["points"]) == 2 * 2 * 2 + 1  # bs × kv × v, + one prefill point
+    assert len(data["points"]) == 2 * 2 * 2 + 2 + 2  # bs × kv × v, + curve v = 2, 3 (1 is in the grid), + 2 prefills
+    assert data["fit"]["verify"]["token_curve"]["knots"] == [1, 2, 3, 4, 8, 12]
+    assert [p["verify_tokens"] for p in data["points"] if "draft_prefill_s" in p] == [8, 12]
     assert data["command"].startswith("echo-run calibrate") and data["software"]["torch"]
     assert all(p["verify_s"] > 0 and p["verify_rel_err"] is not None for p in data["points"])
     assert all(p["draft_s"] > 0 for p in data["points"] if p["draft_depth"] > 0)
@@ -128,7 +131,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 def test_calibrate_random_shape_writes_a_file_the_simulator_reads(tmp_path):
     out = tmp_path / "tiny-llama.json"
     assert echo_run(["calibrate", "--random-shape", "tiny-llama", "--batch-sizes", "1,3", "--tokens-per-request", "2,5",
-                     "--kv-lens", "20", "--draft-depths", "2", "--prefill-tokens", "9", "--repeats", "2",
+                     "--kv-lens", "20", "--draft-depths", "2", "--curve-tokens", "2", "--prefill-tokens", "9", "--repeats", "2",
                      "--warmup", "0", "--overhead-steps", "2", "--max-batch-kv-tokens", "40", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["model"] == "tiny-llama" and "random" in data["draft_model"]
@@ -139,8 +142,8 @@ def test_calibrate_random_shape_writes_a_file_the_simulator_reads(tmp_path):
     log = out.with_name(out.name + ".measurements.jsonl")
     before = log.read_text().splitlines()
     assert echo_run(["calibrate", "--random-shape", "tiny-llama", "--batch-sizes", "1,3", "--tokens-per-request", "2,5",
-                     "--kv-lens", "20", "--draft-depths", "2", "--prefill-tokens", "9", "--repeats", "3",
+                     "--kv-lens", "20", "--draft-depths", "2", "--curve-tokens", "2", "--prefill-tokens", "9", "--repeats", "3",
                      "--warmup", "0", "--overhead-steps", "2", "--max-batch-kv-tokens", "40", "--out", str(out)]) == 0
     after = log.read_text().splitlines()
     assert after[: len(before)] == before  # resumed: earlier timings kept, one more run per shape
-    assert len(after) - len(before) == (len(before) - 1) // 2  # 4 shapes: 2 runs each, then a 3rd
+    assert len(after) - len(before) == (len(before) - 1) // 2  # 5 shapes (verify ×3, draft, draft prefill): 2 runs each, then a 3rd
