@@ -8,7 +8,8 @@ Measured with the engine's own code paths (so the simulator's clock prices what 
            engine's draft phase (level 1 over bs tokens, levels 2…S over bs·k);
   curve    bs = 1 verifies of every v in --curve-tokens (the fit interpolates between measured
            token counts: on one CPU thread a forward of 3 tokens costs more than one of 4);
-  prefill  bs = 1 chains of P tokens on an empty prefix, target and draft (the draft's prefill);
+  prefill  bs = 1 chains of P tokens on an empty prefix, target (LM head on the last token, as the
+           engine's prefill) and draft;
   overhead a short live run: per decode step, the host time outside the forwards (policy select,
            acceptance walk, cache compaction, observe), fitted as step_s + per_request_s · bs.
 Each grid point is the median of --repeats timed runs (taken in rounds over the grid) after
@@ -78,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Shape:
-    kind: str  # "verify", "draft" (lattice levels) or "draft-prefill" (a chain of `tokens`)
+    kind: str  # "verify", "draft" (lattice levels), "prefill" / "draft-prefill" (a chain of `tokens`)
     batch_size: int
     tokens: int  # verify: v per request; draft: depth S
     kv: int
@@ -101,7 +102,7 @@ def grid_shapes(args) -> tuple[list[tuple[Shape, Shape | None]], list[Shape]]:
     in_grid = {verify for verify, _ in pairs}
     curve = [Shape("verify", 1, v, args.kv_lens[0]) for v in args.curve_tokens]
     pairs += [(shape, None) for shape in curve if shape not in in_grid]
-    pairs += [(Shape("verify", 1, p, 0), Shape("draft-prefill", 1, p, 0)) for p in args.prefill_tokens]
+    pairs += [(Shape("prefill", 1, p, 0), Shape("draft-prefill", 1, p, 0)) for p in args.prefill_tokens]
     shapes = list(dict.fromkeys(s for pair in pairs for s in pair if s is not None))
     return pairs, shapes
 
@@ -127,15 +128,25 @@ def time_verify(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generat
     return watch.total()
 
 
-def time_draft_prefill(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator, clock: Clock) -> float:
-    """The engine's draft prefill: one causal chain of `tokens` on an empty slot."""
+def _time_prefill(model, cache: KVCache, tokens: int, with_head: bool, rng: np.random.Generator, clock: Clock) -> float:
+    """The engine's prefill of one chain of `tokens` on an empty slot (target: LM head on the last token)."""
     cache.lengths[0] = 0
-    row = chain_row(0, rng.integers(0, pair.draft.config.vocab_size, size=shape.tokens), 0)
+    row = chain_row(0, rng.integers(0, model.config.vocab_size, size=tokens), 0)
     watch = clock.stopwatch()
     watch.mark("start")
-    tree_forward(pair.draft, cache, [row])
-    watch.mark("draft")
+    hidden = tree_forward(model, cache, [row])
+    if with_head:
+        next_token_logits(model, hidden[-1:]).argmax(dim=-1).cpu()
+    watch.mark("prefill")
     return watch.total()
+
+
+def time_prefill(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator, clock: Clock) -> float:
+    return _time_prefill(pair.target, cache, shape.tokens, True, rng, clock)
+
+
+def time_draft_prefill(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator, clock: Clock) -> float:
+    return _time_prefill(pair.draft, cache, shape.tokens, False, rng, clock)
 
 
 def time_draft(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generator, clock: Clock) -> float:
@@ -150,7 +161,7 @@ def time_draft(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generato
     return watch.total()
 
 
-TIMERS = {"verify": time_verify, "draft": time_draft, "draft-prefill": time_draft_prefill}
+TIMERS = {"verify": time_verify, "draft": time_draft, "prefill": time_prefill, "draft-prefill": time_draft_prefill}
 
 
 class MeasurementLog:
@@ -186,7 +197,7 @@ def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> 
     for kv in sorted({s.kv for s in todo}):
         group = [s for s in todo if s.kv == kv]
         slots = max(s.batch_size for s in group)
-        verify_room = max([s.tokens for s in group if s.kind == "verify"] or [1])
+        verify_room = max([s.tokens for s in group if s.kind in ("verify", "prefill")] or [1])
         draft_room = max([args.draft_width * (max(args.draft_depths) + 1) + 2]
                          + [s.tokens for s in group if s.kind == "draft-prefill"])
         draft_cache = KVCache.allocate(pair.draft.config, slots, kv + draft_room, _dtype(pair.draft), pair.device)
@@ -194,6 +205,7 @@ def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> 
             "verify": KVCache.allocate(pair.target.config, slots, kv + verify_room, _dtype(pair.target), pair.device),
             "draft": draft_cache, "draft-prefill": draft_cache,
         }
+        caches[kv]["prefill"] = caches[kv]["verify"]
     bar = tqdm(total=sum(args.repeats - len(log.done.get(s.key, [])) for s in todo), desc="calibrate", unit="run")
     warmed: set[str] = set()
     while todo:
@@ -225,8 +237,8 @@ def points_from(pairs, log: MeasurementLog, repeats: int) -> list[dict]:
             "draft_depth": lattice.tokens if lattice else 0, "draft_width": lattice.width if lattice else 1,
             "verify_s": median(verify), "draft_s": median(lattice) if lattice else None,
         }
-        if draft and draft.kind == "draft-prefill":
-            point["draft_prefill_s"] = median(draft)
+        if verify.kind == "prefill":
+            point.update(prefill=True, draft_prefill_s=median(draft))
         points.append(point)
     return points
 

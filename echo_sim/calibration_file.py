@@ -16,14 +16,14 @@ version 1; every number finite, none negative; docs/COST_MODEL_DEFAULTS.md has a
     overhead                         {"step_s": s, "per_request_s": s}  host time outside forwards
     points                           [{batch_size, verify_tokens, kv_tokens, attention_pairs,
                                        draft_depth, draft_width, eager, verify_s, draft_s|null,
-                                       draft_prefill_s (optional), verify_fit_s, verify_rel_err,
-                                       draft_fit_s, draft_rel_err}]
+                                       draft_prefill_s and prefill (optional), verify_fit_s,
+                                       verify_rel_err, draft_fit_s, draft_rel_err}]
     fit                              {"verify": {...}, "draft": {...}|null, "fixed_zero": [...],
                                       "verify_rms_rel_err", "verify_max_abs_rel_err",
                                       "draft_rms_rel_err", "draft_max_abs_rel_err"}
 
-The "curve" form of the fit (echo_sim.calibration_fit) adds fit.verify.token_curve and
-fit.draft.level_curve / prefill_curve, each {"knots": [int, ...], "seconds": [s, ...]}.
+The "curve" form of the fit (echo_sim.calibration_fit) adds fit.verify.token_curve / prefill_curve
+and fit.draft.level_curve / prefill_curve, each {"knots": [int, ...], "seconds": [s, ...]}.
 """
 
 from __future__ import annotations
@@ -120,12 +120,15 @@ def _point(reader: _Reader, raw: Mapping, i: int) -> CalibrationPoint:
     if draft_s is not None and depth > 0 and draft_s == 0:
         raise reader.fail(f"{at}.draft_s", "= 0 with draft_depth > 0: must be > 0")
     draft_prefill_s = reader.number(raw, "draft_prefill_s", f"{at}.draft_prefill_s", positive=True, optional=True)
+    prefill = raw.get("prefill", False)
+    if not isinstance(prefill, bool):
+        raise reader.fail(f"{at}.prefill", f"= {prefill!r}: must be true or false")
     return CalibrationPoint(
         batch_size=bs, verify_tokens=v, kv_tokens=reader.integer(raw, "kv_tokens", f"{at}.kv_tokens"),
         attention_pairs=reader.integer(raw, "attention_pairs", f"{at}.attention_pairs"),
         draft_depth=depth, draft_width=reader.integer(raw, "draft_width", f"{at}.draft_width", minimum=1),
         eager=eager, verify_s=reader.number(raw, "verify_s", f"{at}.verify_s", positive=True),
-        draft_s=draft_s, draft_prefill_s=draft_prefill_s)
+        draft_s=draft_s, draft_prefill_s=draft_prefill_s, prefill=prefill)
 
 
 def _curve(reader: _Reader, section: Mapping, key: str, field: str) -> PiecewiseLinear | None:
@@ -148,7 +151,7 @@ def _fit(reader: _Reader, raw: Mapping) -> CalibrationFit:
     verify_raw = reader.get(raw, "verify", "fit.verify")
     values = {}
     for f in fields(VerifyFit):
-        if f.name == "token_curve":
+        if f.name.endswith("_curve"):
             values[f.name] = _curve(reader, verify_raw, f.name, f"fit.verify.{f.name}")
         elif f.name == "knee_tokens":
             knee = verify_raw.get("knee_tokens") if isinstance(verify_raw, Mapping) else None
@@ -233,6 +236,8 @@ def _points_with_errors(points: list[CalibrationPoint], fit: CalibrationFit) -> 
         row = {f.name: getattr(point, f.name) for f in fields(CalibrationPoint)}
         if row["draft_prefill_s"] is None:
             del row["draft_prefill_s"]
+        if not row["prefill"]:
+            del row["prefill"]
         row.update(verify_fit_s=verify_fit, verify_rel_err=_rel(verify_fit, point.verify_s))
         measured_draft = point.draft_s if point.draft_depth > 0 else None
         row.update(draft_fit_s=draft_fit if measured_draft is not None else None,
@@ -297,8 +302,8 @@ def write_calibration(path: str | Path, *, points: Iterable[CalibrationPoint | M
 class CalibratedTerms:
     """The step-time terms of a calibration file (same interface as cost_roofline.RooflineTerms).
 
-    prefill: the verify fit at bs = 1 over the chunk (causal pairs, eager) plus, when the policy
-    drafts, the draft's forward over the chunk (its measured prefills, or one draft level).
+    prefill: the target's measured prefills (or the verify fit at bs = 1 over the chunk, causal
+    pairs, eager) plus, when the policy drafts, the draft's (measured prefills, or one draft level).
     """
 
     def __init__(self, calibration: Calibration):
@@ -322,8 +327,7 @@ class CalibratedTerms:
     def prefill(self, tokens: int, context: int, with_draft: bool = True) -> float:
         if tokens == 0:
             return 0.0
-        pairs = tokens * context + tokens * (tokens + 1) / 2
-        seconds = float(self.fit.verify.forward(tokens, 1, context, pairs)) + self.fit.verify.eager_s
+        seconds = self.fit.verify.prefill(tokens, context) + self.fit.verify.eager_s
         if with_draft and self.fit.draft is not None:
             seconds += self.fit.draft.prefill(tokens, context)
         return seconds

@@ -10,10 +10,11 @@ Two forms (all coefficients >= 0, seconds). "linear":
 
     T_verify = g(V) + b·bs + d·ΣKV + p·pairs + g·eager
     T_draft  = h(bs) + (S − 1)·h(bs·k) + h_kv·S·ΣKV          (level 1 runs bs tokens, the rest bs·k)
-    draft prefill of P tokens = q(P)
+    prefill of P tokens = t(P) (target), q(P) (draft)
 
 where g, h are piecewise linear through one fitted value per measured token count
-(echo_sim.piecewise) and q goes through the measured draft prefills: the forward's time as a
+(echo_sim.piecewise) and t, q go through the measured prefills (a prefill computes the LM head
+for the last token only, a verification for every token): the forward's time as a
 function of its token count is kept as measured, not forced onto a line (on one CPU thread it is
 not monotone). Least squares on relative error (rows weighted 1 / measured), so short and long
 steps count alike. A coefficient the grid cannot identify (its column adds no rank, e.g. `eager`
@@ -40,7 +41,8 @@ FORMS = ("linear", "curve")
 @dataclass(frozen=True)
 class CalibrationPoint:
     """One measured grid point. draft_s None: the draft was not timed at this point.
-    draft_prefill_s: for a prefill point (bs 1, no KV), the draft's forward over the same chunk."""
+    prefill: verify_s is the target's prefill of a chunk of verify_tokens (bs 1, LM head on the
+    last token only, as an engine prefills); draft_prefill_s: the draft's forward over that chunk."""
 
     batch_size: int
     verify_tokens: int
@@ -52,6 +54,7 @@ class CalibrationPoint:
     verify_s: float
     draft_s: float | None = None
     draft_prefill_s: float | None = None
+    prefill: bool = False
 
     @classmethod
     def from_mapping(cls, raw: Mapping) -> "CalibrationPoint":
@@ -63,7 +66,7 @@ class CalibrationPoint:
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
-OPTIONAL_POINT_FIELDS = ("draft_s", "draft_prefill_s")
+OPTIONAL_POINT_FIELDS = ("draft_s", "draft_prefill_s", "prefill")
 
 
 def with_default_pairs(raw: Mapping) -> Mapping:
@@ -88,6 +91,7 @@ class VerifyFit:
     per_token_above_knee_s: float = 0.0
     knee_tokens: int | None = None
     token_curve: PiecewiseLinear | None = None  # "curve" form: replaces a + c·V + c2·hinge
+    prefill_curve: PiecewiseLinear | None = None  # "curve" form: measured prefills by chunk tokens
 
     def forward(self, tokens, batch_size, kv_tokens, pairs):
         """Seconds [n] without the eager term. Shape: tokens, pairs [n] (or scalars)."""
@@ -101,6 +105,13 @@ class VerifyFit:
         return (by_tokens + self.per_request_s * batch_size
                 + self.per_kv_token_s * np.asarray(kv_tokens, dtype=float)
                 + self.per_attention_pair_s * np.asarray(pairs, dtype=float))
+
+    def prefill(self, tokens: int, context: int) -> float:
+        """Seconds of a prompt chunk of `tokens` after `context` cached tokens (without eager)."""
+        if self.prefill_curve is None:
+            return float(self.forward(tokens, 1, context, tokens * context + tokens * (tokens + 1) / 2))
+        return float(self.prefill_curve(tokens)[0] + self.per_kv_token_s * context
+                     + self.per_attention_pair_s * tokens * context)
 
 
 @dataclass(frozen=True)
@@ -136,8 +147,12 @@ class CalibrationFit:
 
     def predict(self, point: CalibrationPoint) -> tuple[float, float | None]:
         """(verify seconds, draft seconds or None) the fit gives for a measured point."""
-        verify = float(self.verify.forward(point.verify_tokens, point.batch_size, point.kv_tokens,
-                                           point.attention_pairs)) + self.verify.eager_s * point.eager
+        if point.prefill and self.verify.prefill_curve is not None:
+            verify = self.verify.prefill(point.verify_tokens, 0)
+        else:
+            verify = float(self.verify.forward(point.verify_tokens, point.batch_size, point.kv_tokens,
+                                               point.attention_pairs))
+        verify += self.verify.eager_s * point.eager
         draft = None
         if self.draft is not None:
             draft = self.draft.time(point.batch_size, point.draft_depth, point.draft_width,
@@ -225,7 +240,13 @@ CURVE_EXTRA_COLUMNS = ("per_request_s", "per_kv_token_s", "per_attention_pair_s"
 
 
 def fit_verify_curve(points: list[CalibrationPoint]) -> tuple[VerifyFit, tuple[str, ...]]:
-    """g(V) at every measured V plus the additive batch, KV, attention and eager terms."""
+    """g(V) at every measured V plus the additive batch, KV, attention and eager terms; prefill
+    points (LM head on one token, not V) get their own curve when two chunk sizes were timed."""
+    prefills = [p for p in points if p.prefill]
+    prefill_curve = (mean_curve([p.verify_tokens for p in prefills], [p.verify_s for p in prefills])
+                     if len({p.verify_tokens for p in prefills}) >= 2 else None)
+    if prefill_curve is not None:
+        points = [p for p in points if not p.prefill]
     knots = sorted({p.verify_tokens for p in points})
     x = np.column_stack([
         hat_basis([p.verify_tokens for p in points], knots),
@@ -235,7 +256,7 @@ def fit_verify_curve(points: list[CalibrationPoint]) -> tuple[VerifyFit, tuple[s
     coef, _, fixed = _nonnegative_lstsq(x, np.array([p.verify_s for p in points], dtype=float), names)
     extra = dict(zip(CURVE_EXTRA_COLUMNS, (float(c) for c in coef[len(knots):])))
     curve = PiecewiseLinear(tuple(knots), tuple(float(c) for c in coef[: len(knots)]))
-    return VerifyFit(**extra, token_curve=curve), fixed
+    return VerifyFit(**extra, token_curve=curve, prefill_curve=prefill_curve), fixed
 
 
 def _draft_rows(points: list[CalibrationPoint]) -> list[CalibrationPoint]:

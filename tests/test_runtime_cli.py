@@ -58,7 +58,8 @@ def calibration(pair_dir):
 def test_calibration_file_is_complete_and_loads(calibration):
     data = json.loads(calibration.read_text())
     assert len(data["points"]) == 2 * 2 * 2 + 2 + 2  # bs × kv × v, + curve v = 2, 3 (1 is in the grid), + 2 prefills
-    assert data["fit"]["verify"]["token_curve"]["knots"] == [1, 2, 3, 4, 8, 12]
+    assert data["fit"]["verify"]["token_curve"]["knots"] == [1, 2, 3, 4, 8]  # prefills have their own curve
+    assert data["fit"]["verify"]["prefill_curve"]["knots"] == [8, 12]
     assert [p["verify_tokens"] for p in data["points"] if "draft_prefill_s" in p] == [8, 12]
     assert data["command"].startswith("echo-run calibrate") and data["software"]["torch"]
     assert all(p["verify_s"] > 0 and p["verify_rel_err"] is not None for p in data["points"])
