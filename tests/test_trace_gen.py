@@ -246,3 +246,37 @@ def test_unknown_question_id_is_a_clear_error(tiny_pair, tmp_path, capsys):
     assert echo_run(cli_args(tiny_pair, tmp_path / "x.trace.npz", "--ids", "100", "999")) == 2
     assert "unknown question ids 999" in capsys.readouterr().err
     assert not (tmp_path / "x.trace.npz").exists()
+
+
+@pytest.mark.slow
+def test_shipped_mt_bench_lattices_match_brute_force_with_the_real_draft():
+    """Real pair (fetched with get-qwen-coder-pair.sh into $ECHO_QWEN_DIR; dequantized copies cached in
+    $ECHO_MODEL_CACHE): 3 random positions of the shipped trace re-expanded node by node, one uncached
+    forward per expanded node (~1-2 min per position on 1 CPU thread)."""
+    import os
+    from pathlib import Path
+
+    from echo_runtime.models import load_model
+
+    folder = Path(os.environ.get("ECHO_QWEN_DIR", "/work/models/qwen-coder"))
+    draft_file = "qwen2.5-coder-0.5b-instruct-awq-q4km.gguf"
+    if not (folder / draft_file).is_file():
+        pytest.skip(f"real draft not found in {folder} (set ECHO_QWEN_DIR)")
+    root = Path(__file__).resolve().parents[1] / "traces"
+    trace = read_trace(root / "mt_bench_qwen_coder.trace.npz")
+    cache = os.environ.get("ECHO_MODEL_CACHE")
+    draft = load_model(str(folder), draft_file, "float32", Path(cache) if cache else None)
+    torch.set_num_threads(1)
+    prompts = {p.request_id: p.text for p in trace_gen.read_prompts(root / "prompts" / "mt_bench_question.jsonl")}
+    rng = np.random.default_rng(11)
+    for r in rng.choice(trace.num_requests, 3, replace=False):
+        prompt = trace_gen.chat_prompt_ids(draft.tokenizer, prompts[trace.request_ids[r]]).tolist()
+        assert len(prompt) == trace.prompt_len[r]
+        first = trace.position_offsets[r]
+        y = trace.target_token[first:trace.position_offsets[r + 1]].tolist()
+        t = int(rng.integers(len(y)))
+        expected = brute_force_lattice(draft.model, prompt + y[:t], trace.width, trace.depth)
+        nodes = slice(trace.node_offsets[first + t], trace.node_offsets[first + t + 1])
+        assert trace.node_token[nodes].tolist() == [n[0] for n in expected], (r, t)
+        assert trace.node_parent[nodes].tolist() == [n[1] for n in expected], (r, t)
+        np.testing.assert_allclose(trace.node_score[nodes], [n[4] for n in expected], rtol=1e-4, atol=1e-6)
