@@ -8,7 +8,7 @@ Two forms (all coefficients >= 0, seconds). "linear":
 `knee` is where the forward turns compute-bound: chosen among the measured V values by BIC
 (no knee unless it pays for its extra parameter). "curve" (what `echo-run calibrate` writes):
 
-    T_verify = g(V) + b·bs + d·ΣKV + p·pairs + g·eager
+    T_verify = g(V) + b·bs + d·ΣKV + p·pairs + e·eager
     T_draft  = h(bs) + (S − 1)·h(bs·k) + h_kv·S·ΣKV          (level 1 runs bs tokens, the rest bs·k)
     prefill of P tokens = t(P) (target), q(P) (draft)
 
