@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU runs of the runtime (issue 5), for a session that is lent an H200. Not run yet: no GPU was
 # lent to the session that wrote it. One call per shape, each well under the device's 10-minute
-# limit (estimate: 1-2 min start, ~1 min model init, 65 grid shapes x 7 runs of 10-200 ms each,
+# limit (estimate: 1-2 min start, ~1 min model init, 89 grid shapes (22 of them the bs = 1 curve
+# points of --curve-tokens) x 7 runs of 10-200 ms each,
 # autotuning of the kernels' first launch per shape key, a 2 x 8-step overhead run).
 #
 #   benchmarks/validate_gpu.sh llama-3.1-8b     -> $OUT/h200_llama-3.1-8b.json
