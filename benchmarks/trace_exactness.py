@@ -123,17 +123,12 @@ def live_steps(record, length: int) -> list[tuple[int, int, int]]:
 def request_specs(trace, pair, prompts_file: Path, rows: list[int], max_new: int | None):
     """RequestSpec per trace row (chat template, the trace's EOS rule, output cap)."""
     from echo_runtime.engine import RequestSpec
-    from echo_runtime.trace_gen import chat_prompt_ids, read_prompts
+    from echo_runtime.trace_gen import read_prompts
+    from echo_runtime.validate import trace_prompt_ids
 
     texts = {p.request_id: p.text for p in read_prompts(prompts_file)}
-    specs = {}
-    for r in rows:
-        ids = chat_prompt_ids(pair.tokenizer, texts[trace.request_ids[r]]).astype(np.int64)
-        if len(ids) != trace.prompt_len[r]:
-            raise ValueError(f"{trace.path}: request {trace.request_ids[r]} has prompt length {trace.prompt_len[r]}, "
-                             f"the tokenizer gives {len(ids)}")
-        specs[r] = RequestSpec(ids, max_new or int(trace.header["max_new_tokens"]))
-    return specs
+    cap = max_new or int(trace.header["max_new_tokens"])
+    return {r: RequestSpec(trace_prompt_ids(trace, pair.tokenizer, texts, r), cap) for r in rows}
 
 
 def run_item(pair, cost, trace, r: int, spec, config: str, width: int = 4, depth: int = 6) -> dict:
@@ -277,7 +272,6 @@ def load_models(args):
 
     from echo_runtime.pair import load_pair
 
-    check_models(args)
     pair = load_pair(args)
     torch.set_num_threads(args.threads or 1)
     return pair, EagerCost()
@@ -378,10 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         print("trace_exactness: interrupted; finished items are kept in OUT/trace_exactness.parts/ "
               "(run the same command again to resume)", file=sys.stderr)
         return 130
-    except ModelsMissing as error:
-        print(f"trace_exactness: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:
+    except (ModelsMissing, ValueError) as error:
         print(f"trace_exactness: {error}", file=sys.stderr)
         return 2
     summary = summarise(args, parts, argv)

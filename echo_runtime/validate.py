@@ -92,21 +92,28 @@ def check_trace(trace, args) -> None:
 
 def workload(trace, pair: Pair, args, concurrency: int, seed: int = 0):
     """(specs in the simulator's send order, the trace's target tokens of each)."""
-    from echo_runtime.trace_gen import chat_prompt_ids, read_prompts
+    from echo_runtime.trace_gen import read_prompts
     from echo_sim.workload import build_stream
 
     texts = {p.request_id: p.text for p in read_prompts(args.prompts)}
     stream = build_stream("trace", trace.num_requests, seed, trace.prompt_len, trace.output_len, "closed", None)
     specs, expected = [], []
     for r in stream.trace_request:
-        ids = chat_prompt_ids(pair.tokenizer, texts[trace.request_ids[r]]).astype(np.int64)
-        if len(ids) != trace.prompt_len[r]:
-            raise ValueError(f"{trace.path}: request {trace.request_ids[r]} has prompt length {trace.prompt_len[r]}, "
-                             f"the tokenizer gives {len(ids)}: not a trace of these prompts")
-        specs.append(RequestSpec(ids, args.max_new_tokens))
+        specs.append(RequestSpec(trace_prompt_ids(trace, pair.tokenizer, texts, r), args.max_new_tokens))
         start = trace.position_offsets[r]
         expected.append(trace.target_token[start: start + trace.output_len[r]].tolist())
     return specs, expected
+
+
+def trace_prompt_ids(trace, tokenizer, texts: dict[str, str], r: int) -> np.ndarray:
+    """Request r's prompt as the trace generator tokenized it; an error if the lengths disagree."""
+    from echo_runtime.trace_gen import chat_prompt_ids
+
+    ids = chat_prompt_ids(tokenizer, texts[trace.request_ids[r]]).astype(np.int64)
+    if len(ids) != trace.prompt_len[r]:
+        raise ValueError(f"{trace.path}: request {trace.request_ids[r]} has prompt length {trace.prompt_len[r]}, "
+                         f"the tokenizer gives {len(ids)}: not a trace of these prompts")
+    return ids
 
 
 def error_pct(simulated: float, measured: float) -> float:
