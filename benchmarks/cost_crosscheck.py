@@ -11,7 +11,7 @@ Data (../shared/data/profiling, read in place, not copied; SOURCES.md there has 
   - DistServe (LLMServe/DistServe, Apache-2.0): fitted prefill/decode times of OPT-13B/66B on
     A100-80G for two engines, evaluated on a grid (these are fits, not raw measurements).
 
-Our side: the presets' roofline (echo_sim.cost_roofline) with the a100/h100 hardware files, the
+Our side: the presets' roofline (echo_sim.cost.roofline) with the a100/h100 hardware files, the
 models' architectures built here from their public configs. Error = ours / measured − 1.
 "forward" compares the roofline forward alone; "graph"/"eager" add what the simulator also charges
 (launches: eager for prefill; one graph replay or eager launches for decode; scheduler).
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echo_sim.cost_presets import ModelSpec, NetworkSpec, load_hardware, load_model
-from echo_sim.cost_roofline import RooflineTerms
+from echo_sim.cost.presets import ModelSpec, NetworkSpec, load_hardware, load_model
+from echo_sim.cost.roofline import RooflineTerms
 
 VIDUR_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")  # = linear_ops order
 

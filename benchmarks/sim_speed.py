@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from echo_sim.atomic import write_text_atomic  # noqa: E402
-from echo_sim.config import DEFAULT_TRACE_GLOB, TRACES_DIR, SimConfig  # noqa: E402
-from echo_sim.traces import TraceSet  # noqa: E402
+from echo_sim.config import SimConfig  # noqa: E402
+from echo_sim.paths import DEFAULT_TRACE_GLOB, TRACES_DIR  # noqa: E402
+from echo_sim.traces.format import TraceSet  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 CONCURRENCY = 256
@@ -112,7 +113,7 @@ def synthetic_trace(seed: int = 0, requests: int = 32, positions: int = 1024, k:
 def acceptance_trace() -> tuple[TraceSet, str]:
     shipped = sorted(TRACES_DIR.glob(DEFAULT_TRACE_GLOB))
     if shipped:
-        from echo_sim.traces import read_trace
+        from echo_sim.traces.format import read_trace
 
         return read_trace(shipped[0]), str(shipped[0].relative_to(REPO))
     return synthetic_trace(), "synthetic (benchmarks/sim_speed.py synthetic_trace, k=4, S=6, 32x1024 positions)"

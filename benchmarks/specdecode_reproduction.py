@@ -1,6 +1,6 @@
 """Reproduce SpecDecode-Bench's tau_summary.txt from its per-position acc_len logs.
 
-Imports each dataset × proposer log with `echo_sim.import_specdecode` (through a trace file and
+Imports each dataset × proposer log with `echo_sim.traces.import_specdecode` (through a trace file and
 back, so the file format is exercised), replays greedy chains k = 1,2,3,4,5,7 and uncapped, and
 compares with the published table. The logs have no licence: they are read from ../shared when
 present and never copied into the repository.
@@ -25,9 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from echo_sim.atomic import write_text_atomic
-from echo_sim.import_specdecode import PROPOSERS, import_specdecode
-from echo_sim.replay import replay_chain
-from echo_sim.traces import read_trace, write_trace
+from echo_sim.traces.import_specdecode import PROPOSERS, import_specdecode
+from echo_sim.traces.replay import replay_chain
+from echo_sim.traces.format import read_trace, write_trace
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "published" / "specdecode_bench_validation_only"

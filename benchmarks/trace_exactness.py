@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from echo_sim.atomic import write_text_atomic  # noqa: E402
-from echo_sim.replay import replay_chain, replay_static  # noqa: E402
+from echo_sim.traces.replay import replay_chain, replay_static  # noqa: E402
 
 # name -> (policy spec, replay kind, k or N)
 CONFIGS = {
@@ -323,7 +323,7 @@ def conclusion(summary: dict) -> str:
         verdict = ("The shipped trace is exact for these prompts: real greedy speculative decoding with the "
                    "Qwen2.5-Coder pair (draft on its own KV cache, target verifying each chain or static tree in "
                    "one tree-masked forward, caches rolled back) accepts, step by step, exactly the depths that "
-                   "echo_sim.replay computes from the trace, and produces the trace's target tokens.")
+                   "echo_sim.traces.replay computes from the trace, and produces the trace's target tokens.")
     else:
         verdict = ("The live run and the replay disagree on some steps (listed above with the draft's top-1/top-2 "
                    "margin and the target probability at the position where they part): the trace is exact "
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--dtype: the trace was made in float32; compare in float32")
         configs = chosen_configs(args.configs)
         check_models(args)
-        from echo_sim.traces import read_trace
+        from echo_sim.traces.format import read_trace
 
         trace = read_trace(args.trace)
         parts = run_all(args, trace, configs)

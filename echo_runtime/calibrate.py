@@ -16,8 +16,8 @@ Each grid point is the median of --repeats timed runs (taken in rounds over the 
 --warmup untimed ones. A point pairs
 one verify shape (bs, v, kv) with one draft depth (the depths cycle over v), so no time is
 measured twice. Measurements are appended to OUT.measurements.jsonl as they finish: an interrupted
-run resumes where it stopped. The fit is echo_sim.calibration_fit's; the file is written by
-echo_sim.calibration_file.write_calibration (data, fit, per-point error, hardware, versions, command).
+run resumes where it stopped. The fit is echo_sim.cost.calibration_fit's; the file is written by
+echo_sim.cost.calibration_file.write_calibration (data, fit, per-point error, hardware, versions, command).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--repeats", type=int, default=3)
     grid.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--fit", default="curve", choices=("curve", "linear"),
-                        help="cost model form (echo_sim.calibration_fit): measured token-count curves or lines")
+                        help="cost model form (echo_sim.cost.calibration_fit): measured token-count curves or lines")
     parser.add_argument("--clock", default="auto", choices=CLOCKS,
                         help="auto: CUDA events on a GPU, thread CPU time on a CPU (echo_runtime.timing); wall: perf_counter")
     parser.add_argument("--overhead-steps", type=int, default=12, help="decode steps of the overhead run")
@@ -291,8 +291,8 @@ def default_out(hardware: str, model: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from echo_sim.calibration_file import write_calibration
-    from echo_sim.cost import load_cost_model
+    from echo_sim.cost.calibration_file import write_calibration
+    from echo_sim.cost.model import load_cost_model
 
     if args.repeats < 1 or args.warmup < 0 or args.overhead_steps < 2:
         raise ValueError("--repeats must be >= 1, --warmup >= 0, --overhead-steps >= 2")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from echo_sim.cli import dispatch
+from echo_sim.cli.main import dispatch
 
 SUBCOMMANDS = {
     "trace": ("echo_runtime.trace_gen", "generate a real acceptance trace with a draft/target pair"),

@@ -84,7 +84,7 @@ def predicted_components(steps: pd.DataFrame, cost, drafts: bool) -> pd.DataFram
     What the simulator would charge for exactly the steps the runtime took (same batch, V, KV,
     draft shape, prefill chunk; `drafts`: the policy runs a draft model, which prefills too): its
     gap to the measured laps is the cost model's own error."""
-    from echo_sim.cost import StepShape
+    from echo_sim.cost.model import StepShape
 
     rows = []
     for step in steps.itertuples():
@@ -107,7 +107,7 @@ def live_metrics(record: RunRecord, identity: dict) -> dict:
 
 def policy_cost(args, pair: Pair):
     """The cost model the policies consult (echo's goodput budget, graph buckets)."""
-    from echo_sim.cost import load_cost_model
+    from echo_sim.cost.model import load_cost_model
 
     calibration = args.calibration
     if calibration is None:
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     pair = load_pair(args)
     cost = policy_cost(args, pair)
     if args.random_shape:
-        from echo_sim.traces import read_trace
+        from echo_sim.traces.format import read_trace
 
         trace = read_trace(args.trace)
         specs, mapping = trace_workload(trace, args.requests or trace.num_requests, args.seed, args.concurrency)

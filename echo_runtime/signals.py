@@ -18,7 +18,7 @@ import numpy as np
 from echo_runtime.draft_tree import Lattice, empty_lattice, lattice_batch
 from echo_runtime.verify import VerifyTree, walk_all
 from echo_sim.policies.base import Selection
-from echo_sim.traces import TraceSet
+from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch, accepted_nodes
 
 

@@ -5,7 +5,7 @@ is kept as the last token, or at --max-new-tokens) giving each request's y_0 …
 (echo_runtime/greedy.py); then, per request, the draft, teacher-forced on prompt + y, grows every
 position's lattice in one batched forward per level (echo_runtime/lattice.py). Finished
 requests are kept in OUT.parts/ (echo_runtime/trace_parts.py), so an interrupted run resumes; the
-trace file is written (atomically, by echo_sim.traces.write_trace) once all requests are done.
+trace file is written (atomically, by echo_sim.traces.format.write_trace) once all requests are done.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def run(args) -> int:
     store = PartStore(parts_folder(args.out), run_params(args, target, draft))
     eos_ids = eos_token_ids(target)
     parts = generate_all(target, draft, prompts, store, args, eos_ids)
-    from echo_sim.traces import TraceSet, write_trace
+    from echo_sim.traces.format import TraceSet, write_trace
 
     trace = assemble(parts, build_header(args, target, draft, prompts, eos_ids), TraceSet)
     write_trace(trace, args.out)

@@ -134,7 +134,7 @@ def validation_row(policy: str, concurrency: int, simulated: dict, measured: dic
 
 def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost, policy: str, concurrency: int):
     """(table row, live step table) of one policy × concurrency."""
-    from echo_sim.calibration_file import load_calibration
+    from echo_sim.cost.calibration_file import load_calibration
     from echo_sim.config import SimConfig
     from echo_sim.engine import simulate
 
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from echo_sim.policies.registry import make_policy
-    from echo_sim.traces import read_trace
+    from echo_sim.traces.format import read_trace
 
     for spec in args.policies:
         make_policy(spec)  # unknown names fail before any work

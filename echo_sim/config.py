@@ -11,11 +11,8 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-# The repository root: traces/ (shipped acceptance traces, workload files) lives there.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TRACES_DIR = REPO_ROOT / "traces"
-# The shipped MT-Bench acceptance trace (issue 2): the first match, in sorted order.
-DEFAULT_TRACE_GLOB = "mt_bench*.trace.npz"
+from echo_sim.paths import DEFAULT_TRACE_GLOB, TRACES_DIR
+
 ARRIVAL_MODES = ("auto", "closed", "poisson", "replay")
 # KV-cache tokens when the cost model gives none: Llama-3.1-8B on one H200. KV per token =
 # 2 (K,V) x 32 layers x 8 KV heads x 128 dims x 2 bytes = 128 KiB; pool = 0.9 (SGLang-style static
@@ -50,7 +47,7 @@ class SimConfig:
         hardware=None, model=None   cost presets (COST_MODEL.md); None means h200 / llama-3.1-8b
                                  (the paper's setting) for the roofline, or whatever the
                                  calibration file says when one is given (a mismatch is an error)
-        calibration=None         a calibration file replaces the roofline (echo_sim.cost)
+        calibration=None         a calibration file replaces the roofline (echo_sim.cost.model)
         seed=0                   workload sampling, trace mapping and arrivals derive from it only
         max_batch=256            running requests (prefilling + decoding); vLLM's long-standing
                                  default max_num_seqs, and the top of the default sweep
@@ -105,7 +102,7 @@ class SimConfig:
         """Check every field (load included) and that the cost presets exist; returns self."""
         self.validate_load()
         self.validate_inputs()
-        from echo_sim.cost import load_cost_model  # raises CostModelError naming known presets
+        from echo_sim.cost.model import load_cost_model  # raises CostModelError naming known presets
 
         load_cost_model(self.hardware, self.model, self.calibration)
         return self
@@ -136,7 +133,7 @@ class SimConfig:
 
         need_trace_file=False when the caller supplies the TraceSet itself (tests, notebooks).
         """
-        from echo_sim.workload import check_workload_name  # local: workload imports this module
+        from echo_sim.workload import check_workload_name
 
         _check_positive_int("requests", self.requests)
         _check_positive_int("max_batch", self.max_batch)

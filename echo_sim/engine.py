@@ -34,11 +34,11 @@ import simpy
 
 from echo_sim.config import (DEFAULT_KV_CAPACITY_TOKENS, DEFAULT_PREFILL_CHUNK, SimConfig, SimConfigError,
                              resolved_limit)
-from echo_sim.cost import StepShape
+from echo_sim.cost.model import StepShape
 from echo_sim.metrics import RequestLog, StepLog, compute_metrics, selected_extent
-from echo_sim.lattice_reader import LatticeReader, empty_lattices, on_path_acceptance
+from echo_sim.traces.reader import LatticeReader, empty_lattices, on_path_acceptance
 from echo_sim.policies.base import DraftShape, Outcome, Selection, StepContext
-from echo_sim.traces import TraceSet
+from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch
 from echo_sim.workload import RequestStream, build_stream
 
@@ -382,11 +382,11 @@ def build_simulation(config: SimConfig, trace: TraceSet | None = None, policy=No
     config.validate_load()
     config.validate_inputs(need_trace_file=trace is None)
     if trace is None:
-        from echo_sim.traces import read_trace
+        from echo_sim.traces.format import read_trace
 
         trace = read_trace(config.trace_path())
     if cost is None:
-        from echo_sim.cost import load_cost_model
+        from echo_sim.cost.model import load_cost_model
 
         cost = load_cost_model(config.hardware, config.model, config.calibration)
     if policy is None:

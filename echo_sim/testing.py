@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from echo_sim.traces import FORMAT_VERSION, TraceSet
+from echo_sim.traces.format import FORMAT_VERSION, TraceSet
 
 
 def _child_probs(rng: np.random.Generator, k: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:

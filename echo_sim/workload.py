@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echo_sim.config import TRACES_DIR
+from echo_sim.paths import TRACES_DIR
 
 WORKLOADS_DIR = TRACES_DIR / "workloads"
 

@@ -13,12 +13,12 @@ import json
 import numpy as np
 import pytest
 
-from echo_sim.calibration_file import CalibratedTerms, load_calibration, write_calibration
-from echo_sim.calibration_fit import CalibrationPoint, fit_calibration
+from echo_sim.cost.calibration_file import CalibratedTerms, load_calibration, write_calibration
+from echo_sim.cost.calibration_fit import CalibrationPoint, fit_calibration
 from echo_sim.config import SimConfig
-from echo_sim.cost import CostModelError, StepShape, load_cost_model
+from echo_sim.cost.model import CostModelError, StepShape, load_cost_model
 from echo_sim.engine import simulate
-from echo_sim.piecewise import PiecewiseLinear
+from echo_sim.cost.piecewise import PiecewiseLinear
 from echo_sim.testing import random_trace
 
 # seconds of a forward of n tokens, as measured on the 2-core machine (shape, not exact values)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from echo_sim.calibration_file import load_calibration, write_calibration
-from echo_sim.calibration_fit import CalibrationPoint, fit_calibration
-from echo_sim.cost import CostModelError, StepShape, load_cost_model
-from echo_sim.cost_presets import known_presets
+from echo_sim.cost.calibration_file import load_calibration, write_calibration
+from echo_sim.cost.calibration_fit import CalibrationPoint, fit_calibration
+from echo_sim.cost.model import CostModelError, StepShape, load_cost_model
+from echo_sim.cost.presets import known_presets
 
 PRESETS = Path(str(resources.files("echo_sim") / "presets"))
 

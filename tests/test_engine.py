@@ -15,11 +15,11 @@ import pytest
 
 from echo_sim.config import SimConfig, SimConfigError
 from echo_sim.engine import Simulation, build_simulation
-from echo_sim.lattice_reader import on_path_acceptance
+from echo_sim.traces.reader import on_path_acceptance
 from echo_sim.metrics import selected_extent
 from echo_sim.policies.base import DraftShape, Selection
 from echo_sim.testing import random_trace
-from echo_sim.traces import TraceSet
+from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch
 from echo_sim.workload import RequestStream
 

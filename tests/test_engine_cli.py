@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from echo_sim.cli import main
+from echo_sim.cli.main import main
 from echo_sim.config import SimConfig
 from echo_sim.engine import simulate
 from echo_sim.testing import random_trace
-from echo_sim.traces import read_trace, write_trace
+from echo_sim.traces.format import read_trace, write_trace
 
 REQUIRED = ("policy", "concurrency", "requests", "output_tokens_per_s", "speedup_vs_ar", "mean_accepted_tokens",
             "verified_tokens_per_step", "waste", "ttft_p50", "tpot_p50", "tpot_p99", "sim_cpu_seconds",

@@ -1,4 +1,4 @@
-"""The engine's fast paths equal their references (lattice_reader docstring)."""
+"""The engine's fast paths equal their references (echo_sim.traces.reader docstring)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echo_sim.lattice_reader import LatticeReader, on_path_acceptance
+from echo_sim.traces.reader import LatticeReader, on_path_acceptance
 from echo_sim.testing import random_trace
 from echo_sim.trees import LatticeBatch, accepted_nodes, propagate_all
 

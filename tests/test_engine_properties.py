@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from echo_sim.config import SimConfig
-from echo_sim.cost import load_cost_model
+from echo_sim.cost.model import load_cost_model
 from echo_sim.engine import build_simulation
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
 from echo_sim.testing import random_trace

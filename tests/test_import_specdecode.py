@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from echo_sim.cli import SUBCOMMANDS, dispatch
-from echo_sim.import_specdecode import SpecDecodeFormatError, import_specdecode
-from echo_sim.replay import replay_chain
-from echo_sim.traces import read_trace
+from echo_sim.cli.main import SUBCOMMANDS, dispatch
+from echo_sim.traces.import_specdecode import SpecDecodeFormatError, import_specdecode
+from echo_sim.traces.replay import replay_chain
+from echo_sim.traces.format import read_trace
 
 REQUEST_1 = {"id": "1", "prompt_token_ids": [11, 12, 13], "generated_token_ids": [7] * 8,
              "acc_eagle": {"acc_len": [1, 3, 2, 1, 1, 4, 3, 2]}, "acc_ngram": {"acc_len": [1] * 8}}

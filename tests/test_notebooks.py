@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from echo_sim import notebook_data as nd
-from echo_sim import notebook_fidelity as nf
+from echo_sim.report import notebook_data as nd
+from echo_sim.report import notebook_fidelity as nf
 from echo_sim.config import SimConfig
 from echo_sim.engine import simulate
-from echo_sim.notebook_exec import NOTEBOOKS, execute_notebook
+from echo_sim.report.notebook_exec import NOTEBOOKS, execute_notebook
 from echo_sim.testing import random_trace
-from echo_sim.traces import write_trace
+from echo_sim.traces.format import write_trace
 
 WIDTH, DEPTH = 3, 4
 
@@ -185,7 +185,7 @@ def test_validation_table_reads_rows_and_names_bad_files(tmp_path):
 
 def write_exact_calibration(root) -> list[dict]:
     """A calibration file whose points follow the fitted model's form exactly (no residual)."""
-    from echo_sim.calibration_file import write_calibration
+    from echo_sim.cost.calibration_file import write_calibration
 
     points = []
     for bs in (1, 2, 4):

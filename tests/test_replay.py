@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from echo_sim.replay import calibration_table, replay_chain, replay_static
+from echo_sim.traces.replay import calibration_table, replay_chain, replay_static
 from echo_sim.testing import random_trace
-from echo_sim.traces import TraceSet, validate_trace
+from echo_sim.traces.format import TraceSet, validate_trace
 
 # Hand trace: k=2, S=2 lattices, nodes (token, parent, depth, score, on_path) per position.
 # Request "c": y = 1 2 3 4 5 (L=5); request "d": y = 7 8 (L=2).

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from echo_runtime.cli import main as echo_run  # noqa: E402
-from echo_sim.cost import load_cost_model  # noqa: E402
+from echo_sim.cost.model import load_cost_model  # noqa: E402
 from runtime_support import tiny_pair_models, tiny_tokenizer  # noqa: E402
 
 PROMPTS = ["write a sort in c", "hi there", "explain kv caches", "what is 2"]
@@ -107,7 +107,7 @@ def test_live_json_has_the_simulators_fields(pair_dir, calibration, capsys):
 
 def test_live_timing_only_mode_replays_a_trace(tmp_path, capsys):
     from echo_sim.testing import random_trace
-    from echo_sim.traces import write_trace
+    from echo_sim.traces.format import write_trace
 
     path = tmp_path / "random.trace.npz"
     write_trace(random_trace(np.random.default_rng(5), num_requests=3, width=2, depth=3, vocab=40), path)

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from echo_sim import sweep
-from echo_sim.cli import main
+from echo_sim.cli import sweep
+from echo_sim.cli.main import main
 from echo_sim.testing import random_trace
-from echo_sim.traces import write_trace
+from echo_sim.traces.format import write_trace
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def test_chain_k3_first_request_matches_replay(tmp_path):
         script.check_models(args)
     except script.ModelsMissing as error:
         pytest.skip(f"real Qwen2.5-Coder pair not available: {error}")
-    from echo_sim.traces import read_trace
+    from echo_sim.traces.format import read_trace
 
     trace = read_trace(args.trace)
     (part,) = script.run_all(args, trace, ["chain-k3"])

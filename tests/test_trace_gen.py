@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from echo_runtime import trace_gen  # noqa: E402
 from echo_runtime.cli import main as echo_run  # noqa: E402
-from echo_sim.traces import read_trace  # noqa: E402
+from echo_sim.traces.format import read_trace  # noqa: E402
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}<|im_end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")

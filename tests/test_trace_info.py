@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from echo_sim.cli import SUBCOMMANDS, dispatch
-from echo_sim.traces import write_trace
+from echo_sim.cli.main import SUBCOMMANDS, dispatch
+from echo_sim.traces.format import write_trace
 from test_replay import hand_trace
 from test_traces import chain_only_trace
 

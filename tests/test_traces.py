@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from echo_sim.testing import random_trace
-from echo_sim.traces import FILE_SCHEMA, TraceError, TraceSet, read_trace, spine_runs, validate_trace, write_trace
+from echo_sim.traces.format import FILE_SCHEMA, TraceError, TraceSet, read_trace, spine_runs, validate_trace, write_trace
 
 ARRAY_FIELDS = [f.name for f in fields(TraceSet) if f.name not in ("header", "request_ids", "path", "_cache")]
 

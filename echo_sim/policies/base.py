@@ -23,7 +23,7 @@ import numpy as np
 from echo_sim.trees import LatticeBatch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from echo_sim.cost import CostModel
+    from echo_sim.cost.model import CostModel
 
 
 # A DraftShape dimension meaning "as much as the trace holds": policies that draft the whole
@@ -48,7 +48,7 @@ class StepContext:
     """Everything about the step a policy may use besides the lattices.
 
     kv_lens   int64 [bs]  tokens already in each request's KV cache (prompt + committed output)
-    cost      the step-time model (echo_sim.cost.CostModel): verify/draft/step times
+    cost      the step-time model (echo_sim.cost.model.CostModel): verify/draft/step times
     draft     the DraftShape actually grown this step
     trace_depth / trace_width   S and k of the lattices in the trace (upper bounds)
     """

@@ -12,10 +12,10 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "run": ("echo_sim.run_cmd", "simulate one policy at one load"),
-    "sweep": ("echo_sim.sweep", "compare policies across concurrency (or arrival rates)"),
-    "trace-info": ("echo_sim.trace_info", "summarise an acceptance trace"),
-    "import-specdecode": ("echo_sim.import_specdecode", "import SpecDecode-Bench acc_len logs as a chain trace"),
+    "run": ("echo_sim.cli.run", "simulate one policy at one load"),
+    "sweep": ("echo_sim.cli.sweep", "compare policies across concurrency (or arrival rates)"),
+    "trace-info": ("echo_sim.traces.info", "summarise an acceptance trace"),
+    "import-specdecode": ("echo_sim.traces.import_specdecode", "import SpecDecode-Bench acc_len logs as a chain trace"),
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from echo_sim.traces import TraceSet
+from echo_sim.traces.format import TraceSet
 from echo_sim.trees import ROOT_PARENT, LatticeBatch
 
 NODE_COLUMNS = ("token", "parent", "depth", "cond_prob", "score", "on_path")

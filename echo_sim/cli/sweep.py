@@ -20,12 +20,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from echo_sim import recommend
+from echo_sim.cli import recommend
 from echo_sim.atomic import write_bytes_atomic, write_text_atomic
 from echo_sim.config import SimConfig
 from echo_sim.engine import simulate
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
-from echo_sim.run_cmd import add_simulation_arguments, config_from_args
+from echo_sim.cli.run import add_simulation_arguments, config_from_args
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SUMMARY_FIELDS = (
@@ -156,7 +156,7 @@ def write_outputs(table: pd.DataFrame, out: Path, plots: bool) -> None:
     fields = [f for f in SUMMARY_FIELDS if f in table.columns]
     write_text_atomic(out / "summary.csv", table[fields].to_csv(index=False))
     if plots:
-        from echo_sim import plots as plotting
+        from echo_sim.report import plots as plotting
 
         plotting.save_sweep_plots(table, out)
 

@@ -75,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     if "policy" in args._simulation_options:
         return config.validate()
     config.validate_inputs()
-    from echo_sim.cost import load_cost_model  # an unknown preset fails here, before any output
+    from echo_sim.cost.model import load_cost_model  # an unknown preset fails here, before any output
 
     load_cost_model(config.hardware, config.model, config.calibration)
     return config
@@ -85,7 +85,7 @@ def run_with_baseline(config: SimConfig) -> dict:
     """Metrics of `config` plus speedup_vs_ar (ar on the same workload, seed and load)."""
     from echo_sim.engine import simulate
     from echo_sim.policies.registry import make_policy
-    from echo_sim.traces import read_trace
+    from echo_sim.traces.format import read_trace
 
     policy = make_policy(config.policy)  # an unknown policy fails before any simulation
     trace = read_trace(config.trace_path())

@@ -13,7 +13,7 @@ Two forms (all coefficients >= 0, seconds). "linear":
     prefill of P tokens = t(P) (target), q(P) (draft)
 
 where g, h are piecewise linear through one fitted value per measured token count
-(echo_sim.piecewise) and t, q go through the measured prefills (a prefill computes the LM head
+(echo_sim.cost.piecewise) and t, q go through the measured prefills (a prefill computes the LM head
 for the last token only, a verification for every token): the forward's time as a
 function of its token count is kept as measured, not forced onto a line (on one CPU thread it is
 not monotone). Least squares on relative error (rows weighted 1 / measured), so short and long
@@ -29,8 +29,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from echo_sim.cost_presets import CostModelError
-from echo_sim.piecewise import PiecewiseLinear, hat_basis, mean_curve
+from echo_sim.cost.presets import CostModelError
+from echo_sim.cost.piecewise import PiecewiseLinear, hat_basis, mean_curve
 
 VERIFY_COLUMNS = ("intercept_s", "per_token_s", "per_request_s", "per_kv_token_s",
                   "per_attention_pair_s", "eager_s", "per_token_above_knee_s")

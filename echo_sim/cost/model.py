@@ -52,10 +52,10 @@ from pathlib import Path
 
 import numpy as np
 
-from echo_sim.calibration_file import Calibration, CalibratedTerms, load_calibration
-from echo_sim.cost_presets import (CostModelError, HardwareSpec, ModelSpec, load_hardware,
+from echo_sim.cost.calibration_file import Calibration, CalibratedTerms, load_calibration
+from echo_sim.cost.presets import (CostModelError, HardwareSpec, ModelSpec, load_hardware,
                                    load_model)
-from echo_sim.cost_roofline import RooflineTerms
+from echo_sim.cost.roofline import RooflineTerms
 
 __all__ = ["StepShape", "CostModel", "CostModelError", "load_cost_model", "roofline_cost_model",
            "calibrated_cost_model"]

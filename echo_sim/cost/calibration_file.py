@@ -1,7 +1,7 @@
 """Calibration files: measured step times that replace the roofline (COST_MODEL.md).
 
 `echo-run calibrate` measures a grid (batch size × V × KV length × draft depth/width), fits it with
-`echo_sim.calibration_fit.fit_calibration`, and writes it with `write_calibration`. The simulator
+`echo_sim.cost.calibration_fit.fit_calibration`, and writes it with `write_calibration`. The simulator
 reads it with `load_cost_model(calibration=path)`. Schema (format "echo-sim-calibration",
 version 1; every number finite, none negative; docs/COST_MODEL_DEFAULTS.md has an example):
 
@@ -22,7 +22,7 @@ version 1; every number finite, none negative; docs/COST_MODEL_DEFAULTS.md has a
                                       "verify_rms_rel_err", "verify_max_abs_rel_err",
                                       "draft_rms_rel_err", "draft_max_abs_rel_err"}
 
-The "curve" form of the fit (echo_sim.calibration_fit) adds fit.verify.token_curve / prefill_curve
+The "curve" form of the fit (echo_sim.cost.calibration_fit) adds fit.verify.token_curve / prefill_curve
 and fit.draft.level_curve / prefill_curve, each {"knots": [int, ...], "seconds": [s, ...]}.
 """
 
@@ -38,10 +38,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from echo_sim.calibration_fit import (CalibrationFit, CalibrationPoint, DraftFit, VerifyFit,
+from echo_sim.cost.calibration_fit import (CalibrationFit, CalibrationPoint, DraftFit, VerifyFit,
                                       fit_calibration, with_default_pairs)
-from echo_sim.cost_presets import CostModelError, read_json
-from echo_sim.piecewise import PiecewiseLinear
+from echo_sim.cost.presets import CostModelError, read_json
+from echo_sim.cost.piecewise import PiecewiseLinear
 
 FORMAT, VERSION = "echo-sim-calibration", 1
 

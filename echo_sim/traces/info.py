@@ -16,8 +16,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from echo_sim.replay import calibration_table, replay_chain, replay_static
-from echo_sim.traces import TraceSet, read_trace
+from echo_sim.traces.replay import calibration_table, replay_chain, replay_static
+from echo_sim.traces.format import TraceSet, read_trace
 
 CHAIN_LENGTHS = tuple(range(1, 9))
 STATIC_SIZES = (4, 8, 16, 32, 64)

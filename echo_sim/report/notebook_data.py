@@ -1,6 +1,6 @@
 """What the notebooks plot, computed here: notebooks/*.ipynb only load these tables and draw them.
 
-Each table is a set of `echo_sim.sweep` grid points, run resumably (one JSON per finished point in a
+Each table is a set of `echo_sim.cli.sweep` grid points, run resumably (one JSON per finished point in a
 work folder, so an interrupted run keeps its work) and cached as a small Parquet table plus a JSON
 manifest naming the grid that produced it, under
 
@@ -31,9 +31,10 @@ import numpy as np
 import pandas as pd
 
 from echo_sim.atomic import write_bytes_atomic, write_text_atomic
-from echo_sim.config import REPO_ROOT, SimConfig
+from echo_sim.config import SimConfig
+from echo_sim.paths import REPO_ROOT
 from echo_sim.policies.registry import POLICY_NAMES
-from echo_sim.sweep import DEFAULT_CONCURRENCY, GridPoint, run_grid, tidy
+from echo_sim.cli.sweep import DEFAULT_CONCURRENCY, GridPoint, run_grid, tidy
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 ENV_QUICK, ENV_TRACE, ENV_RESULTS = "ECHO_NOTEBOOK_QUICK", "ECHO_NOTEBOOK_TRACE", "ECHO_NOTEBOOK_RESULTS"
@@ -295,7 +296,7 @@ def snapshot_step(extents: pd.DataFrame, hardware: str, model: str, concurrency:
 
 def setting_titles() -> dict[tuple[str, str], str]:
     """(hardware, model) -> a panel title naming the simulated target and its parallelism."""
-    from echo_sim.cost_presets import load_model
+    from echo_sim.cost.presets import load_model
 
     titles = {}
     for hardware, model in COST_SETTINGS:

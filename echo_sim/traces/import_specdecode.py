@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echo_sim.traces import FORMAT_VERSION, TraceSet, write_trace
+from echo_sim.traces.format import FORMAT_VERSION, TraceSet, write_trace
 
 PROPOSERS = ("eagle", "ngram")
 IMPORTER_VERSION = "1"
@@ -98,7 +98,7 @@ def import_specdecode(
     num_positions = int(lengths.sum())
     header = {
         "format_version": FORMAT_VERSION,
-        "generator": f"echo_sim.import_specdecode {IMPORTER_VERSION}",
+        "generator": f"echo_sim.traces.import_specdecode {IMPORTER_VERSION}",
         "command": command,
         "draft_model": f"{proposer} proposer (SpecDecode-Bench log)",
         "target_model": target_model,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from echo_sim.calibration_fit import CalibrationPoint
-from echo_sim.config import REPO_ROOT
+from echo_sim.cost.calibration_fit import CalibrationPoint
+from echo_sim.paths import REPO_ROOT
 
 VALIDATION_GLOBS = ("benchmarks/results/validate*/validation.json", "benchmarks/results/validate*.json")
 CALIBRATION_GLOB = "traces/calibration/*.json"
@@ -89,7 +89,7 @@ def calibration_residuals(root: Path | None = None) -> tuple[pd.DataFrame, list[
     coordinates, measured verify/draft seconds, the fit's prediction and relative error
     (fit − measured) ÷ measured. Files that do not load are listed in `problems`, not skipped
     silently."""
-    from echo_sim.calibration_file import load_calibration
+    from echo_sim.cost.calibration_file import load_calibration
 
     rows, problems = [], []
     for path in sorted(Path(root or fidelity_root()).glob(CALIBRATION_GLOB)):

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from echo_sim.cost_presets import CostModelError, HardwareSpec, ModelSpec, NetworkSpec
+from echo_sim.cost.presets import CostModelError, HardwareSpec, ModelSpec, NetworkSpec
 
 EXTRA_KERNELS = 4  # per forward outside the layers: embedding, final norm, LM head, argmax
 TABLE_LIMIT = 1 << 17  # token counts tabulated at most (verify and draft forwards stay far below)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from echo_sim.traces import TraceSet
+from echo_sim.traces.format import TraceSet
 from echo_sim.trees import accepted_nodes, top_b
 
 # Cumulative-score bin edges of the calibration table (finer near 0, where most nodes are).

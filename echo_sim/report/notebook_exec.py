@@ -1,8 +1,8 @@
 """Build the notebooks' tables, then execute the notebooks headless and save their outputs.
 
-    python -m echo_sim.notebook_exec                 # full grid, shipped trace, notebooks updated in place
-    python -m echo_sim.notebook_exec --trace T.npz   # another acceptance trace
-    python -m echo_sim.notebook_exec --quick --out-dir /tmp/nb   # the test suite's reduced grid
+    python -m echo_sim.report.notebook_exec                 # full grid, shipped trace, notebooks updated in place
+    python -m echo_sim.report.notebook_exec --trace T.npz   # another acceptance trace
+    python -m echo_sim.report.notebook_exec --quick --out-dir /tmp/nb   # the test suite's reduced grid
 
 The tables are computed first, in this process, with progress bars (resumable: an interrupted run
 keeps its finished points), so the notebooks find them cached and their saved outputs hold only
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from echo_sim.atomic import write_text_atomic
-from echo_sim.notebook_data import (ENV_JOBS, ENV_QUICK, ENV_REFRESH, ENV_RESULTS, ENV_TRACE, NOTEBOOKS_DIR,
+from echo_sim.report.notebook_data import (ENV_JOBS, ENV_QUICK, ENV_REFRESH, ENV_RESULTS, ENV_TRACE, NOTEBOOKS_DIR,
                                     ablation_table, budget_table, extent_table, notebook_settings,
                                     throughput_table)
 
@@ -51,7 +51,7 @@ def build_tables() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m echo_sim.notebook_exec", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m echo_sim.report.notebook_exec", description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", default=list(NOTEBOOKS), help="notebook names (default: all)")
     parser.add_argument("--quick", action="store_true", help="the reduced test grid")
     parser.add_argument("--trace", help="acceptance trace (default: the shipped MT-Bench trace)")

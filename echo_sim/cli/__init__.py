@@ -1,0 +1,1 @@
+"""`echo-sim` and its subcommands (run, sweep, recommend)."""

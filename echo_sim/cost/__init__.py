@@ -1,0 +1,1 @@
+"""The step-time model: roofline, presets, calibration files and their fit."""

@@ -1,0 +1,1 @@
+"""Acceptance traces: the format, its reader and replay, trace-info, importers."""
