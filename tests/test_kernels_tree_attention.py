@@ -154,7 +154,8 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(KernelInputError, match="outside"):
         plan_tree_attention(batch.tree_offsets, batch.tree_mask, batch.kv_lens + kc.shape[1] + 1, kc)
     with pytest.raises(KernelInputError, match="65 items, at most 64"):
-        plan_tree_attention(torch.tensor([0, 65]), torch.ones(65, dtype=torch.int64), batch.kv_lens[:1], kc)
+        plan_tree_attention(torch.tensor([0, 65], device=DEVICE), torch.ones(65, dtype=torch.int64, device=DEVICE),
+                            batch.kv_lens[:1], kc)
 
 
 def test_bad_block_table_is_rejected():
