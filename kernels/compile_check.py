@@ -77,7 +77,7 @@ def _attention_variants(quick: bool):
                             BLOCK_TABLE="*i32", WORK_REQUEST="*i32", WORK_SPLIT="*i32", REQUEST_SPLITS="*i32",
                             PARTIAL_BASE="*i32")
             constexprs = dict(GROUP=4, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_T=16 if block_m == 64 else 64,
-                              PAGE_SIZE=page, HAS_SPLITS=split, UPCAST=False,
+                              PAGED=page > 0, HAS_SPLITS=split, UPCAST=False,
                               DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", **config.kwargs)
             label = (f"{dtype} d={head_dim} page={page} split={int(split)} M={block_m} "
                      f"N={config.kwargs['BLOCK_N']} w={config.num_warps} s={config.num_stages}")
