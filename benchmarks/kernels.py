@@ -51,7 +51,7 @@ GPU_CONTEXT = (1, 16384)
 TREE_TOKENS = 16
 FORCED_SPLITS = (1, 8)
 DRY_HEADS = dict(num_heads=4, num_kv_heads=2, head_dim=64)
-DRY_BATCHES = (1, 3)
+DRY_BATCHES = (2,)
 DRY_CONTEXT = (1, 40)
 MEMORY_BOUND_BYTES = 64e6
 REL_ERR_LIMIT = {"bfloat16": 2e-2, "float32": 1e-4}   # ‖ours − SDPA‖ / ‖SDPA‖ (METHOD.md: bf16 1e-3 … 1e-2)

@@ -35,6 +35,7 @@ interpreter (its bf16 tl.dot is wrong) and with input_precision="ieee" for fp32 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -191,14 +192,14 @@ def plan_tree_attention(tree_offsets, tree_mask, kv_lens, k_cache, block_table=N
     )
 
 
-def _num_sms(device) -> int:
-    device = torch.device(device)
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def _split_plan(lens: np.ndarray, tree_offsets, num_kv_heads: int, device, num_splits: int | None) -> SplitPlan:
     if num_splits is None:
-        splits = choose_splits(lens, num_kv_heads, _num_sms(device))
+        splits = choose_splits(lens, num_kv_heads, _num_sms(torch.device(device)))
     elif isinstance(num_splits, int) and not isinstance(num_splits, bool) and num_splits >= 1:
         splits = np.full(len(lens), num_splits, dtype=np.int64)
     else:
