@@ -175,7 +175,7 @@ def breakdown(policy: str, requests: int) -> dict:
     start = time.process_time()
     simulation.run()
     total = time.process_time() - start
-    steps = len(simulation.steps.rows)
+    steps = len(simulation.steps.records)
     parts = {f"policy.{k}" if k != "components" else "cost.components": v for k, v in spent.items()}
     parts["engine (rest)"] = total - sum(spent.values())
     return {"policy": policy, "requests": requests, "steps": steps,

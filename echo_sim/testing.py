@@ -1,4 +1,5 @@
-"""Random but valid acceptance traces for tests (hypothesis strategies and unit tests share it).
+"""Random but valid acceptance traces for tests (hypothesis strategies and unit tests share it), and a
+policy wrapper that records every call both engines make.
 
 The lattices follow TRACES.md's growth rule (level 1: k children of the root; each next level: the
 k² children of the k best nodes of the previous level by cumulative score, all stored), with random draft probabilities and a
@@ -6,6 +7,8 @@ target path that agrees with the draft's top choice with probability `agreement`
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -107,3 +110,31 @@ def random_trace(
         node_score=np.asarray(columns["score"], dtype=np.float32),
         node_on_path=np.asarray(columns["on_path"], dtype=bool),
     )
+
+
+class RecordingPolicy:
+    """Passes every call through to a real policy and records it, one dict per step:
+    {"draft", "lattices", "context", "selection" (a copy), "outcome"}. Everything else the engines
+    read (name, label, needs_future, …) is the wrapped policy's."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        self.steps: list[dict] = []
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    @property
+    def draft(self):
+        return self.policy.draft
+
+    def select(self, lattices, context):
+        draft = self.policy.draft
+        selection = self.policy.select(lattices, context)
+        self.steps.append({"draft": draft, "lattices": lattices, "context": context,
+                           "selection": copy.deepcopy(selection)})
+        return selection
+
+    def observe(self, outcome) -> None:
+        self.steps[-1]["outcome"] = outcome
+        self.policy.observe(outcome)
