@@ -38,7 +38,7 @@ from echo_sim.config import (DEFAULT_KV_CAPACITY_TOKENS, DEFAULT_PREFILL_CHUNK, 
 from echo_sim.cost.model import StepShape
 from echo_sim.metrics import RequestLog, StepLog, compute_metrics, selected_extent
 from echo_sim.traces.reader import LatticeReader, empty_lattices, on_path_acceptance
-from echo_sim.policies.base import DraftShape, Outcome, Selection, StepContext
+from echo_sim.policies.base import Outcome, Selection, StepContext
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch
 from echo_sim.step import (StepRecord, chain_accepted, committed_counts, executed_draft, policy_drafts,
