@@ -1,6 +1,7 @@
 """echo-sim sweep: tables, plots, resume without recomputation, and bad input that writes nothing."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -94,5 +95,70 @@ def test_step_log_written_per_point(trace_file, tmp_path):
     assert len(logs) == 2  # ar and echo
     steps = pd.concat(pd.read_parquet(p) for p in logs)
     assert len(steps) > 0
-    point = json.loads(next((out / "points").glob("*.json")).read_text())
+    point = json.loads(next((out / "points").glob("*.json")).read_text())["record"]
     assert point["config"]["step_log"] is True
+
+
+def _truncate(text):
+    return text[: len(text) // 2]
+
+
+def _edit_record(change):
+    def edit(text):
+        stored = json.loads(text)
+        change(stored["record"])
+        return json.dumps(stored)
+    return edit
+
+
+@pytest.mark.parametrize("damage", [
+    _truncate,
+    lambda text: "",
+    lambda text: "[]",
+    _edit_record(lambda record: record.update(output_tokens_per_s="fast")),  # wrong-typed metric
+    _edit_record(lambda record: record.pop("mean_accepted_tokens")),  # missing metric
+    lambda text: json.dumps(json.loads(text)["record"]),  # no digest: an older or hand-made file
+], ids=["truncated", "empty", "list", "wrong-type", "missing-metric", "no-digest"])
+def test_damaged_point_is_named_set_aside_and_recomputed(trace_file, tmp_path, monkeypatch, capsys, damage):
+    out = tmp_path / "out"
+    assert run_sweep(trace_file, out, "--no-plots") == 0
+    first = pd.read_csv(out / "summary.csv")
+    victim = sorted((out / "points").glob("*.json"))[0]
+    victim.write_text(damage(victim.read_text()))
+    capsys.readouterr()
+    calls = []
+    original = sweep.simulate
+    monkeypatch.setattr(sweep, "simulate", lambda config: calls.append(config) or original(config))
+    assert run_sweep(trace_file, out, "--no-plots") == 0
+    assert len(calls) == 1  # only the damaged point
+    err = capsys.readouterr().err
+    assert f"point file {victim}:" in err and "recomputing" in err
+    assert (out / "points" / "damaged" / victim.name).exists()
+    assert json.loads(victim.read_text())["sha256"]  # rewritten whole
+    timing = ["sim_cpu_seconds"]
+    pd.testing.assert_frame_equal(first.drop(columns=timing), pd.read_csv(out / "summary.csv").drop(columns=timing))
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_unusable_out_folder_is_one_line_and_nothing_written(trace_file, tmp_path, capsys, kind):
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("not a folder")
+    else:
+        out.mkdir()
+        out.chmod(0o555)
+        if os.access(out, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+    assert run_sweep(trace_file, out, "--no-plots") == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"echo-sim: error: --out {out}:")
+    assert out.is_file() if kind == "file" else list(out.iterdir()) == []
+
+
+def test_outputs_have_the_ordinary_file_mode(trace_file, tmp_path):
+    out = tmp_path / "out"
+    assert run_sweep(trace_file, out, "--no-plots") == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [out / "summary.csv", *(out / "points").glob("*.json")]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
