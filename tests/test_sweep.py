@@ -3,6 +3,7 @@
 import json
 import os
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -162,3 +163,40 @@ def test_outputs_have_the_ordinary_file_mode(trace_file, tmp_path):
     os.umask(umask)
     for path in [out / "summary.csv", *(out / "points").glob("*.json")]:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_sweep_plot_axes_colours_and_winner_marks():
+    from echo_sim.cli.recommend import format_recommendations
+    from echo_sim.policies.registry import POLICY_NAMES
+    from echo_sim.report import plots
+
+    loads = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    rows = []
+    for c in loads:  # ar scales linearly; echo wins at low load, static-chain at high load
+        for policy, gain in (("ar", 1.0), ("echo", 3.0 if c <= 8 else 1.2), ("static-chain", 1.5),
+                             ("echo:gate=off", 1.1), ("oracle", 4.0)):
+            rows.append(dict(policy=policy, concurrency=c, rate=None, workload="trace", seed=0,
+                             output_tokens_per_s=100.0 * c * gain, speedup_vs_ar=gain,
+                             mean_accepted_tokens=gain, waste=0.0, tpot_p50=0.01))
+    table = pd.DataFrame(rows)
+    fig = plots.metric_figure(table, "output_tokens_per_s", "throughput")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in loads]
+    assert ax.get_yscale() == "log"
+    colors = plots.policy_colors(POLICY_NAMES)  # the notebooks' colours
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}  # one errorbar line per policy
+    for policy in ("ar", "echo", "static-chain", "oracle"):
+        assert matplotlib.colors.same_color(lines[policy].get_color(), colors[policy]), policy
+    assert matplotlib.colors.same_color(lines["echo:gate=off"].get_color(), colors["echo"])
+    assert lines["echo:gate=off"].get_linestyle() != "-"
+    stars = [c for c in ax.collections if c.get_label() == "winner at this load"]
+    marked = sorted(map(tuple, stars[0].get_offsets().data.tolist()))
+    # the same winners the printed recommendation names (never the oracle ceiling)
+    expected = sorted((c, 100.0 * c * (3.0 if c <= 8 else 1.5)) for c in loads)
+    assert marked == expected
+    assert "echo" in format_recommendations(table) and "oracle" not in format_recommendations(table).split(":", 1)[1]
+    renderer = fig.canvas.get_renderer()
+    plots.plt.close(fig)
+    title = ax.title.get_window_extent(renderer)
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width  # not clipped at the sides
