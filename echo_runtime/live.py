@@ -120,12 +120,15 @@ def prompt_specs(args, pair: Pair) -> list[RequestSpec]:
             for p in prompts]
 
 
-def trace_workload(trace, requests: int, seed: int, concurrency: int):
-    """(specs, trace_request): the simulator's stream for this trace (workload "trace")."""
+def trace_workload(trace, requests: int, seed: int, vocab_size: int):
+    """(specs, trace_request): the simulator's stream for this trace (workload "trace"), prompts of
+    the trace's lengths (synthetic ids, folded into the vocabulary: echo_runtime.vocab)."""
+    from echo_runtime.vocab import fold_token_ids
     from echo_sim.workload import build_stream
 
     stream = build_stream("trace", requests, seed, trace.prompt_len, trace.output_len, "closed", None)
-    specs = [RequestSpec(np.arange(int(p)) % 1000, int(n)) for p, n in zip(stream.prompt_len, stream.output_len)]
+    specs = [RequestSpec(fold_token_ids(np.arange(int(p)), vocab_size), int(n))
+             for p, n in zip(stream.prompt_len, stream.output_len)]
     return specs, stream.trace_request
 
 
@@ -173,8 +176,9 @@ def run(args: argparse.Namespace) -> int:
         from echo_sim.traces.format import read_trace
 
         trace = read_trace(args.trace)
-        specs, mapping = trace_workload(trace, args.requests or trace.num_requests, args.seed, args.concurrency)
-        signals, source = TraceSignals(trace, mapping), f"trace:{args.trace}"
+        vocab = pair.target.config.vocab_size
+        specs, mapping = trace_workload(trace, args.requests or trace.num_requests, args.seed, vocab)
+        signals, source = TraceSignals(trace, mapping, vocab), f"trace:{args.trace}"
         width, depth = trace.width, trace.depth
     else:
         specs, signals = prompt_specs(args, pair), ModelSignals(use_kernel=args.device == "cuda")

@@ -252,11 +252,16 @@ def test_trace_replay_runtime_takes_the_simulators_steps(name):
 
 
 def test_kernel_path_gives_the_same_greedy_output(specs, monkeypatch):
-    """kernels.tree_attention + tree_verify (Triton interpreter on CPU) in place of SDPA + the
-    Python walk: same tokens as the target's own greedy decoding (head_dim 64, float32)."""
+    """kernels.tree_attention + tree_verify (Triton interpreter on CPU, compiled on a GPU) in place
+    of SDPA + the Python walk: same tokens as the target's own greedy decoding (head_dim 64, float32)."""
     import kernels.tree_attention
     import kernels.tree_verify
+    from kernels.testing import kernel_device
     from runtime_support import tiny_qwen2
+
+    device = kernel_device()
+    if device is None:
+        pytest.skip("compiled Triton kernels need CUDA (or TRITON_INTERPRET=1)")
 
     calls = {"attention": 0, "verify": 0}
     for module, name, key in ((kernels.tree_attention, "tree_attention", "attention"),
@@ -270,10 +275,11 @@ def test_kernel_path_gives_the_same_greedy_output(specs, monkeypatch):
     draft = tiny_qwen2(4, VOCAB, layers=1, hidden=128, heads=2, kv_heads=1).float()
     draft.model.embed_tokens = target.model.embed_tokens  # shared vocabulary geometry: some agreement
     short = [RequestSpec(s.prompt, 5) for s in specs[:3]]
-    engine = LiveEngine(target, draft, make_policy("static:S=3,k=2,N=6"), LinearCost(),
-                        RuntimeConfig(2, 2, 3, kernels=True), ModelSignals(use_kernel=True))
+    expected = [plain_greedy(target, list(s.prompt), 5) for s in short]     # on the CPU
+    engine = LiveEngine(target.to(device), draft.to(device), make_policy("static:S=3,k=2,N=6"), LinearCost(),
+                        RuntimeConfig(2, 2, 3, kernels=True), ModelSignals(use_kernel=True), str(device))
     record = engine.run(short)
-    assert [q.output for q in record.requests] == [plain_greedy(target, list(s.prompt), 5) for s in short]
+    assert [q.output for q in record.requests] == expected
     assert any(step.verify_tokens > step.batch_size for step in record.steps)
     decode_steps = sum(1 for step in record.steps if step.batch_size)
     assert calls == {"attention": 2 * decode_steps, "verify": decode_steps}  # 2 layers per verify
