@@ -62,14 +62,22 @@ def is_tie(margin: float, *spreads: float) -> bool:
     return margin <= max(spreads, default=0.0)
 
 
+def realisable(means: pd.DataFrame) -> pd.DataFrame:
+    return means[~means["policy"].str.startswith("oracle")]  # oracle is a ceiling, not a policy
+
+
+def best_policy(part: pd.DataFrame) -> pd.Series:
+    """The row with the highest output tokens/s (the winner at one load)."""
+    return part.loc[part["output_tokens_per_s"].idxmax()]
+
+
 def format_recommendations(table: pd.DataFrame) -> str:
     """Per workload and load: the policy with the highest mean output tokens/s, as SGLang flags."""
     load = load_column(table)
     means = mean_over_seeds(table)
     lines = ["recommendation (highest output tokens/s per load):"]
-    realisable = means[~means["policy"].str.startswith("oracle")]  # oracle is a ceiling, not a policy
-    for (workload, value), part in realisable.groupby(["workload", load], sort=True):
-        best = part.loc[part["output_tokens_per_s"].idxmax()]
+    for (workload, value), part in realisable(means).groupby(["workload", load], sort=True):
+        best = best_policy(part)
         runner_up = part.drop(index=best.name)["output_tokens_per_s"].max()
         margin = best["output_tokens_per_s"] / runner_up - 1 if runner_up == runner_up else float("nan")
         lines.append(
