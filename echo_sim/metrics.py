@@ -35,6 +35,7 @@ from echo_sim.step import step_frame
 from echo_sim.trees import LatticeBatch
 
 PERCENTILES = (50, 90, 99)
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
 OPEN_LOOP_TRIM = 0.10  # open loop: completions trimmed at each end of the steady-state window
 REQUEST_DETAIL_FIELDS = ("requests", "selected_depth", "selected_width", "accepted_depth", "oracle_depth_r")
 
@@ -169,21 +170,27 @@ def compute_metrics(requests: pd.DataFrame, steps: pd.DataFrame, concurrency: in
         steps=len(steps),
         simulated_seconds=float(steps["end"].max()) if len(steps) else 0.0,
     )
-    metrics.update(_latencies(requests, decode))
+    metrics.update(latency_percentiles(requests, decode))
     return metrics
 
 
-def _latencies(requests: pd.DataFrame, decode_steps: pd.DataFrame) -> dict:
-    ttft = requests["first_token"] - requests["arrival"]
-    multi = requests[requests["output_len"] >= 2]
-    tpot = (multi["finish"] - multi["first_token"]) / (multi["output_len"] - 1)
-    e2e = requests["finish"] - requests["arrival"]
+def request_latencies(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per request: ttft, tpot (NaN for one-token outputs) and e2e, seconds (RequestLog frame rows)."""
+    multi = requests["output_len"] >= 2
+    tpot = (requests["finish"] - requests["first_token"]) / (requests["output_len"] - 1)
+    return pd.DataFrame({"ttft": requests["first_token"] - requests["arrival"],
+                         "tpot": tpot.where(multi), "e2e": requests["finish"] - requests["arrival"]})
+
+
+def latency_percentiles(requests: pd.DataFrame, decode_steps: pd.DataFrame) -> dict:
+    """The twelve LATENCY_METRICS x PERCENTILES fields of `requests` and the decode steps they saw."""
+    own = request_latencies(requests)
     itl = (decode_steps["end"] - decode_steps["start"]).to_numpy()
     out = {}
-    out.update(percentiles(ttft.to_numpy(), "ttft"))
-    out.update(percentiles(tpot.to_numpy(), "tpot"))
+    out.update(percentiles(own["ttft"].to_numpy(), "ttft"))
+    out.update(percentiles(own["tpot"].dropna().to_numpy(), "tpot"))
     out.update(percentiles(itl, "itl", weights=decode_steps["batch_size"].to_numpy()))
-    out.update(percentiles(e2e.to_numpy(), "e2e"))
+    out.update(percentiles(own["e2e"].to_numpy(), "e2e"))
     return out
 
 

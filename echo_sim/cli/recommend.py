@@ -39,6 +39,29 @@ def sglang_flags_text(spec: str) -> str:
     return " ".join(f"{flag} {value}" for flag, value in flags.items())
 
 
+def launch_line(spec: str, target: str) -> str:
+    """The SGLang server command for a policy: target and draft paths are placeholders to fill in.
+
+    Policies without SGLang flags (other than ar, which launches without speculation) get their note.
+    """
+    policy = make_policy(spec)
+    base = f"python -m sglang.launch_server --model-path <{target} weights>"
+    flags = policy.sglang_flags()
+    if policy.name == "ar":
+        return base
+    if not flags:
+        return f"(no SGLang launch line: {getattr(policy, 'note', '') or 'not an SGLang option'})"
+    line = (f"{base} --speculative-algorithm EAGLE --speculative-draft-model-path <EAGLE draft for {target}> "
+            + " ".join(f"{flag} {value}" for flag, value in flags.items()))
+    note = getattr(policy, "note", "")
+    return line + (f"\n      (note: {note})" if note else "")
+
+
+def is_tie(margin: float, *spreads: float) -> bool:
+    """A margin no larger than the seed spread (max − min over seeds) of either side is a tie."""
+    return margin <= max(spreads, default=0.0)
+
+
 def realisable(means: pd.DataFrame) -> pd.DataFrame:
     return means[~means["policy"].str.startswith("oracle")]  # oracle is a ceiling, not a policy
 

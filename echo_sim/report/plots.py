@@ -287,3 +287,29 @@ def save_figure(fig, path: Path, dpi: int = 130) -> Path:
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     write_bytes_atomic(Path(path), buffer.getvalue())
     return Path(path)
+
+
+# ------------------------------------------------------------------ echo-sim capacity
+
+def save_capacity_plot(seeds_table: pd.DataFrame, summary: pd.DataFrame, title: str, path: Path) -> Path:
+    """Capacity per policy: a bar at the mean over seeds, each seed's bracket [passing, failing] as
+    a vertical segment beside it (so the search tolerance and the seed spread are both visible)."""
+    colors = policy_colors(summary["policy"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(summary) + 2), 4.5))
+    for x, (_, row) in enumerate(summary.iterrows()):
+        ax.bar(x, row["capacity"], color=colors[row["policy"]], alpha=0.55, width=0.7)
+        seeds = seeds_table[seeds_table["policy"] == row["policy"]].reset_index(drop=True)
+        offsets = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else [0.0]
+        for dx, (_, seed) in zip(offsets, seeds.iterrows()):
+            low = seed["passing"] if seed["passing"] == seed["passing"] else 0.0
+            high = seed["failing"] if seed["failing"] == seed["failing"] else low
+            ax.plot([x + dx, x + dx], [low, high], color="black", linewidth=1.5)
+            ax.plot([x + dx], [low], marker="_", color="black", markersize=8)
+    ax.set_xticks(range(len(summary)), summary["policy"], rotation=30, ha="right")
+    ax.set_ylabel("capacity: highest arrival rate meeting the SLOs (req/s)")
+    ax.set_title(title, fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    saved = save_figure(fig, path)
+    plt.close(fig)
+    return saved
