@@ -31,7 +31,7 @@ import numpy as np
 
 from echo_sim.policies.base import TRACE_LIMIT, DraftShape, Outcome, Selection, StepContext
 from echo_sim.policies.calibration import CalibrationCurve
-from echo_sim.policies.common import executed_shape, require_confidences, step_seconds
+from echo_sim.policies.common import require_confidences, step_seconds
 from echo_sim.policies.knobs import KnobbedPolicy, check_range
 from echo_sim.trees import ROOT_PARENT, LatticeBatch, propagate_all, running_min, top_b
 
@@ -73,7 +73,7 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
         values = top_values(confidence, window)
         gains = np.concatenate(([0.0], np.cumsum(values)))
         budgets = np.arange(window + 1)
-        executed, eager = executed_shape(cost.graph_buckets, batch_size + budgets, bucketing)
+        executed, eager = cost.executed_shape(batch_size + budgets, batch_size, bucketing)
         filled = np.minimum(executed - batch_size, window)
         seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + draft_seconds
         rates = (batch_size + gains[filled]) / seconds
@@ -176,7 +176,7 @@ class EchoPolicy(KnobbedPolicy):
     def _fit_bucket(self, budget: int, eligible: int, bs: int, context: StepContext) -> tuple[int, int, bool]:
         """(nodes to select, padding tokens, eager) for this budget and bucketing mode."""
         drafts = min(budget, eligible)
-        executed, eager = executed_shape(context.cost.graph_buckets, np.array([bs + drafts]), self.bucketing)
+        executed, eager = context.cost.executed_shape(np.array([bs + drafts]), bs, self.bucketing)
         if not self.bucketing or eager[0]:
             return drafts, 0, bool(eager[0])
         capacity = int(executed[0]) - bs
