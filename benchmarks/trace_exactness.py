@@ -1,6 +1,6 @@
 """Exactness of the shipped trace: real speculative decoding vs the trace's replay (issue 2).
 
-    python benchmarks/trace_exactness.py --model-cache /work/models/cache [--prompts 5] [--out benchmarks/results]
+    python benchmarks/trace_exactness.py --model-cache models/cache [--prompts 5] [--out benchmarks/results]
 
 For the first N requests of traces/mt_bench_qwen_coder.trace.npz (trace order = question order),
 the real Qwen2.5-Coder pair serves the request alone (concurrency 1) through the project's engine
@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from echo_sim.atomic import write_text_atomic  # noqa: E402
 from echo_sim.traces.replay import replay_chain, replay_static  # noqa: E402
+from echo_sim.cost.graphs import TokenBucketGraphs  # noqa: E402
 
 # name -> (policy spec, replay kind, k or N)
 CONFIGS = {
@@ -76,7 +77,7 @@ def check_models(args) -> None:
                             "Qwen2.5-Coder GGUF pair, or set $ECHO_MODEL_DIR)")
 
 
-class EagerCost:
+class EagerCost(TokenBucketGraphs):
     """The only part of a cost model static/static-chain consult: no captured graphs, so a step
     verifies exactly the selected nodes (no padding tokens changing the forward's shape)."""
 

@@ -1,4 +1,4 @@
-"""Helpers for the runtime tests: a tiny random Qwen2 pair, a hand-written cost, a recording policy."""
+"""Helpers for the runtime tests: a tiny random Qwen2 pair, a hand-written cost."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import torch
 import transformers
+from echo_sim.cost.graphs import TokenBucketGraphs
 
 
 def tiny_qwen2(seed: int, vocab: int, layers: int = 2, hidden: int = 32, heads: int = 4, kv_heads: int = 2):
@@ -35,7 +36,7 @@ def tiny_pair_models(vocab: int, noise: float = 0.15):
     return target, draft
 
 
-class LinearCost:
+class LinearCost(TokenBucketGraphs):
     """A hand-written step-time model: 10 ms + 1 ms per verified token, 2 ms per draft level."""
 
     source = "test:linear"
@@ -56,30 +57,6 @@ class LinearCost:
 
     def graph_bucket(self, verify_tokens):
         return None
-
-
-class Recorder:
-    """Wraps a policy and records every call (copies of the arguments and answers)."""
-
-    def __init__(self, policy) -> None:
-        self.policy = policy
-        self.name = policy.name
-        self.steps: list[dict] = []
-
-    @property
-    def draft(self):
-        return self.policy.draft
-
-    def select(self, lattices, context):
-        draft = self.policy.draft
-        selection = self.policy.select(lattices, context)
-        self.steps.append({"lattices": lattices, "context": context, "selection": copy.deepcopy(selection),
-                           "draft": draft})
-        return selection
-
-    def observe(self, outcome) -> None:
-        self.steps[-1]["outcome"] = outcome
-        self.policy.observe(outcome)
 
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}<|im_end|>{% endfor %}"
