@@ -108,7 +108,7 @@ class Run:
         self.log(f"$ {' '.join(argv)}   (limit {limit:.0f} s)")
         begin = time.monotonic()
         with subprocess.Popen(argv, cwd=REPO, env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=False) as proc:
+                              text=True) as proc:
             sink = open(self.work / log_name, "w") if log_name else None
             try:
                 for line in _lines_until(proc, begin + limit):
@@ -215,8 +215,9 @@ def environment(run: Run, limit: float) -> int:
 def kernel_tests(run: Run, limit: float) -> int:
     """Compiled kernel tests, the ptxas report and the runtime variants' warm-up, all at once."""
     env = {**run.env, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    report_file = open(run.work / "compile_check.txt", "w")
     background = [subprocess.Popen([sys.executable, "-m", "kernels.compile_check", "--quick"], cwd=REPO, env=env,
-                                   stdout=open(run.work / "compile_check.txt", "w"), stderr=subprocess.STDOUT)]
+                                   stdout=report_file, stderr=subprocess.STDOUT)]
     for tokens, splits in WARM_VARIANTS:
         background.append(subprocess.Popen([sys.executable, __file__, str(run.out), "--warm", f"{tokens},{splits}"],
                                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
@@ -231,6 +232,7 @@ def kernel_tests(run: Run, limit: float) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    report_file.close()
     report = (run.work / "compile_check.txt").read_text()
     run.log("compile_check --quick (ptxas registers/spills):\n" + report[-3000:])
     warm_ok = all(proc.returncode == 0 for proc in background[1:])

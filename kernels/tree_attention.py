@@ -67,7 +67,7 @@ class SplitPlan:
     Shape:
         work_request, work_split  int32 [W]   request and split index of each work item (longest first)
         request_splits            int32 [bs]  prefix splits of each request (1 = unsplit)
-        partial_base              int32 [bs]  first partial row of a split request (0 when unsplit)
+        partial_base              int32 [bs]  first partial row of a split request (unused when unsplit)
         merge_tokens              int32 [Ts]  tree tokens (global rows) of split requests
         merge_request             int32 [Ts]  their requests
     num_partial_rows (Σ splits × tree tokens over split requests) and max_splits are host ints.
@@ -187,7 +187,7 @@ def plan_tree_attention(tree_offsets, tree_mask, kv_lens, k_cache, block_table=N
         block_table=None if block_table is None else block_table.to(torch.int32),
         max_tree_tokens=max_tree,
         max_kv_len=int(lens.max()),
-        splits=_split_plan(lens_np, tree_offsets, k_cache.shape[2], k_cache.device, num_splits),
+        splits=_split_plan(lens_np, tree_offsets, k_cache.device, num_splits, num_kv_heads=k_cache.shape[2]),
         kv_lens_host=lens_np,
     )
 
@@ -197,7 +197,9 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _split_plan(lens: np.ndarray, tree_offsets, num_kv_heads: int, device, num_splits: int | None) -> SplitPlan:
+def _split_plan(lens: np.ndarray, tree_offsets, device, num_splits: int | None,
+                num_kv_heads: int | None = None) -> SplitPlan:
+    """num_splits None: choose_splits for this device (needs num_kv_heads); else that many for all."""
     if num_splits is None:
         splits = choose_splits(lens, num_kv_heads, _num_sms(torch.device(device)))
     elif isinstance(num_splits, int) and not isinstance(num_splits, bool) and num_splits >= 1:
@@ -208,10 +210,12 @@ def _split_plan(lens: np.ndarray, tree_offsets, num_kv_heads: int, device, num_s
 
 
 def with_splits(batch: TreeAttentionBatch, num_splits: int | None) -> TreeAttentionBatch:
-    """The same step with other prefix splits (one host-to-device copy of the new work table)."""
-    offsets = batch.tree_offsets
-    plan = _split_plan(batch.kv_lens_host, offsets, 1, offsets.device, num_splits) if num_splits is not None else None
-    return batch if plan is None else replace(batch, splits=plan)
+    """The same step with `num_splits` prefix splits for every request (None: unchanged). Costs a
+    host round trip for the new work table: tests and benchmarks, not a serving loop."""
+    if num_splits is None:
+        return batch
+    return replace(batch, splits=_split_plan(batch.kv_lens_host, batch.tree_offsets, batch.tree_offsets.device,
+                                             num_splits))
 
 
 def _check_block_table(block_table, lens, page_size, num_blocks) -> None:
@@ -436,8 +440,8 @@ def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatc
                    scale: float | None = None, num_splits: int | None = None, out=None) -> torch.Tensor:
     """Attention of every tree token over its prefix and ancestors (module docstring). Shape: out [T, Hq, D].
 
-    num_splits: the same prefix splits for every request, overriding the batch's plan (a
-    host-to-device copy per call: pass it to plan_tree_attention instead where that matters).
+    num_splits: the same prefix splits for every request, overriding the batch's plan (a host
+    round trip per call, `with_splits`: pass it to plan_tree_attention instead where that matters).
     Launches only device work (no host sync), so a CUDA graph can capture it once autotuned.
     """
     num_heads, num_kv, head_dim = _check_operands(q, k_tree, v_tree, k_cache, v_cache, batch)
