@@ -57,7 +57,7 @@ GPU = {
                   "--prefill-tokens", "128,512", "--max-batch-kv-tokens", "131072", "--repeats", "3", "--warmup", "1",
                   "--overhead-steps", "6"],
     "validate": ["--policies", "ar,static,echo", "--concurrency", "1,4,16", "--requests-per-client", "2"],
-    "limits": {"environment": 20, "kernel tests": 75, "kernels": 75, "calibrate": 70, "validate": 100},
+    "limits": {"environment": 20, "kernel tests": 90, "kernels": 75, "calibrate": 70, "validate": 100},
 }
 DRY = {
     "shape": "tiny-llama", "hardware": "dry-run",
