@@ -24,6 +24,7 @@ from echo_runtime.engine import LiveEngine, RequestSpec, RunRecord, RuntimeConfi
 from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair
 from echo_runtime.signals import ModelSignals, TraceSignals
 from echo_runtime.timing import CLOCKS, Clock
+from echo_sim.cli.run import json_safe
 from echo_sim.metrics import STEP_FIELDS, RequestLog, compute_metrics
 
 SUMMARY = (("output tokens/s", "output_tokens_per_s", "{:.3f}"), ("mean accepted tokens", "mean_accepted_tokens", "{:.3f}"),
@@ -197,11 +198,6 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     print(json.dumps(json_safe(metrics)) if args.json else format_summary(metrics))
     return 0
-
-
-def json_safe(metrics: dict) -> dict:
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else
-            (v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
 
 
 def format_summary(metrics: dict) -> str:
