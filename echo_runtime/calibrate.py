@@ -289,7 +289,9 @@ def canonical_command(args, out: Path) -> str:
 
 
 def default_out(hardware: str, model: str) -> Path:
-    return Path("traces") / "calibration" / f"{hardware}_{model}.json"
+    from echo_sim.paths import TRACES_DIR
+
+    return TRACES_DIR / "calibration" / f"{hardware}_{model}.json"
 
 
 def run(args: argparse.Namespace) -> int:

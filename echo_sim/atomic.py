@@ -44,17 +44,17 @@ class OutputError(ValueError):
     """The output folder cannot be used (a file, not writable, or in use by another sweep)."""
 
 
-def prepare_folder(out: Path) -> Path:
+def prepare_folder(out: str | Path, option: str = "--out") -> Path:
     """Create `out` (and parents) or say in one line why it cannot be used."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out}: exists and is not a folder")
+        raise OutputError(f"{option} {out}: exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"--out {out}: cannot create the folder ({error.strerror})") from None
+        raise OutputError(f"{option} {out}: cannot create the folder ({error.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"--out {out}: the folder is not writable")
+        raise OutputError(f"{option} {out}: the folder is not writable")
     return out
 
 
