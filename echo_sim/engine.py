@@ -144,9 +144,11 @@ class Simulation:
     def _check_fits(self) -> None:
         worst = int(np.argmax(self._kv_need))
         if self._kv_need[worst] > self.kv_capacity:
+            trace_id = self.trace.request_ids[int(self.stream.trace_request[worst])]
             raise SimConfigError(
-                f"kv_capacity_tokens={self.kv_capacity} cannot hold request {worst} "
-                f"(prompt {self.stream.prompt_len[worst]} + output {self.stream.output_len[worst]} tokens)"
+                f"kv_capacity_tokens={self.kv_capacity} cannot hold simulated request {worst} (replaying "
+                f"trace request {trace_id!r}: prompt {self.stream.prompt_len[worst]} + output "
+                f"{self.stream.output_len[worst]} tokens)"
             )
 
     def _send(self, count: int) -> None:

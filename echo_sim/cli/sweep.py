@@ -24,6 +24,8 @@ from echo_sim.cli import recommend
 from echo_sim.atomic import write_bytes_atomic, write_text_atomic
 from echo_sim.executor import Executor, LocalExecutor
 from echo_sim.points import PointStore, canonical
+from echo_sim.preflight import check_point
+from echo_sim.traces.format import read_trace
 from echo_sim.config import SimConfig
 from echo_sim.engine import simulate
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
@@ -38,28 +40,46 @@ SUMMARY_FIELDS = (
 
 
 def parse_list(text: str, kind, name: str) -> list:
+    """Comma-separated values, duplicates dropped (first occurrence kept: one row per point)."""
     try:
         values = [kind(item) for item in text.split(",") if item.strip()]
     except ValueError:
         raise ValueError(f"--{name}: cannot parse {text!r} as a comma-separated list of {kind.__name__}")
     if not values:
         raise ValueError(f"--{name}: empty list")
-    return values
+    return list(dict.fromkeys(values))
+
+
+def parse_policies(text: str) -> list[str]:
+    """Policy specs from one comma-separated list: 'ar,static:S=5,k=4,N=16' is two specs, since a
+    comma followed by `knob=value` (no ':') continues the previous spec's knobs."""
+    specs: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if specs and "=" in item and ":" not in item and ":" in specs[-1]:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    if not specs:
+        raise ValueError("--policies: empty list")
+    return list(dict.fromkeys(specs))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=",".join(POLICY_NAMES),
-                        help="comma-separated policy specs, e.g. 'ar,static,echo:budget=fixed' (default: all)")
+                        help="comma-separated policy specs; knobs follow their policy, e.g. "
+                             "'ar,static:S=5,k=4,N=16,echo:budget=fixed' (default: all)")
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)),
                       help="closed-loop client counts (default 1..256, powers of two)")
-    load.add_argument("--rates", default=None, help="open-loop Poisson arrival rates in requests/s instead")
-    parser.add_argument("--workloads", default=None, help="comma-separated workloads (default: --workload)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give error bars")
+    load.add_argument("--rates", default=None, help="open-loop Poisson arrival rates in requests/s, instead of --concurrency (default: none)")
+    parser.add_argument("--workloads", default=None, help="comma-separated workloads (default: the one --workload names)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give error bars (default: 0)")
     parser.add_argument("--out", default="sweep-out", help="output folder (default: sweep-out)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
-    parser.add_argument("--step-log", action="store_true", help="write per-step records to DIR/steps/")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: the CPU count, here %(default)s)")
+    parser.add_argument("--step-log", action="store_true", help="write per-step records to DIR/steps/ (default: off)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (default: plots are drawn)")
     add_simulation_arguments(parser, sweep=True)
 
 
@@ -75,7 +95,7 @@ class GridPoint:
 
 def build_grid(args: argparse.Namespace) -> list[GridPoint]:
     """Validate every input, then list the points (ar is always included: speedups need it)."""
-    policies = parse_list(args.policies, str, "policies")
+    policies = parse_policies(args.policies)
     for spec in policies:
         make_policy(spec)  # raises PolicyError listing the known names
     if "ar" not in policies:
@@ -89,6 +109,7 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
         loads = [("concurrency", c) for c in parse_list(args.concurrency, int, "concurrency")]
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    trace = read_trace(base.trace_path())  # once: every point replays the same trace
     points = []
     for workload in workloads:
         for seed in seeds:
@@ -96,7 +117,7 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
                 for spec in policies:
                     config = replace(base, policy=spec, workload=workload, seed=seed,
                                      step_log=args.step_log, **{field: value})
-                    config.validate()
+                    check_point(config, trace)  # everything a worker could fail on, before any write
                     points.append(GridPoint(config))
     return points
 
