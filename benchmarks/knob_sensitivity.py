@@ -1,6 +1,7 @@
 """Which policy wins at which load, across the step-time model's serving-engine knobs.
 
-    python benchmarks/knob_sensitivity.py [--requests 1000] [--seeds 0,1] [--model llama-3.1-8b]
+    python benchmarks/knob_sensitivity.py [--requests 1000] [--per-client 4] [--seeds 0,1]
+                                          [--model llama-3.1-8b] [--policies ar,static,...]
                                           [--out benchmarks/results/knob_sensitivity.md]
 
 Grid: policies × closed-loop concurrency {1, 16, 64, 256} × knob settings (each setting changes one
@@ -53,17 +54,24 @@ def grid(model: str, policies: list[str], seeds: list[int]) -> list[tuple[str, d
             for c in CONCURRENCY for policy in policies for seed in seeds]
 
 
+def requests_at(concurrency: int, args) -> int:
+    """Requests simulated at a load: --requests, but at most --per-client per client (at least 40):
+    one client needs far fewer requests than 256 for a stable mean, and costs far more steps each."""
+    return min(args.requests, max(40, args.per_client * concurrency))
+
+
 def run_points(points, args, csv: Path) -> pd.DataFrame:
     done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=KEYS)
     seen = set(map(tuple, done[KEYS].astype(str).values))
     trace = read_trace(SimConfig().trace_path())
-    todo = [p for p in points if (p[0], p[2], str(p[3]), str(p[4]), str(args.requests), args.model) not in seen]
+    todo = [p for p in points
+            if (p[0], p[2], str(p[3]), str(p[4]), str(requests_at(p[3], args)), args.model) not in seen]
     for i, (label, change, policy, concurrency, seed) in enumerate(todo, 1):
-        config = SimConfig(policy=policy, concurrency=concurrency, requests=args.requests, seed=seed,
-                           model=args.model, **change)
+        config = SimConfig(policy=policy, concurrency=concurrency, requests=requests_at(concurrency, args),
+                           seed=seed, model=args.model, **change)
         metrics = simulate(config, trace).metrics
         row = {"setting": label, "policy": policy, "concurrency": concurrency, "seed": seed,
-               "requests": args.requests, "model": args.model,
+               "requests": config.requests, "model": args.model,
                **{k: metrics[k] for k in ("output_tokens_per_s", "cost_source", "cost_model", "prefill_mode",
                                           "verify_graphs", "moe_routing", "acceptance_source")}}
         pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.exists(), index=False)
@@ -88,13 +96,17 @@ def winners(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def setting_order(table: pd.DataFrame) -> list[str]:
+    return [s for s in {**SETTINGS, **MOE_SETTING} if s in set(table.setting)]
+
+
 def figure(table: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = list(dict.fromkeys(table.setting))
+    settings = setting_order(table)
     policies = sorted(table.winner.unique())
     colours = {p: plt.cm.tab10(i % 10) for i, p in enumerate(policies)}
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(settings) + 1.5))
@@ -119,14 +131,15 @@ def figure(table: pd.DataFrame, path: Path) -> None:
 def report(table: pd.DataFrame, points: pd.DataFrame, args, command: str) -> str:
     wide = table.assign(cell=[f"{w}{' (tie)' if t else f' +{m:.1f}%'}" for w, t, m in
                               zip(table.winner, table.tie, table["margin %"])])
-    wide = wide.pivot(index="setting", columns="concurrency", values="cell").reindex(list(dict.fromkeys(table.setting)))
+    wide = wide.pivot(index="setting", columns="concurrency", values="cell").reindex(setting_order(table))
     robust = [c for c in CONCURRENCY if table[table.concurrency == c].winner.nunique() == 1]
     first = points.iloc[0]
     return "\n".join([
         "# Winner per load across the serving-engine knobs", "",
         f"Command: `{command}`  ", f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  ",
         f"Acceptance source: {first.acceptance_source}; hardware h200, model {args.model}; "
-        f"{args.requests} requests per point; seeds {args.seeds}; closed loop.  ",
+        "requests per point: " + ", ".join(f"{requests_at(c, args)} at concurrency {c}" for c in CONCURRENCY)
+        + f"; seeds {args.seeds}; closed loop.  ",
         "Each setting changes one knob from the default (cost model fitted, prefill separate, verify graphs "
         "token-buckets, MoE routing uniform); policies: " + ", ".join(sorted(points.policy.unique())) + " (oracle, "
         "the per-step ceiling, is never a candidate). Margin: winner over runner-up in mean output tokens/s; a tie is a margin within the seed "
@@ -144,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--model", default="llama-3.1-8b")
+    parser.add_argument("--per-client", type=int, default=4, help="requests per client at most (see requests_at)")
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated policy specs")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/knob_sensitivity.md"))
     args = parser.parse_args(argv)
@@ -163,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     csv = args.out.with_suffix(".csv")
     points = run_points(grid(args.model, policies, seeds), args, csv)
-    points = points[points.seed.isin(seeds) & (points.requests == args.requests) & (points.model == args.model)
+    wanted = points.concurrency.map(lambda c: requests_at(c, args))
+    points = points[points.seed.isin(seeds) & (points.requests == wanted) & (points.model == args.model)
                     & points.policy.isin(policies)]
     table = winners(points)
     figure(table, args.out.with_suffix(".png"))
