@@ -31,15 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from echo_sim.step import step_frame
 from echo_sim.trees import LatticeBatch
 
 PERCENTILES = (50, 90, 99)
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
 OPEN_LOOP_TRIM = 0.10  # open loop: completions trimmed at each end of the steady-state window
-STEP_FIELDS = (
-    "start", "end", "batch_size", "prefill_tokens", "verify_tokens", "selected", "padding", "budget",
-    "eager", "draft_depth", "draft_width", "accepted", "committed", "kv_tokens", "draft_time",
-    "oracle_depth",
-)
 REQUEST_DETAIL_FIELDS = ("requests", "selected_depth", "selected_width", "accepted_depth", "oracle_depth_r")
 
 
@@ -84,17 +81,16 @@ class RequestLog:
 
 @dataclass
 class StepLog:
-    """One row per engine step (STEP_FIELDS), appended as a tuple; with `detail`, per-request lists
+    """One StepRecord per engine step (echo_sim.step); with `detail`, per-request lists
     (REQUEST_DETAIL_FIELDS, batch row order) and the step-time components of every step."""
 
     detail: bool = False
-    rows: list = field(default_factory=list)
+    records: list = field(default_factory=list)
     details: list = field(default_factory=list)
     components: list = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
-        table = pd.DataFrame.from_records(self.rows, columns=list(STEP_FIELDS))
-        table.insert(0, "step", np.arange(len(table)))
+        table = step_frame(self.records)
         if self.detail:
             for index, name in enumerate(REQUEST_DETAIL_FIELDS):
                 table[name] = [entry[index] for entry in self.details]
@@ -174,21 +170,27 @@ def compute_metrics(requests: pd.DataFrame, steps: pd.DataFrame, concurrency: in
         steps=len(steps),
         simulated_seconds=float(steps["end"].max()) if len(steps) else 0.0,
     )
-    metrics.update(_latencies(requests, decode))
+    metrics.update(latency_percentiles(requests, decode))
     return metrics
 
 
-def _latencies(requests: pd.DataFrame, decode_steps: pd.DataFrame) -> dict:
-    ttft = requests["first_token"] - requests["arrival"]
-    multi = requests[requests["output_len"] >= 2]
-    tpot = (multi["finish"] - multi["first_token"]) / (multi["output_len"] - 1)
-    e2e = requests["finish"] - requests["arrival"]
+def request_latencies(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per request: ttft, tpot (NaN for one-token outputs) and e2e, seconds (RequestLog frame rows)."""
+    multi = requests["output_len"] >= 2
+    tpot = (requests["finish"] - requests["first_token"]) / (requests["output_len"] - 1)
+    return pd.DataFrame({"ttft": requests["first_token"] - requests["arrival"],
+                         "tpot": tpot.where(multi), "e2e": requests["finish"] - requests["arrival"]})
+
+
+def latency_percentiles(requests: pd.DataFrame, decode_steps: pd.DataFrame) -> dict:
+    """The twelve LATENCY_METRICS x PERCENTILES fields of `requests` and the decode steps they saw."""
+    own = request_latencies(requests)
     itl = (decode_steps["end"] - decode_steps["start"]).to_numpy()
     out = {}
-    out.update(percentiles(ttft.to_numpy(), "ttft"))
-    out.update(percentiles(tpot.to_numpy(), "tpot"))
+    out.update(percentiles(own["ttft"].to_numpy(), "ttft"))
+    out.update(percentiles(own["tpot"].dropna().to_numpy(), "tpot"))
     out.update(percentiles(itl, "itl", weights=decode_steps["batch_size"].to_numpy()))
-    out.update(percentiles(e2e.to_numpy(), "e2e"))
+    out.update(percentiles(own["e2e"].to_numpy(), "e2e"))
     return out
 
 

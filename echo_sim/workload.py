@@ -8,7 +8,8 @@ sweep point sees the identical stream and speedups compare like with like.
 Loads (SimConfig.arrival_mode):
     closed    N concurrent clients with zero think time: a client sends its next request the moment
               its previous one finishes (arrival times are decided by the engine, not here)
-    poisson   open loop: exponential inter-arrival gaps at `rate` requests/s
+    poisson   open loop: exponential inter-arrival gaps at `rate` requests/s (one unit-rate gap
+              sequence per seed, scaled by 1/rate: common random numbers across rates)
     replay    open loop: the real arrival times of an Azure LLM-inference trace (file order, rebased
               to 0; with `rate`, rescaled to that mean rate); past the file's end it repeats, shifted
 Lengths (workload name):
@@ -142,8 +143,15 @@ def _arrival_seconds(raw: pd.DataFrame, column: str, path: Path) -> np.ndarray:
 
 
 def poisson_arrivals(rng: np.random.Generator, count: int, rate: float) -> np.ndarray:
-    """float64 [count]: arrival times of a Poisson process at `rate` requests/s (first gap included)."""
-    return np.cumsum(rng.exponential(1.0 / rate, size=count))
+    """float64 [count]: arrival times of a Poisson process at `rate` requests/s (first gap included).
+
+    Common random numbers: the seed fixes one unit-rate gap sequence and every rate scales it by
+    1/rate, so two rates of one seed see the same arrivals compressed in time (the capacity search
+    relies on it: its metrics are then close to monotone in rate). Bit-identical to numpy's
+    `rng.exponential(1 / rate)`, which scales the same standard-exponential draws.
+    """
+    unit_gaps = rng.standard_exponential(count)
+    return np.cumsum(unit_gaps * (1.0 / rate))
 
 
 def replay_arrivals(seconds: np.ndarray, count: int, rate: float | None) -> np.ndarray:

@@ -1,7 +1,9 @@
 """echo-sim sweep: tables, plots, resume without recomputation, and bad input that writes nothing."""
 
 import json
+import os
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,5 +96,107 @@ def test_step_log_written_per_point(trace_file, tmp_path):
     assert len(logs) == 2  # ar and echo
     steps = pd.concat(pd.read_parquet(p) for p in logs)
     assert len(steps) > 0
-    point = json.loads(next((out / "points").glob("*.json")).read_text())
+    point = json.loads(next((out / "points").glob("*.json")).read_text())["record"]
     assert point["config"]["step_log"] is True
+
+
+def _truncate(text):
+    return text[: len(text) // 2]
+
+
+def _edit_record(change):
+    def edit(text):
+        stored = json.loads(text)
+        change(stored["record"])
+        return json.dumps(stored)
+    return edit
+
+
+@pytest.mark.parametrize("damage", [
+    _truncate,
+    lambda text: "",
+    lambda text: "[]",
+    _edit_record(lambda record: record.update(output_tokens_per_s="fast")),  # wrong-typed metric
+    _edit_record(lambda record: record.pop("mean_accepted_tokens")),  # missing metric
+    lambda text: json.dumps(json.loads(text)["record"]),  # no digest: an older or hand-made file
+], ids=["truncated", "empty", "list", "wrong-type", "missing-metric", "no-digest"])
+def test_damaged_point_is_named_set_aside_and_recomputed(trace_file, tmp_path, monkeypatch, capsys, damage):
+    out = tmp_path / "out"
+    assert run_sweep(trace_file, out, "--no-plots") == 0
+    first = pd.read_csv(out / "summary.csv")
+    victim = sorted((out / "points").glob("*.json"))[0]
+    victim.write_text(damage(victim.read_text()))
+    capsys.readouterr()
+    calls = []
+    original = sweep.simulate
+    monkeypatch.setattr(sweep, "simulate", lambda config: calls.append(config) or original(config))
+    assert run_sweep(trace_file, out, "--no-plots") == 0
+    assert len(calls) == 1  # only the damaged point
+    err = capsys.readouterr().err
+    assert f"point file {victim}:" in err and "recomputing" in err
+    assert (out / "points" / "damaged" / victim.name).exists()
+    assert json.loads(victim.read_text())["sha256"]  # rewritten whole
+    timing = ["sim_cpu_seconds"]
+    pd.testing.assert_frame_equal(first.drop(columns=timing), pd.read_csv(out / "summary.csv").drop(columns=timing))
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_unusable_out_folder_is_one_line_and_nothing_written(trace_file, tmp_path, capsys, kind):
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("not a folder")
+    else:
+        out.mkdir()
+        out.chmod(0o555)
+        if os.access(out, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+    assert run_sweep(trace_file, out, "--no-plots") == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"echo-sim: error: --out {out}:")
+    assert out.is_file() if kind == "file" else list(out.iterdir()) == []
+
+
+def test_outputs_have_the_ordinary_file_mode(trace_file, tmp_path):
+    out = tmp_path / "out"
+    assert run_sweep(trace_file, out, "--no-plots") == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [out / "summary.csv", *(out / "points").glob("*.json")]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_sweep_plot_axes_colours_and_winner_marks():
+    from echo_sim.cli.recommend import format_recommendations
+    from echo_sim.policies.registry import POLICY_NAMES
+    from echo_sim.report import plots
+
+    loads = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    rows = []
+    for c in loads:  # ar scales linearly; echo wins at low load, static-chain at high load
+        for policy, gain in (("ar", 1.0), ("echo", 3.0 if c <= 8 else 1.2), ("static-chain", 1.5),
+                             ("echo:gate=off", 1.1), ("oracle", 4.0)):
+            rows.append(dict(policy=policy, concurrency=c, rate=None, workload="trace", seed=0,
+                             output_tokens_per_s=100.0 * c * gain, speedup_vs_ar=gain,
+                             mean_accepted_tokens=gain, waste=0.0, tpot_p50=0.01))
+    table = pd.DataFrame(rows)
+    fig = plots.metric_figure(table, "output_tokens_per_s", "throughput")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in loads]
+    assert ax.get_yscale() == "log"
+    colors = plots.policy_colors(POLICY_NAMES)  # the notebooks' colours
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}  # one errorbar line per policy
+    for policy in ("ar", "echo", "static-chain", "oracle"):
+        assert matplotlib.colors.same_color(lines[policy].get_color(), colors[policy]), policy
+    assert matplotlib.colors.same_color(lines["echo:gate=off"].get_color(), colors["echo"])
+    assert lines["echo:gate=off"].get_linestyle() != "-"
+    stars = [c for c in ax.collections if c.get_label() == "winner at this load"]
+    marked = sorted(map(tuple, stars[0].get_offsets().data.tolist()))
+    # the same winners the printed recommendation names (never the oracle ceiling)
+    expected = sorted((c, 100.0 * c * (3.0 if c <= 8 else 1.5)) for c in loads)
+    assert marked == expected
+    assert "echo" in format_recommendations(table) and "oracle" not in format_recommendations(table).split(":", 1)[1]
+    renderer = fig.canvas.get_renderer()
+    plots.plt.close(fig)
+    title = ax.title.get_window_extent(renderer)
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width  # not clipped at the sides

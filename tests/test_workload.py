@@ -70,6 +70,17 @@ def test_poisson_arrivals_have_the_asked_rate():
     assert gaps.mean() == pytest.approx(1 / 50.0, rel=0.03)
 
 
+def test_poisson_arrivals_are_one_unit_rate_sequence_scaled_by_rate():
+    # common random numbers: rate r sees the seed's unit-rate arrivals divided by r
+    unit = stream("trace", 500, arrival_mode="poisson", rate=1.0).arrival
+    for rate in (0.5, 7.0, 123.0):
+        scaled = stream("trace", 500, arrival_mode="poisson", rate=rate).arrival
+        assert scaled * rate == pytest.approx(unit, rel=1e-12)
+    # unchanged from the former draw (numpy's exponential(1/rate) scales the same draws)
+    former = np.cumsum(np.random.default_rng([0, 3]).exponential(1 / 7.0, size=500))
+    assert np.array_equal(stream("trace", 500, arrival_mode="poisson", rate=7.0).arrival, former)
+
+
 def test_replay_uses_real_azure_timestamps():
     s = stream("azure-code", 3, arrival_mode="replay")
     # file rows 1-3: 18:17:03.97996, 18:17:04.03196 (+0.052 s); lengths 4808/10, 3180/8

@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS = {
     "run": ("echo_sim.cli.run", "simulate one policy at one load"),
     "sweep": ("echo_sim.cli.sweep", "compare policies across concurrency (or arrival rates)"),
+    "capacity": ("echo_sim.cli.capacity", "per policy, the highest arrival rate meeting latency SLOs"),
     "trace-info": ("echo_sim.traces.info", "summarise an acceptance trace"),
     "import-specdecode": ("echo_sim.traces.import_specdecode", "import SpecDecode-Bench acc_len logs as a chain trace"),
 }

@@ -35,8 +35,40 @@ def sglang_flags_text(spec: str) -> str:
     policy = make_policy(spec)
     flags = policy.sglang_flags()
     if not flags:
-        return getattr(policy, "note", "") or "(no speculative decoding flags)"
+        return policy.note or "(no speculative decoding flags)"
     return " ".join(f"{flag} {value}" for flag, value in flags.items())
+
+
+def launch_line(spec: str, target: str) -> str:
+    """The SGLang server command for a policy: target and draft paths are placeholders to fill in.
+
+    Policies without SGLang flags (other than ar, which launches without speculation) get their note.
+    """
+    policy = make_policy(spec)
+    base = f"python -m sglang.launch_server --model-path <{target} weights>"
+    flags = policy.sglang_flags()
+    if policy.name == "ar":
+        return base
+    if not flags:
+        return f"(no SGLang launch line: {getattr(policy, 'note', '') or 'not an SGLang option'})"
+    line = (f"{base} --speculative-algorithm EAGLE --speculative-draft-model-path <EAGLE draft for {target}> "
+            + " ".join(f"{flag} {value}" for flag, value in flags.items()))
+    note = getattr(policy, "note", "")
+    return line + (f"\n      (note: {note})" if note else "")
+
+
+def is_tie(margin: float, *spreads: float) -> bool:
+    """A margin no larger than the seed spread (max − min over seeds) of either side is a tie."""
+    return margin <= max(spreads, default=0.0)
+
+
+def realisable(means: pd.DataFrame) -> pd.DataFrame:
+    return means[~means["policy"].str.startswith("oracle")]  # oracle is a ceiling, not a policy
+
+
+def best_policy(part: pd.DataFrame) -> pd.Series:
+    """The row with the highest output tokens/s (the winner at one load)."""
+    return part.loc[part["output_tokens_per_s"].idxmax()]
 
 
 def format_recommendations(table: pd.DataFrame) -> str:
@@ -44,9 +76,8 @@ def format_recommendations(table: pd.DataFrame) -> str:
     load = load_column(table)
     means = mean_over_seeds(table)
     lines = ["recommendation (highest output tokens/s per load):"]
-    realisable = means[~means["policy"].str.startswith("oracle")]  # oracle is a ceiling, not a policy
-    for (workload, value), part in realisable.groupby(["workload", load], sort=True):
-        best = part.loc[part["output_tokens_per_s"].idxmax()]
+    for (workload, value), part in realisable(means).groupby(["workload", load], sort=True):
+        best = best_policy(part)
         runner_up = part.drop(index=best.name)["output_tokens_per_s"].max()
         margin = best["output_tokens_per_s"] / runner_up - 1 if runner_up == runner_up else float("nan")
         lines.append(

@@ -1,7 +1,8 @@
 """`echo-sim sweep`: the grid policies × load (× workloads × seeds), resumable and parallel.
 
-Every grid point is one `simulate()` call, written to DIR/points/<key>.json atomically the moment
-it finishes, so an interrupted sweep keeps its finished points and a re-run only computes the rest.
+Every grid point is one `simulate()` call (`compute_point`), run by an executor (echo_sim.executor)
+and written by this driver to DIR/points/<key>.json (echo_sim.points) the moment it finishes, so an
+interrupted sweep keeps its finished points and a re-run only computes the rest.
 The tables (results.parquet, summary.csv) and the plots are rebuilt from the point files at the end.
 Inputs are validated before DIR is touched: bad input writes nothing.
 """
@@ -13,7 +14,6 @@ import hashlib
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from echo_sim.cli import recommend
 from echo_sim.atomic import write_bytes_atomic, write_text_atomic
+from echo_sim.executor import Executor, LocalExecutor
+from echo_sim.points import PointStore, canonical
 from echo_sim.config import SimConfig
 from echo_sim.engine import simulate
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
@@ -99,41 +101,30 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
     return points
 
 
-def run_point(point: GridPoint, out: Path) -> dict:
-    """Worker: simulate one point and persist it atomically (metrics JSON, then optional step log)."""
+def compute_point(point: GridPoint) -> tuple[dict, bytes | None]:
+    """Worker side (pure): the point's metrics record and, with --step-log, its steps as parquet."""
     result = simulate(point.config)
     record = dict(result.metrics, key=point.key, config=asdict(point.config))
+    steps = None
     if point.config.step_log and result.steps is not None:
-        path = out / "steps" / f"{point.key}.parquet"
-        write_bytes_atomic(path, result.steps.to_parquet(index=False))
-    write_text_atomic(out / "points" / f"{point.key}.json", json.dumps(record, default=str))
-    return record
+        steps = result.steps.to_parquet(index=False)
+    return record, steps
 
 
-def load_point(out: Path, point: GridPoint) -> dict | None:
-    path = out / "points" / f"{point.key}.json"
-    if not path.exists():
-        return None
-    record = json.loads(path.read_text())
-    return record if record.get("config") == json.loads(json.dumps(asdict(point.config), default=str)) else None
-
-
-def run_grid(points: list[GridPoint], out: Path, jobs: int) -> list[dict]:
-    done = {p.key: r for p in points if (r := load_point(out, p)) is not None}
-    todo = [p for p in points if p.key not in done]
-    if done:
-        print(f"resuming: {len(done)} of {len(points)} points already done in {out}", file=sys.stderr)
-    with tqdm(total=len(points), initial=len(done), desc="sweep", unit="point", file=sys.stderr) as bar:
-        if jobs == 1 or len(todo) <= 1:
-            for point in todo:
-                done[point.key] = run_point(point, out)
+def run_grid(points: list[GridPoint], out: Path, jobs: int = 1, executor: Executor | None = None) -> list[dict]:
+    """Every point's record: stored ones reused, the rest computed by `executor` (a LocalExecutor of
+    `jobs` by default) and written by this process the moment each one finishes."""
+    executor = executor or LocalExecutor(jobs)
+    with PointStore.open(out) as store:
+        done = {p.key: r for p in points if (r := store.load(p.key, asdict(p.config))) is not None}
+        todo = [p for p in points if p.key not in done]
+        if done:
+            print(f"resuming: {len(done)} of {len(points)} points already done in {out}", file=sys.stderr)
+        with tqdm(total=len(points), initial=len(done), desc="sweep", unit="point", file=sys.stderr) as bar:
+            for point, (record, steps) in executor.map_unordered(compute_point, todo):
+                store.write(point.key, record, steps)
+                done[point.key] = json.loads(canonical(record))
                 bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(run_point, p, out): p for p in todo}
-                for future in as_completed(futures):
-                    done[futures[future].key] = future.result()
-                    bar.update()
     return [done[p.key] for p in points]
 
 
@@ -164,7 +155,6 @@ def write_outputs(table: pd.DataFrame, out: Path, plots: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     points = build_grid(args)  # all validation happens before anything is written
     out = Path(args.out)
-    (out / "points").mkdir(parents=True, exist_ok=True)
     table = tidy(run_grid(points, out, args.jobs))
     write_outputs(table, out, plots=not args.no_plots)
     print(recommend.format_table(table))

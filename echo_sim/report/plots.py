@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -38,30 +39,72 @@ def setting_title(table: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+# Sweep plots: a log y axis for throughput (it spans decades from 1 to 256 clients, a linear axis
+# squashes 1-16 clients flat); speedups stay linear around 1.
+LOG_Y_METRICS = ("output_tokens_per_s",)
+VARIANT_LINESTYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)))
+
+
+def policy_styles(policies) -> dict[str, dict]:
+    """Line style per policy spec: the notebooks' colour of its policy name (policy_colors over the
+    registry's order, so `echo` is the same colour everywhere); variants (`echo:gate=off`) share
+    their policy's colour with a dashed/dotted line."""
+    from echo_sim.policies.registry import POLICY_NAMES
+
+    colors = policy_colors(POLICY_NAMES)
+    styles, variants = {}, {}
+    for spec in dict.fromkeys(policies):
+        name = spec.split(":", 1)[0]
+        if spec == name:
+            styles[spec] = dict(color=colors.get(name, "grey"), linestyle="--" if name == CEILING_POLICY else "-")
+        else:
+            count = variants[name] = variants.get(name, -1) + 1
+            styles[spec] = dict(color=colors.get(name, "grey"),
+                                linestyle=VARIANT_LINESTYLES[count % len(VARIANT_LINESTYLES)])
+    return styles
+
+
 def plot_metric_vs_load(ax, table: pd.DataFrame, metric: str) -> None:
-    """One line per policy, mean over seeds with min–max error bars; log-2 x axis."""
+    """One line per policy, mean over seeds with min–max error bars; a star on each load's winner
+    (highest output tokens/s, the recommendation's rule); log-2 x axis labelled 1, 2, 4, …"""
+    from echo_sim.cli.recommend import best_policy, realisable
+
     load = load_column(table)
     stats = table.groupby(["policy", load])[metric].agg(["mean", "min", "max"]).reset_index()
-    for policy, part in stats.groupby("policy", sort=False):
-        part = part.sort_values(load)
-        style = dict(linestyle="--", color="black") if policy.startswith("oracle") else {}
-        ax.errorbar(part[load], part["mean"],
-                    yerr=[part["mean"] - part["min"], part["max"] - part["mean"]],
+    for policy, style in policy_styles(table["policy"]).items():
+        part = stats[stats["policy"] == policy].sort_values(load)
+        ax.errorbar(part[load], part["mean"], yerr=[part["mean"] - part["min"], part["max"] - part["mean"]],
                     marker="o", markersize=3, capsize=2, label=policy, **style)
+    columns = list(dict.fromkeys(["output_tokens_per_s", metric]))
+    means = table.groupby(["policy", load])[columns].mean().reset_index()
+    winners = pd.DataFrame([best_policy(part) for _, part in realisable(means).groupby(load)])
+    if len(winners):
+        ax.scatter(winners[load], winners[metric], marker="*", s=160, facecolor="none", edgecolor="black",
+                   linewidth=1.2, zorder=4, label="winner at this load")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent clients" if load == "concurrency" else "arrival rate (requests/s)")
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    loads = np.sort(table[load].dropna().unique())
+    if load == "concurrency":
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(loads))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if metric in LOG_Y_METRICS and (table[metric] > 0).all():
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.set_xlabel("concurrent clients (log scale)" if load == "concurrency" else "arrival rate (requests/s, log scale)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric) + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.grid(True, which="both", alpha=0.3)
 
 
 def metric_figure(table: pd.DataFrame, metric: str, title: str):
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     plot_metric_vs_load(ax, table, metric)
     if metric == "speedup_vs_ar":
         ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.set_title(f"{title}\n{setting_title(table)}", fontsize=9)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
+    setting = "\n".join(textwrap.fill(line, 110) for line in setting_title(table).splitlines())
+    ax.set_title(f"{title}\n{setting}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return fig
 
 
@@ -72,11 +115,8 @@ def save_sweep_plots(table: pd.DataFrame, out: Path) -> list[Path]:
         ("speedup_vs_ar", "speedup_vs_concurrency.png", "Speedup over autoregressive decoding vs load"),
     ):
         fig = metric_figure(table, metric, title)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=120)
+        written.append(save_figure(fig, Path(out) / name, dpi=120))  # bbox tight: nothing clipped
         plt.close(fig)
-        write_bytes_atomic(Path(out) / name, buffer.getvalue())
-        written.append(Path(out) / name)
     return written
 
 
@@ -243,11 +283,33 @@ def plot_parity(ax, measured, simulated, labels, unit: str, estimate: str = "sim
 
 def save_figure(fig, path: Path, dpi: int = 130) -> Path:
     """Write the figure as PNG atomically (a reader never sees a half-written file)."""
-    import io
-
-    from echo_sim.atomic import write_bytes_atomic
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     write_bytes_atomic(Path(path), buffer.getvalue())
     return Path(path)
+
+
+# ------------------------------------------------------------------ echo-sim capacity
+
+def save_capacity_plot(seeds_table: pd.DataFrame, summary: pd.DataFrame, title: str, path: Path) -> Path:
+    """Capacity per policy: a bar at the mean over seeds, each seed's bracket [passing, failing] as
+    a vertical segment beside it (so the search tolerance and the seed spread are both visible)."""
+    colors = policy_colors(summary["policy"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(summary) + 2), 4.5))
+    for x, (_, row) in enumerate(summary.iterrows()):
+        ax.bar(x, row["capacity"], color=colors[row["policy"]], alpha=0.55, width=0.7)
+        seeds = seeds_table[seeds_table["policy"] == row["policy"]].reset_index(drop=True)
+        offsets = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else [0.0]
+        for dx, (_, seed) in zip(offsets, seeds.iterrows()):
+            low = seed["passing"] if seed["passing"] == seed["passing"] else 0.0
+            high = seed["failing"] if seed["failing"] == seed["failing"] else low
+            ax.plot([x + dx, x + dx], [low, high], color="black", linewidth=1.5)
+            ax.plot([x + dx], [low], marker="_", color="black", markersize=8)
+    ax.set_xticks(range(len(summary)), summary["policy"], rotation=30, ha="right")
+    ax.set_ylabel("capacity: highest arrival rate meeting the SLOs (req/s)")
+    ax.set_title(title, fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    saved = save_figure(fig, path)
+    plt.close(fig)
+    return saved
