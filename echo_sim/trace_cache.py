@@ -19,6 +19,10 @@ def provide(trace_option: str | None, trace) -> None:
     _provided[trace_option] = trace
 
 
+def is_provided(trace_option: str | None) -> bool:
+    return trace_option in _provided
+
+
 def trace_for(config):
     if config.trace in _provided:
         return _provided[config.trace]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from echo_sim import capacity
 from echo_sim.atomic import write_text_atomic
 from echo_sim.cli import recommend
-from echo_sim.cli.execution import add_executor_arguments, executor_from_args
+from echo_sim.cli.execution import add_executor_arguments, open_executor
 from echo_sim.cli.run import add_simulation_arguments, config_from_args
 from echo_sim.cli.sweep import parse_list
 from echo_sim.points import PointStore, canonical
@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     seeds = parse_list(args.seeds, int, "seeds")
     base = base_config(args)
     capacity.check_settings(base, args.warmup, args.tolerance, args.start)
-    executor = executor_from_args(args, base)
     out = Path(args.out)
-    with PointStore.open(out) as store, tqdm(desc="capacity", unit="probe", file=sys.stderr) as bar:
+    with open_executor(args, base) as executor, PointStore.open(out) as store, \
+            tqdm(desc="capacity", unit="probe", file=sys.stderr) as bar:
         searches, native_rate = capacity.search_capacity(
             base, policies, seeds, targets, stored_evaluate(store, executor, bar),
             warmup=args.warmup, tolerance=args.tolerance, start=args.start)

@@ -26,7 +26,7 @@ from echo_sim.points import PointStore, canonical
 from echo_sim.config import SimConfig
 from echo_sim.engine import simulate
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
-from echo_sim.cli.execution import add_executor_arguments, executor_from_args
+from echo_sim.cli.execution import add_executor_arguments, open_executor
 from echo_sim.cli.run import add_simulation_arguments, config_from_args
 from echo_sim.slo import LATENCY_FIELDS, attainment, format_slo, headroom, meets, parse_slo
 
@@ -96,8 +96,6 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
         loads = [("rate", rate) for rate in parse_list(args.rates, float, "rates")]
     else:
         loads = [("concurrency", c) for c in parse_list(args.concurrency, int, "concurrency")]
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     slo_text = args.slo or (DEFAULT_OPEN_LOOP_SLO if args.rates else None)
     slo = format_slo(parse_slo(slo_text)) if slo_text else None
     points = []
@@ -170,9 +168,9 @@ def write_outputs(table: pd.DataFrame, out: Path, plots: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     points = build_grid(args)  # all validation happens before anything is written
-    executor = executor_from_args(args, points[0].config)
     out = Path(args.out)
-    table = tidy(run_grid(points, out, executor=executor))
+    with open_executor(args, points[0].config) as executor:
+        table = tidy(run_grid(points, out, executor=executor))
     write_outputs(table, out, plots=not args.no_plots)
     print(recommend.format_table(table))
     print()
