@@ -2,15 +2,15 @@
 
 Imports each dataset × proposer log with `echo_sim.traces.import_specdecode` (through a trace file and
 back, so the file format is exercised), replays greedy chains k = 1,2,3,4,5,7 and uncapped, and
-compares with the published table. The logs have no licence: they are read from ../shared when
-present and never copied into the repository.
+compares with the published table. The logs have no licence: they are never copied into the repository; pass the folder that
+holds them (`--data-dir`, e.g. the team's shared data folder published/specdecode_bench_validation_only).
 
 Walk that reproduces the table (found from the data, see the report): every request's acc_len[0]
 is 1 (it is the prefill step); the published τ starts at index 0, moves by the committed tokens
 min(acc_len, k + 1), does not cap the last step at the output's end, and divides Σ committed by
 Σ steps over all requests. The per-request τ_5 percentiles use the "lower" order statistic.
 
-Usage: python benchmarks/specdecode_reproduction.py [--data-dir DIR] [--out FILE]
+Usage: python benchmarks/specdecode_reproduction.py --data-dir DIR [--out FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from echo_sim.traces.replay import replay_chain
 from echo_sim.traces.format import read_trace, write_trace
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / ".." / "shared" / "data" / "published" / "specdecode_bench_validation_only"
 CHAINS = (1, 2, 3, 4, 5, 7, None)  # None: uncapped
 TARGET_MODEL = "Llama-3.1-8B-Instruct (SpecDecode-Bench, vLLM, H100)"
 
@@ -102,7 +101,8 @@ def format_report(rows: dict, summary: dict) -> tuple[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder with tau_summary.txt")
+    parser.add_argument("--data-dir", type=Path, required=True,
+                        help="folder with tau_summary.txt and the per-position acc_len logs (not shipped: no licence)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here (markdown)")
     args = parser.parse_args(argv)
     summary_path = args.data_dir / "tau_summary.txt"
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = (f"# SpecDecode-Bench reproduction (ours vs tau_summary.txt)\n\nCommand: `{command.strip()}`  \n"
               f"Date: {date}  \nProposers: {', '.join(PROPOSERS)}; data: {args.data_dir.name} "
-              f"(read from ../shared, not copied)\n\n{table}\n")
+              f"(read from --data-dir, not copied)\n\n{table}\n")
     print(report)
     if args.out:
         write_text_atomic(args.out, report)

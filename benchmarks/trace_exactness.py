@@ -1,6 +1,6 @@
 """Exactness of the shipped trace: real speculative decoding vs the trace's replay (issue 2).
 
-    python benchmarks/trace_exactness.py --model-cache /work/models/cache [--prompts 5] [--out benchmarks/results]
+    python benchmarks/trace_exactness.py --model-cache models/cache [--prompts 5] [--out benchmarks/results]
 
 For the first N requests of traces/mt_bench_qwen_coder.trace.npz (trace order = question order),
 the real Qwen2.5-Coder pair serves the request alone (concurrency 1) through the project's engine

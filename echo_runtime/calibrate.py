@@ -189,23 +189,23 @@ def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> 
     """Measure every shape until it has --repeats timings, in rounds: each round times every
     unfinished shape once, so consecutive timings are of different shapes, as in a running engine
     (back-to-back repeats of one shape ran ~5 % faster than the same shape inside live runs).
-    Caches are sized per KV length (slots × capacity of that group only)."""
+    Each KV length has its own cache (slots × capacity of that group), all of them views of one
+    storage per model as large as the largest group (shared_caches)."""
     todo = [s for s in shapes if len(log.done.get(s.key, [])) < args.repeats]
     rng = np.random.default_rng(0)
     clock = Clock(pair.device, args.clock)
-    caches = {}
+    target_groups, draft_groups = {}, {}
     for kv in sorted({s.kv for s in todo}):
         group = [s for s in todo if s.kv == kv]
         slots = max(s.batch_size for s in group)
         verify_room = max([s.tokens for s in group if s.kind in ("verify", "prefill")] or [1])
         draft_room = max([args.draft_width * (max(args.draft_depths) + 1) + 2]
                          + [s.tokens for s in group if s.kind == "draft-prefill"])
-        draft_cache = KVCache.allocate(pair.draft.config, slots, kv + draft_room, _dtype(pair.draft), pair.device)
-        caches[kv] = {
-            "verify": KVCache.allocate(pair.target.config, slots, kv + verify_room, _dtype(pair.target), pair.device),
-            "draft": draft_cache, "draft-prefill": draft_cache,
-        }
-        caches[kv]["prefill"] = caches[kv]["verify"]
+        target_groups[kv], draft_groups[kv] = (slots, kv + verify_room), (slots, kv + draft_room)
+    target_caches = shared_caches(pair.target.config, target_groups, _dtype(pair.target), pair.device)
+    draft_caches = shared_caches(pair.draft.config, draft_groups, _dtype(pair.draft), pair.device)
+    caches = {kv: {"verify": target_caches[kv], "prefill": target_caches[kv],
+                   "draft": draft_caches[kv], "draft-prefill": draft_caches[kv]} for kv in target_groups}
     bar = tqdm(total=sum(args.repeats - len(log.done.get(s.key, [])) for s in todo), desc="calibrate", unit="run")
     warmed: set[str] = set()
     while todo:
@@ -219,6 +219,23 @@ def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> 
             bar.update(1)
         todo = [s for s in todo if len(log.done[s.key]) < args.repeats]
     bar.close()
+
+
+def shared_caches(config, groups: dict[int, tuple[int, int]], dtype: torch.dtype, device) -> dict[int, KVCache]:
+    """{kv: cache of (slots, capacity)} for each group, all views of one K and one V storage per
+    layer, as large as the largest group. The grid times one shape at a time, so groups never need
+    their storage at once; separate caches would add up (the 8B grid's KV groups: ~71 GB of K/V)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_slot_token = config.num_key_value_heads * head_dim
+    numel = max(slots * capacity for slots, capacity in groups.values()) * per_slot_token
+    storage = [(torch.zeros(numel, dtype=dtype, device=device), torch.zeros(numel, dtype=dtype, device=device))
+               for _ in range(config.num_hidden_layers)]
+    caches = {}
+    for kv, (slots, capacity) in groups.items():
+        shape, used = (slots, config.num_key_value_heads, capacity, head_dim), slots * capacity * per_slot_token
+        caches[kv] = KVCache(keys=[k[:used].view(shape) for k, _ in storage],
+                             values=[v[:used].view(shape) for _, v in storage], lengths=np.zeros(slots, dtype=np.int64))
+    return caches
 
 
 def _dtype(model) -> torch.dtype:
@@ -258,9 +275,9 @@ def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...],
         engine = LiveEngine(pair.target, pair.draft, make_policy("static"), cost, RuntimeConfig(bs, kernels=cuda, clock=clock),
                             ModelSignals(use_kernel=cuda), pair.device)
         for step in engine.run(specs).steps:
-            if step["batch"]:
-                rows.append([1.0, step["batch"]])
-                seconds.append(step.get("select_s", 0.0) + step.get("commit_s", 0.0))
+            if step.batch_size:
+                rows.append([1.0, step.batch_size])
+                seconds.append(step.laps.get("select_s", 0.0) + step.laps.get("commit_s", 0.0))
     coef = np.linalg.lstsq(np.array(rows), np.array(seconds), rcond=None)[0]
     if coef[1] < 0:  # no measurable growth with the batch: a constant
         return float(np.mean(seconds)), 0.0

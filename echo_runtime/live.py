@@ -24,7 +24,8 @@ from echo_runtime.engine import LiveEngine, RequestSpec, RunRecord, RuntimeConfi
 from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair
 from echo_runtime.signals import ModelSignals, TraceSignals
 from echo_runtime.timing import CLOCKS, Clock
-from echo_sim.metrics import STEP_FIELDS, RequestLog, compute_metrics
+from echo_sim.metrics import RequestLog, compute_metrics
+from echo_sim.step import policy_drafts, step_frame
 
 SUMMARY = (("output tokens/s", "output_tokens_per_s", "{:.3f}"), ("mean accepted tokens", "mean_accepted_tokens", "{:.3f}"),
            ("verified tokens/step", "verified_tokens_per_step", "{:.1f}"), ("waste", "waste", "{:.1%}"),
@@ -64,18 +65,7 @@ def record_frames(record: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
                        ("verified_draft", "verified_draft")):
         getattr(log, name)[:] = [getattr(q, attr) for q in requests]
     log.decode_tokens[:] = [len(q.output) - 1 for q in requests]
-    rows = [(s["begin"], s["end"], s["batch"], s["prefill_tokens"], s.get("verify_tokens", 0), s.get("selected", 0),
-             s.get("padding", 0), np.nan if s.get("budget") is None else float(s["budget"]), s.get("eager", False),
-             s.get("draft_depth", 0), s.get("draft_width", 0), s.get("accepted", 0), s.get("committed", 0),
-             s["kv_tokens"], s.get("draft_s", 0.0), 0) for s in record.steps]
-    steps = pd.DataFrame.from_records(rows, columns=list(STEP_FIELDS))
-    steps.insert(0, "step", np.arange(len(steps)))
-    for name in ("attention_pairs", *PHASES, "wall_s"):
-        steps[name] = [s.get(name, 0) for s in record.steps]
-    return log.frame(), steps
-
-
-PHASES = ("prefill_s", "draft_s", "select_s", "verify_s", "commit_s")  # the engine's Stopwatch laps
+    return log.frame(), step_frame(record.steps)
 
 
 def predicted_components(steps: pd.DataFrame, cost, drafts: bool) -> pd.DataFrame:
@@ -130,12 +120,15 @@ def prompt_specs(args, pair: Pair) -> list[RequestSpec]:
             for p in prompts]
 
 
-def trace_workload(trace, requests: int, seed: int, concurrency: int):
-    """(specs, trace_request): the simulator's stream for this trace (workload "trace")."""
+def trace_workload(trace, requests: int, seed: int, vocab_size: int):
+    """(specs, trace_request): the simulator's stream for this trace (workload "trace"), prompts of
+    the trace's lengths (synthetic ids, folded into the vocabulary: echo_runtime.vocab)."""
+    from echo_runtime.vocab import fold_token_ids
     from echo_sim.workload import build_stream
 
     stream = build_stream("trace", requests, seed, trace.prompt_len, trace.output_len, "closed", None)
-    specs = [RequestSpec(np.arange(int(p)) % 1000, int(n)) for p, n in zip(stream.prompt_len, stream.output_len)]
+    specs = [RequestSpec(fold_token_ids(np.arange(int(p)), vocab_size), int(n))
+             for p, n in zip(stream.prompt_len, stream.output_len)]
     return specs, stream.trace_request
 
 
@@ -150,17 +143,17 @@ def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpe
     if concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
     policy = make_policy(policy_spec)
-    drafts = policy.draft.depth > 0  # the engine's rule (LiveEngine.uses_draft), before the run adapts it
+    drafts = policy_drafts(policy)  # before the run adapts the policy's shape
     config = RuntimeConfig(concurrency, width, depth, eos_token_ids=pair.eos_token_ids,
                            kernels=pair.device == "cuda", clock=clock)
     record = LiveEngine(pair.target, pair.draft, policy, cost, config, signals, pair.device).run(specs, progress)
     if outputs is not None:
         outputs.extend(q.output for q in record.requests)
-    identity = {"policy": getattr(policy, "label", policy_spec), "concurrency": concurrency,
+    identity = {"policy": policy.label, "concurrency": concurrency,
                 "requests": len(specs), **identity, "cost_source": str(cost.source),
                 "clock": Clock(pair.device, clock).kind}
     metrics = live_metrics(record, identity)
-    metrics["wall_seconds"] = float(sum(step["wall_s"] for step in record.steps))
+    metrics["wall_seconds"] = float(sum(step.laps["wall_s"] for step in record.steps))
     if steps_out is not None:
         _, steps = record_frames(record)
         steps_out.append(pd.concat([steps, predicted_components(steps, cost, drafts)], axis=1))
@@ -183,8 +176,9 @@ def run(args: argparse.Namespace) -> int:
         from echo_sim.traces.format import read_trace
 
         trace = read_trace(args.trace)
-        specs, mapping = trace_workload(trace, args.requests or trace.num_requests, args.seed, args.concurrency)
-        signals, source = TraceSignals(trace, mapping), f"trace:{args.trace}"
+        vocab = pair.target.config.vocab_size
+        specs, mapping = trace_workload(trace, args.requests or trace.num_requests, args.seed, vocab)
+        signals, source = TraceSignals(trace, mapping, vocab), f"trace:{args.trace}"
         width, depth = trace.width, trace.depth
     else:
         specs, signals = prompt_specs(args, pair), ModelSignals(use_kernel=args.device == "cuda")

@@ -17,6 +17,7 @@ import numpy as np
 
 from echo_runtime.draft_tree import Lattice, empty_lattice, lattice_batch
 from echo_runtime.verify import VerifyTree, walk_all
+from echo_runtime.vocab import fold_token_ids
 from echo_sim.policies.base import Selection
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch, accepted_nodes
@@ -54,13 +55,20 @@ class ModelSignals:
 
 class TraceSignals:
     """Lattices and acceptance replayed from a trace; request i replays trace request
-    trace_request[i] (the simulator's workload stream decides the mapping), by default i mod R."""
+    trace_request[i] (the simulator's workload stream decides the mapping), by default i mod R.
+    vocab_size: the models' vocabulary; every token id the engine gets (tree tokens, targets) is
+    folded into it (echo_runtime.vocab.fold_token_ids)."""
 
     uses_trace = True
 
-    def __init__(self, trace: TraceSet, trace_request: np.ndarray | None = None) -> None:
+    def __init__(self, trace: TraceSet, trace_request: np.ndarray | None = None,
+                 vocab_size: int | None = None) -> None:
         self.trace = trace
         self.mapping = None if trace_request is None else np.asarray(trace_request, dtype=np.int64)
+        self.vocab_size = vocab_size
+
+    def _fold(self, ids):
+        return ids if self.vocab_size is None else fold_token_ids(ids, self.vocab_size)
 
     def trace_request(self, request) -> int:
         if self.mapping is None:
@@ -69,7 +77,7 @@ class TraceSignals:
 
     def target_token(self, request, position: int) -> int:
         start = int(self.trace.position_offsets[self.trace_request(request)])
-        return int(self.trace.target_token[start + position])
+        return int(self._fold(self.trace.target_token[start + position]))
 
     def first_token(self, request, argmax: int) -> int:
         return self.target_token(request, 0)
@@ -85,7 +93,8 @@ class TraceSignals:
         if chain:  # a chain verifies the drafter's own chain (tokens only matter for timing)
             lat = grown[row]
             return lat.token, lat.parent, lat.depth
-        return _local_arrays(lattices, row)
+        token, parent, depth = _local_arrays(lattices, row)
+        return self._fold(token), parent, depth
 
     def accept(self, lattices: LatticeBatch, selection: Selection, requests, trees: list[VerifyTree],
                argmax) -> list[tuple[np.ndarray, int]]:

@@ -12,6 +12,12 @@
    (simulated − measured) ÷ measured in %, and whether every live output equals the trace's
    greedy tokens. Rows are written to OUT/rows/ as they finish (an interrupted run resumes), the
    table to OUT/validation.json and OUT/validation.md.
+
+Timing-only (a GPU without the real pair's weights): `--random-shape NAME --trace FILE
+[--requests-per-client N]` serves random weights of that shape with the trace's acceptance, as
+`echo-run live --random-shape` does (token ids folded into the shape's vocabulary:
+echo_runtime.vocab). The forwards and kernels are real, so the throughput and TPOT errors measure
+the cost model; MAT and outputs equal the trace's by construction.
 """
 
 from __future__ import annotations
@@ -55,7 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", type=_csv(str), default=["ar", "static", "echo"])
     parser.add_argument("--concurrency", type=_csv(int), default=[1, 2, 4, 8])
     parser.add_argument("--calibration", help="calibration file (default traces/calibration/<hardware>_<model>.json)")
-    parser.add_argument("--trace", type=Path, help="an existing trace of exactly these prompts (default: generate)")
+    parser.add_argument("--trace", type=Path, help="an existing trace of exactly these prompts (default: generate); "
+                        "with --random-shape: the acceptance to replay")
+    parser.add_argument("--requests-per-client", type=int,
+                        help="with --random-shape: serve N × concurrency requests (default: the trace's count)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/validate_cpu"))
     parser.add_argument("--clock", default="auto", choices=CLOCKS,
                         help="must be the calibration's clock (auto: thread CPU time on a CPU, CUDA events on a GPU)")
@@ -85,7 +94,9 @@ def trace_for(args, out: Path) -> Path:
 
 def check_trace(trace, args) -> None:
     header = trace.header
-    for key, want in (("width", args.width), ("depth", args.depth), ("max_new_tokens", args.max_new_tokens)):
+    checked = (("width", args.width), ("depth", args.depth)) + (() if args.random_shape else
+                                                               (("max_new_tokens", args.max_new_tokens),))
+    for key, want in checked:
         if int(header.get(key, -1)) != want:
             raise ValueError(f"{trace.path}: header {key}={header.get(key)} but validation uses {want}")
 
@@ -103,6 +114,24 @@ def workload(trace, pair: Pair, args, concurrency: int, seed: int = 0):
         start = trace.position_offsets[r]
         expected.append(trace.target_token[start: start + trace.output_len[r]].tolist())
     return specs, expected
+
+
+def replay_workload(trace, pair: Pair, requests: int, seed: int = 0):
+    """Timing-only: (specs, signals, the trace's target tokens of each request, folded)."""
+    from echo_runtime.live import trace_workload
+    from echo_runtime.signals import TraceSignals
+    from echo_runtime.vocab import fold_token_ids
+
+    vocab = pair.target.config.vocab_size
+    specs, mapping = trace_workload(trace, requests, seed, vocab)
+    expected = [fold_token_ids(trace.target_token[trace.position_offsets[r]:
+                                                  trace.position_offsets[r] + trace.output_len[r]], vocab).tolist()
+                for r in mapping]
+    return specs, TraceSignals(trace, mapping, vocab), expected
+
+
+def request_count(trace, args, concurrency: int) -> int:
+    return args.requests_per_client * concurrency if args.requests_per_client else trace.num_requests
 
 
 def trace_prompt_ids(trace, tokenizer, texts: dict[str, str], r: int) -> np.ndarray:
@@ -142,14 +171,20 @@ def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost,
     clock = Clock(pair.device, args.clock).kind
     if file.software.get("clock", clock) != clock:
         raise ValueError(f"{calibration} was measured with the {file.software['clock']} clock, this run uses {clock}")
-    config = SimConfig(policy=policy, concurrency=concurrency, requests=trace.num_requests, trace=str(trace_path),
+    requests = request_count(trace, args, concurrency)
+    config = SimConfig(policy=policy, concurrency=concurrency, requests=requests, trace=str(trace_path),
                        workload="trace", calibration=calibration, hardware=file.hardware, model=file.model, seed=0)
     simulated = simulate(config, trace).metrics
-    specs, expected = workload(trace, pair, args, concurrency)
+    if pair.random_weights:
+        specs, signals, expected = replay_workload(trace, pair, requests)
+        source, workload_name = f"trace:{trace_path}", str(trace_path)
+    else:
+        (specs, expected), signals = workload(trace, pair, args, concurrency), ModelSignals(pair.device == "cuda")
+        source, workload_name = "live", str(args.prompts)
     outputs, steps = [], []
     identity = {"hardware": hardware_label(pair.device), "model": pair.target_label,
-                "acceptance_source": "live", "workload": str(args.prompts)}
-    measured = serve(pair, policy, concurrency, specs, cost, ModelSignals(pair.device == "cuda"), args.width, args.depth, identity,
+                "acceptance_source": source, "workload": workload_name}
+    measured = serve(pair, policy, concurrency, specs, cost, signals, args.width, args.depth, identity,
                      outputs=outputs, clock=args.clock, steps_out=steps)
     row = validation_row(policy, concurrency, simulated, measured, outputs == expected)
     row.update(cost_model_errors(steps[0]))
@@ -182,7 +217,8 @@ def canonical_command(args) -> str:
              "--concurrency", ",".join(map(str, args.concurrency)), "--calibration", args.calibration,
              "--clock", args.clock, "--threads", str(args.threads), "--out", str(args.out)]
     for flag, value in (("--draft", args.draft), ("--target-gguf", args.target_gguf), ("--draft-gguf", args.draft_gguf),
-                        ("--trace", args.trace), ("--model-cache", args.model_cache), ("--dtype", args.dtype)):
+                        ("--trace", args.trace), ("--model-cache", args.model_cache), ("--dtype", args.dtype),
+                        ("--random-shape", args.random_shape), ("--requests-per-client", args.requests_per_client)):
         if value:
             words += [flag, str(value)]
     return shlex.join(words)
@@ -217,12 +253,17 @@ def run(args: argparse.Namespace) -> int:
         make_policy(spec)  # unknown names fail before any work
     if min(args.concurrency) < 1:
         raise ValueError(f"--concurrency values must be >= 1, got {args.concurrency}")
-    if args.random_shape:
-        raise ValueError("validate compares real acceptance: it needs real weights, not --random-shape")
+    if args.random_shape and args.trace is None:
+        raise ValueError("--random-shape has random weights: give --trace FILE for the acceptance (timing-only)")
+    if args.requests_per_client is not None and (not args.random_shape or args.requests_per_client < 1):
+        raise ValueError("--requests-per-client N (N >= 1) goes with --random-shape")
+    require_simulator()
     args.out.mkdir(parents=True, exist_ok=True)
     trace_path = trace_for(args, args.out)  # before loading the pair: one copy of the models at a time
     gc.collect()
     trace = read_trace(trace_path)
+    if args.random_shape:  # the replayed lattices' shape, as echo-run live --random-shape
+        args.width, args.depth = trace.width, trace.depth
     check_trace(trace, args)
     pair = load_pair(args)
     args.calibration = args.calibration or str(_default_calibration(pair))
@@ -244,6 +285,16 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(args.out / "validation.md", format_table(rows) + "\n")
     print(json.dumps({"rows": rows}) if args.json else format_table(rows))
     return 0
+
+
+def require_simulator() -> None:
+    """Fail before any model is loaded when the simulator's one extra dependency is missing (the
+    GPU image has no simpy: benchmarks/gpu_check.sh installs it from wheels, docs/GPU.md)."""
+    import importlib.util
+
+    if importlib.util.find_spec("simpy") is None:
+        raise ValueError("echo-run validate simulates with echo_sim, which needs simpy: pip install simpy "
+                         "(offline: the wheel from benchmarks/fetch_wheels.sh, docs/GPU.md)")
 
 
 def _default_calibration(pair: Pair) -> Path:

@@ -16,23 +16,29 @@ Token i of request r attends to prefix positions 0 … kv_lens[r]−1 (no mask) 
 of r when bit j of tree_mask[i] is set (its ancestors and itself; `ancestor_masks` builds them).
 Query head h uses KV head h // G. Scores are scale · q·k (default scale = D^-1/2), softmax in fp32.
 
-Kernel design: one program per (request, KV head, prefix split, row chunk). Its rows are the
-request's tree tokens × the G query heads of the KV head, so each K/V tile is loaded once and
-serves every tree token and query head of the group (COST_MODEL.md's attention bytes). A program
-holds at most 128 rows; bigger trees × groups (e.g. 64 tokens × 4 heads) take adjacent row-chunk
-programs that read the same tiles at the same time, so the second read is mostly an L2 hit (and
-such shapes are compute-bound anyway). The prefix pass needs no mask; the tree pass (one tile, in
-the last split) applies the ancestor bits; both feed one online softmax. When the programs cannot
-fill the GPU the prefix is split across programs and the partial results merged by log-sum-exp in
-a second kernel. Dots run in fp32 under the interpreter (its bf16 tl.dot is wrong) and with
-input_precision="ieee" for fp32 inputs on the GPU (TF32 would miss the 1e-5 tolerance).
+Kernel design: one program per (row chunk, work item, KV head); a work item is one prefix split
+of one request. Its rows are the request's tree tokens × the G query heads of the KV head, so each
+K/V tile is loaded once and serves every tree token and query head of the group (COST_MODEL.md's
+attention bytes). A program holds at most 128 rows; bigger trees × groups (e.g. 64 tokens × 4
+heads) take adjacent row-chunk programs that read the same tiles at the same time, so the second
+read is mostly an L2 hit (and such shapes are compute-bound anyway). The prefix pass needs no
+mask; the tree pass (one tile, in the request's last split) applies the ancestor bits; both feed
+one online softmax. Splits are chosen per request from its own context (`choose_splits`): one
+chunk length for the whole step, sized so the step has about PROGRAMS_PER_SM programs per SM, so a
+lone long request splits as much as it needs and, in a big ragged batch, only requests far longer
+than the rest split. Unsplit requests write their output directly; only split requests write fp32
+partials (Σ splits × tokens rows, not splits × every token) that a second kernel merges by
+log-sum-exp over their tokens alone. Work items run longest first. Dots run in fp32 under the
+interpreter (its bf16 tl.dot is wrong) and with input_precision="ieee" for fp32 inputs on the GPU
+(TF32 would miss the 1e-5 tolerance).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -48,7 +54,66 @@ MAX_GROUP = 8                 # query heads per KV head
 HEAD_DIMS = (64, 128)
 MAX_ROWS_PER_PROGRAM = 128    # tree tokens × group heads handled by one program
 MIN_KEYS_PER_SPLIT = 512      # split the prefix only into pieces at least this long
-MAX_SPLITS = 32
+MAX_SPLITS = 64
+PROGRAMS_PER_SM = 4           # splits aim at this many attention programs per SM
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Which programs attend to which part of which request's prefix, and where split results go.
+
+    Shape:
+        work_request, work_split  int32 [W]   request and split index of each work item (longest first)
+        request_splits            int32 [bs]  prefix splits of each request (1 = unsplit)
+        partial_base              int32 [bs]  first partial row of a split request (0 when unsplit)
+        merge_tokens              int32 [Ts]  tree tokens (global rows) of split requests
+        merge_request             int32 [Ts]  their requests
+    num_partial_rows (Σ splits × tree tokens over split requests) and max_splits are host ints.
+    """
+
+    work_request: torch.Tensor
+    work_split: torch.Tensor
+    request_splits: torch.Tensor
+    partial_base: torch.Tensor
+    merge_tokens: torch.Tensor
+    merge_request: torch.Tensor
+    num_partial_rows: int
+    max_splits: int
+
+    @property
+    def num_work(self) -> int:
+        return self.work_request.numel()
+
+
+def choose_splits(kv_lens: np.ndarray, num_kv_heads: int, num_sms: int) -> np.ndarray:
+    """Prefix splits per request, from each request's own context length.
+
+    One chunk length L for the step: the step's keys × KV heads spread over PROGRAMS_PER_SM
+    programs per SM, but never under MIN_KEYS_PER_SPLIT keys (shorter pieces cost more in partials
+    than they gain); request r gets ceil(kv_r / L) splits (1 … MAX_SPLITS)."""
+    lens = np.asarray(kv_lens, dtype=np.int64)
+    work = int(lens.sum()) * num_kv_heads
+    chunk = max(MIN_KEYS_PER_SPLIT, -(-work // (PROGRAMS_PER_SM * num_sms)))
+    return np.clip(-(-lens // chunk), 1, MAX_SPLITS)
+
+
+def plan_splits(kv_lens: np.ndarray, tree_offsets: np.ndarray, splits: np.ndarray, device) -> SplitPlan:
+    """The work items and partial rows of per-request split counts `splits` (host arrays)."""
+    splits = np.asarray(splits, dtype=np.int64)
+    counts = np.diff(np.asarray(tree_offsets, dtype=np.int64))
+    requests = np.repeat(np.arange(len(splits)), splits)
+    split_index = np.arange(len(requests)) - np.repeat(np.cumsum(splits) - splits, splits)
+    chunk_keys = -(-np.asarray(kv_lens, dtype=np.int64)[requests] // splits[requests])
+    order = np.argsort(-chunk_keys, kind="stable")              # longest work first: a shorter tail
+    is_split = splits > 1
+    rows = np.where(is_split, splits * counts, 0)
+    base = np.cumsum(rows) - rows
+    merge_request = np.repeat(np.flatnonzero(is_split), counts[is_split])
+    merge_tokens = np.concatenate([np.arange(tree_offsets[r], tree_offsets[r + 1]) for r in np.flatnonzero(is_split)]
+                                  or [np.zeros(0, dtype=np.int64)])
+    as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int32), device=device)  # noqa: E731
+    return SplitPlan(as_t(requests[order]), as_t(split_index[order]), as_t(splits), as_t(base),
+                     as_t(merge_tokens), as_t(merge_request), int(rows.sum()), int(splits.max(initial=1)))
 
 
 @dataclass(frozen=True)
@@ -60,6 +125,7 @@ class TreeAttentionBatch:
         tree_mask     int64 [T]       ancestor bits (bit j: may attend local tree token j)
         kv_lens       int32 [bs]      prefix length per request
         block_table   int32 [bs, max_blocks] or None (contiguous cache)
+        splits        SplitPlan: the prefix splits of every request
     max_tree_tokens and max_kv_len are host ints (no device sync at launch).
     """
 
@@ -69,6 +135,8 @@ class TreeAttentionBatch:
     block_table: torch.Tensor | None
     max_tree_tokens: int
     max_kv_len: int
+    splits: SplitPlan
+    kv_lens_host: np.ndarray      # int64 [bs] (to re-plan splits without a device sync)
 
     @property
     def batch_size(self) -> int:
@@ -83,8 +151,12 @@ class TreeAttentionBatch:
         return self.block_table is not None
 
 
-def plan_tree_attention(tree_offsets, tree_mask, kv_lens, k_cache, block_table=None) -> TreeAttentionBatch:
-    """Validate one step's metadata against the cache layout (one host sync) and pack it."""
+def plan_tree_attention(tree_offsets, tree_mask, kv_lens, k_cache, block_table=None, *,
+                        num_splits: int | None = None) -> TreeAttentionBatch:
+    """Validate one step's metadata against the cache layout (one host sync) and pack it.
+
+    num_splits: the same prefix splits for every request (tests, benchmarks); default: per
+    request from its own context (`choose_splits`) for this device's SM count."""
     check_device({"tree_offsets": tree_offsets, "tree_mask": tree_mask, "kv_lens": kv_lens,
                   "k_cache": k_cache, "block_table": block_table})
     check_tensor("tree_mask", tree_mask, ndim=1, dtypes=(torch.int64,))
@@ -105,6 +177,7 @@ def plan_tree_attention(tree_offsets, tree_mask, kv_lens, k_cache, block_table=N
     if bool((lens < 0).any()) or bool((lens > capacity).any()):
         row = int(torch.nonzero((lens < 0) | (lens > capacity))[0])
         raise KernelInputError(f"kv_lens[{row}] = {int(lens[row])} outside [0, {capacity}] (cache capacity)")
+    lens_np = lens.numpy()
     return TreeAttentionBatch(
         tree_offsets=tree_offsets.to(torch.int32),
         tree_mask=tree_mask,
@@ -112,7 +185,31 @@ def plan_tree_attention(tree_offsets, tree_mask, kv_lens, k_cache, block_table=N
         block_table=None if block_table is None else block_table.to(torch.int32),
         max_tree_tokens=max_tree,
         max_kv_len=int(lens.max()),
+        splits=_split_plan(lens_np, tree_offsets, k_cache.shape[2], k_cache.device, num_splits),
+        kv_lens_host=lens_np,
     )
+
+
+def _num_sms(device) -> int:
+    device = torch.device(device)
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _split_plan(lens: np.ndarray, tree_offsets, num_kv_heads: int, device, num_splits: int | None) -> SplitPlan:
+    if num_splits is None:
+        splits = choose_splits(lens, num_kv_heads, _num_sms(device))
+    elif isinstance(num_splits, int) and not isinstance(num_splits, bool) and num_splits >= 1:
+        splits = np.full(len(lens), num_splits, dtype=np.int64)
+    else:
+        raise KernelInputError(f"num_splits must be a positive int, got {num_splits!r}")
+    return plan_splits(lens, tree_offsets.detach().cpu().numpy(), splits, device)
+
+
+def with_splits(batch: TreeAttentionBatch, num_splits: int | None) -> TreeAttentionBatch:
+    """The same step with other prefix splits (one host-to-device copy of the new work table)."""
+    offsets = batch.tree_offsets
+    plan = _split_plan(batch.kv_lens_host, offsets, 1, offsets.device, num_splits) if num_splits is not None else None
+    return batch if plan is None else replace(batch, splits=plan)
 
 
 def _check_block_table(block_table, lens, page_size, num_blocks) -> None:
@@ -128,17 +225,22 @@ def _configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
     return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
+            for bn, w in CANDIDATE_TILES for s in (2, 3)]
+
+
+# (key tile, warps) candidates. 128-row programs: narrow tiles, 8 warps; smaller programs: 64 keys on
+# 4 warps or 128 keys on 8. Left out: 128 keys on 4 warps with 64 rows, whose accumulators spill
+# (found by compile_check's ptxas register report).
+CANDIDATE_TILES = ((32, 8), (64, 8), (64, 4), (128, 8))
+BIG_ROW_TILES = ((32, 8), (64, 8))
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Time only plausible tiles: 128-row programs with narrow key tiles and 8 warps, else wide tiles.
-
-    (Each config costs a compile on first use; this keeps autotuning to 4 compiles per key.)
-    """
+    """Time only the tiles for this program size (each config costs a compile on first use; this
+    keeps autotuning to 4 compiles per key)."""
     big_rows = {**named_args, **kwargs}.get("BLOCK_M", 64) >= 128
-    widths, warps = ((32, 64), 8) if big_rows else ((64, 128), 4)
-    keep = [c for c in configs if c.kwargs["BLOCK_N"] in widths and c.num_warps == warps]
+    keep = [c for c in configs
+            if ((c.kwargs["BLOCK_N"], c.num_warps) in BIG_ROW_TILES) == big_rows]
     return keep or configs[:1]
 
 
@@ -159,34 +261,38 @@ def _online_softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2,
     return m_new, l_i, acc
 
 
-@triton.autotune(configs=_configs(), key=["HEAD_DIM", "BLOCK_M", "GROUP", "SPLIT"],
+@triton.autotune(configs=_configs(), key=["HEAD_DIM", "BLOCK_M", "GROUP", "HAS_SPLITS", "batch_bucket", "context_bucket"],
                  prune_configs_by={"early_config_prune": _prune_configs})
-@triton.jit
+@triton.jit(do_not_specialize=["batch_bucket", "context_bucket"])
 def _tree_attention_kernel(
-    Q, K_TREE, V_TREE, K_CACHE, V_CACHE, OUT, LSE,
+    Q, K_TREE, V_TREE, K_CACHE, V_CACHE, OUT, PART, LSE,
     TREE_OFFSETS, TREE_MASK, KV_LENS, BLOCK_TABLE,
+    WORK_REQUEST, WORK_SPLIT, REQUEST_SPLITS, PARTIAL_BASE,
     stride_qt, stride_qh,              # q [T, Hq, D]
     stride_kt, stride_kh,              # k_tree / v_tree [T, Hkv, D]
     stride_cb, stride_cs, stride_ch,   # caches [rows or blocks, positions or page slots, Hkv, D]
     stride_bt,                         # block_table row stride
-    stride_os, stride_ot, stride_oh,   # out [(splits,) T, Hq, D]
-    stride_ls, stride_lt,              # lse [splits, T, Hq]
-    num_kv_heads, num_splits, scale_log2,
+    stride_ot, stride_oh,              # out [T, Hq, D]
+    stride_pt, stride_ph, stride_lt,   # partials [P, Hq, D] fp32; lse [P, Hq]
+    num_kv_heads, scale_log2,
+    batch_bucket, context_bucket,      # autotune keys only (pow2 of batch and longest context)
     GROUP: tl.constexpr,        # query heads per KV head
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,      # rows (tree token × group head) per program, >= 16
     BLOCK_T: tl.constexpr,      # tree keys tile, >= max tree tokens, >= 16
     PAGE_SIZE: tl.constexpr,    # 0: contiguous cache
-    SPLIT: tl.constexpr,        # write fp32 partials + lse for the merge kernel
+    HAS_SPLITS: tl.constexpr,   # some request is split: its programs write fp32 partials + lse
     UPCAST: tl.constexpr,       # interpreter: fp32 dots (bf16 tl.dot is wrong there)
     DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,      # prefix keys per tile (autotuned)
 ):
-    pid_m, pid_s, pid_rh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    r = pid_rh // num_kv_heads
-    h = pid_rh % num_kv_heads
+    pid_m, pid_w, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    r = tl.load(WORK_REQUEST + pid_w)
+    split = tl.load(WORK_SPLIT + pid_w)
+    num_splits = tl.load(REQUEST_SPLITS + r)
     q_start = tl.load(TREE_OFFSETS + r)
-    n_tok = tl.minimum(tl.load(TREE_OFFSETS + r + 1) - q_start, BLOCK_T)  # never read past the tile
+    n_req = tl.load(TREE_OFFSETS + r + 1) - q_start
+    n_tok = tl.minimum(n_req, BLOCK_T)  # never read past the tile
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     tok = rows // GROUP
     head = h * GROUP + rows % GROUP
@@ -205,7 +311,7 @@ def _tree_attention_kernel(
     kv_len = tl.load(KV_LENS + r)
     n_tiles = tl.cdiv(kv_len, BLOCK_N)
     tiles_per_split = tl.cdiv(n_tiles, num_splits)
-    tile_lo = pid_s * tiles_per_split
+    tile_lo = split * tiles_per_split
     tile_hi = tl.minimum(tile_lo + tiles_per_split, n_tiles)
     all_rows = rows >= 0
     for tile in range(tile_lo, tile_hi):
@@ -225,8 +331,8 @@ def _tree_attention_kernel(
         m_i, l_i, acc = _online_softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2,
                                              UPCAST, DOT_PRECISION)
 
-    # Tree pass (last split only): the request's tree tokens under the ancestor bits.
-    if pid_s == num_splits - 1:
+    # Tree pass (the request's last split only): its tree tokens under the ancestor bits.
+    if split == num_splits - 1:
         j = tl.arange(0, BLOCK_T)
         j_ok = j < n_tok
         t_ptrs = (q_start + j).to(tl.int64)[:, None] * stride_kt + h * stride_kh + d[None, :]
@@ -240,38 +346,44 @@ def _tree_attention_kernel(
                                              UPCAST, DOT_PRECISION)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    o_rows = pid_s.to(tl.int64) * stride_os + (q_start + tok).to(tl.int64) * stride_ot + head * stride_oh
-    if SPLIT:
+    out_ok = tok < tl.where(num_splits == 1, n_tok, 0)     # (the interpreter wants plain comparisons as masks)
+    o_rows = (q_start + tok).to(tl.int64) * stride_ot + head * stride_oh
+    tl.store(OUT + o_rows[:, None] + d[None, :], out.to(OUT.dtype.element_ty), mask=out_ok[:, None])
+    if HAS_SPLITS:
+        # partial row of (split, token): PARTIAL_BASE[r] + split · n_req + token
+        p_row = (tl.load(PARTIAL_BASE + r) + split * n_req + tok).to(tl.int64)
         lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
-        tl.store(LSE + pid_s.to(tl.int64) * stride_ls + (q_start + tok).to(tl.int64) * stride_lt + head,
-                 lse, mask=row_ok)
-        tl.store(OUT + o_rows[:, None] + d[None, :], out, mask=row_ok[:, None])
-    else:
-        tl.store(OUT + o_rows[:, None] + d[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+        part_ok = tok < tl.where(num_splits > 1, n_tok, 0)
+        tl.store(LSE + p_row * stride_lt + head, lse, mask=part_ok)
+        tl.store(PART + (p_row * stride_pt + head * stride_ph)[:, None] + d[None, :], out, mask=part_ok[:, None])
 
 
 @triton.jit
 def _merge_splits_kernel(
-    PART, LSE, OUT, num_splits,
-    stride_ps, stride_pt, stride_ph,   # partials [splits, T, Hq, D] fp32
-    stride_ls, stride_lt,              # lse [splits, T, Hq] (log2 domain)
+    PART, LSE, OUT, MERGE_TOKENS, MERGE_REQUEST, TREE_OFFSETS, REQUEST_SPLITS, PARTIAL_BASE,
+    stride_pt, stride_ph, stride_lt,   # partials [P, Hq, D] fp32; lse [P, Hq] (log2 domain)
     stride_ot, stride_oh,              # out [T, Hq, D]
     num_heads,
     BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    t = (pid // num_heads).to(tl.int64)
+    i = pid // num_heads
     hq = pid % num_heads
+    t = tl.load(MERGE_TOKENS + i)
+    r = tl.load(MERGE_REQUEST + i)
+    start = tl.load(TREE_OFFSETS + r)
+    n_req = tl.load(TREE_OFFSETS + r + 1) - start
+    num_splits = tl.load(REQUEST_SPLITS + r)
     s = tl.arange(0, BLOCK_S)
     s_ok = s < num_splits
+    p_row = (tl.load(PARTIAL_BASE + r) + s * n_req + (t - start)).to(tl.int64)
     d = tl.arange(0, HEAD_DIM)
-    lse = tl.load(LSE + s * stride_ls + t * stride_lt + hq, mask=s_ok, other=float("-inf"))
+    lse = tl.load(LSE + p_row * stride_lt + hq, mask=s_ok, other=float("-inf"))
     top = tl.max(lse, axis=0)
     weight = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - top), 0.0)
-    part = tl.load(PART + s[:, None] * stride_ps + t * stride_pt + hq * stride_ph + d[None, :],
-                   mask=s_ok[:, None], other=0.0)
+    part = tl.load(PART + (p_row * stride_pt + hq * stride_ph)[:, None] + d[None, :], mask=s_ok[:, None], other=0.0)
     out = tl.sum(part * weight[:, None], axis=0) / tl.sum(weight, axis=0)
-    tl.store(OUT + t * stride_ot + hq * stride_oh + d, out.to(OUT.dtype.element_ty))
+    tl.store(OUT + t.to(tl.int64) * stride_ot + hq * stride_oh + d, out.to(OUT.dtype.element_ty))
 
 
 def _check_operands(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatch) -> tuple[int, int, int]:
@@ -298,45 +410,31 @@ def _check_operands(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBat
     return num_heads, num_kv, head_dim
 
 
-def choose_num_splits(programs: int, max_kv_len: int, num_sms: int) -> int:
-    """Prefix splits so that about 4 programs per SM run, each split >= MIN_KEYS_PER_SPLIT keys."""
-    if programs >= 4 * num_sms:
-        return 1
-    want = triton.cdiv(4 * num_sms, programs)
-    return max(1, min(want, max_kv_len // MIN_KEYS_PER_SPLIT, MAX_SPLITS))
-
-
 def _rows_per_program(rows: int) -> int:
     return max(16, min(next_pow2(rows), MAX_ROWS_PER_PROGRAM))   # tl.dot needs >= 16
 
 
-def launch_grid(batch: TreeAttentionBatch, num_heads: int, num_kv_heads: int, device,
-                num_splits: int | None = None) -> tuple[int, int, int]:
-    """(row chunks, prefix splits, requests × KV heads): the attention kernel's grid for this step."""
+def launch_grid(batch: TreeAttentionBatch, num_heads: int, num_kv_heads: int) -> tuple[int, int, int]:
+    """(row chunks, work items = Σ prefix splits, KV heads): the attention kernel's grid for this step."""
     rows = batch.max_tree_tokens * (num_heads // num_kv_heads)
-    row_chunks = triton.cdiv(rows, _rows_per_program(rows))
-    programs = row_chunks * batch.batch_size * num_kv_heads
-    if num_splits is None:
-        device = torch.device(device)
-        num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-        num_splits = choose_num_splits(programs, batch.max_kv_len, num_sms)
-    if not isinstance(num_splits, int) or num_splits < 1:
-        raise KernelInputError(f"num_splits must be a positive int, got {num_splits!r}")
-    return row_chunks, num_splits, batch.batch_size * num_kv_heads
+    return triton.cdiv(rows, _rows_per_program(rows)), batch.splits.num_work, num_kv_heads
 
 
 def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatch, *,
                    scale: float | None = None, num_splits: int | None = None, out=None) -> torch.Tensor:
     """Attention of every tree token over its prefix and ancestors (module docstring). Shape: out [T, Hq, D].
 
-    num_splits: prefix splits per request (default: `choose_num_splits` for this GPU).
+    num_splits: the same prefix splits for every request, overriding the batch's plan (a
+    host-to-device copy per call: pass it to plan_tree_attention instead where that matters).
+    Launches only device work (no host sync), so a CUDA graph can capture it once autotuned.
     """
     num_heads, num_kv, head_dim = _check_operands(q, k_tree, v_tree, k_cache, v_cache, batch)
     if batch.paged and batch.block_table.device != q.device:
         raise KernelInputError(f"block_table on {batch.block_table.device}, q on {q.device}")
+    batch = with_splits(batch, num_splits)
+    plan = batch.splits
     group = num_heads // num_kv
-    grid = launch_grid(batch, num_heads, num_kv, q.device, num_splits)
-    num_splits = grid[1]
+    grid = launch_grid(batch, num_heads, num_kv)
     block_m = _rows_per_program(batch.max_tree_tokens * group)
     if out is None:
         out = torch.empty_like(q)
@@ -344,33 +442,33 @@ def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatc
     check_device({"q": q, "out": out})
     if out.stride(-1) != 1:
         raise KernelInputError("out must be contiguous in head_dim (stride(-1) == 1)")
-    split = num_splits > 1
-    if split:
-        target = torch.empty((num_splits, *q.shape), dtype=torch.float32, device=q.device)
-        lse = torch.empty((num_splits, q.shape[0], num_heads), dtype=torch.float32, device=q.device)
-    else:
-        target, lse = out.unsqueeze(0), out.new_empty((1, 1, 1), dtype=torch.float32)
+    has_splits = plan.num_partial_rows > 0
+    rows = max(plan.num_partial_rows, 1)
+    part = torch.empty((rows, num_heads, head_dim) if has_splits else (1, 1, head_dim), dtype=torch.float32,
+                       device=q.device)
+    lse = torch.empty((rows, num_heads) if has_splits else (1, 1), dtype=torch.float32, device=q.device)
     scale = head_dim ** -0.5 if scale is None else float(scale)
     block_table = batch.block_table if batch.paged else batch.kv_lens  # unused pointer when contiguous
     page_size = k_cache.shape[1] if batch.paged else 0
     _tree_attention_kernel[grid](
-        q, k_tree, v_tree, k_cache, v_cache, target, lse,
+        q, k_tree, v_tree, k_cache, v_cache, out, part, lse,
         batch.tree_offsets, batch.tree_mask, batch.kv_lens, block_table,
+        plan.work_request, plan.work_split, plan.request_splits, plan.partial_base,
         q.stride(0), q.stride(1), k_tree.stride(0), k_tree.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_table.stride(0), target.stride(0), target.stride(1), target.stride(2),
-        lse.stride(0), lse.stride(1),
-        num_kv, num_splits, scale * math.log2(math.e),
+        block_table.stride(0), out.stride(0), out.stride(1),
+        part.stride(0), part.stride(1), lse.stride(0),
+        num_kv, scale * math.log2(math.e),
+        next_pow2(batch.batch_size), next_pow2(batch.max_kv_len),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m,
-        BLOCK_T=max(16, next_pow2(batch.max_tree_tokens)), PAGE_SIZE=page_size, SPLIT=split,
+        BLOCK_T=max(16, next_pow2(batch.max_tree_tokens)), PAGE_SIZE=page_size, HAS_SPLITS=has_splits,
         UPCAST=INTERPRET, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
-    if split:
-        _merge_splits_kernel[(q.shape[0] * num_heads,)](
-            target, lse, out, num_splits,
-            target.stride(0), target.stride(1), target.stride(2), lse.stride(0), lse.stride(1),
-            out.stride(0), out.stride(1), num_heads,
-            BLOCK_S=next_pow2(num_splits), HEAD_DIM=head_dim,
+    if has_splits:
+        _merge_splits_kernel[(plan.merge_tokens.numel() * num_heads,)](
+            part, lse, out, plan.merge_tokens, plan.merge_request, batch.tree_offsets, plan.request_splits,
+            plan.partial_base, part.stride(0), part.stride(1), lse.stride(0), out.stride(0), out.stride(1), num_heads,
+            BLOCK_S=next_pow2(plan.max_splits), HEAD_DIM=head_dim,
         )
     return out
 

@@ -48,7 +48,7 @@ def _check_identical(lattice: LatticeBatch, rank, gate, threshold, budget, label
     assert np.array_equal(got.counts.cpu().numpy(), nodes_per_request(lattice, expected)), f"{label}: counts"
     ref = supertree_select_reference(trees, as_t(rank).cpu(), threshold, budget, gate_value=as_t(gate).cpu(),
                                      score=as_t(lattice.score).cpu())
-    assert np.array_equal(ref.selected.numpy(), expected), f"{label}: torch reference differs from numpy"
+    assert np.array_equal(ref.selected.cpu().numpy(), expected), f"{label}: torch reference differs from numpy"
 
 
 def _random_values(gen: np.random.Generator, n: int, levels: int) -> np.ndarray:

@@ -7,6 +7,7 @@ message (replay with KERNEL_TEST_SEED=<seed>).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -154,7 +155,8 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(KernelInputError, match="outside"):
         plan_tree_attention(batch.tree_offsets, batch.tree_mask, batch.kv_lens + kc.shape[1] + 1, kc)
     with pytest.raises(KernelInputError, match="65 items, at most 64"):
-        plan_tree_attention(torch.tensor([0, 65]), torch.ones(65, dtype=torch.int64), batch.kv_lens[:1], kc)
+        plan_tree_attention(torch.tensor([0, 65], device=DEVICE), torch.ones(65, dtype=torch.int64, device=DEVICE),
+                            batch.kv_lens[:1], kc)
 
 
 def test_bad_block_table_is_rejected():
@@ -164,3 +166,53 @@ def test_bad_block_table_is_rejected():
     table[1, 0] = case.k_cache.shape[0]
     with pytest.raises(KernelInputError, match=r"block_table\[1, 0\]"):
         plan_tree_attention(batch.tree_offsets, batch.tree_mask, batch.kv_lens, case.k_cache, table)
+
+
+def test_splits_follow_each_requests_own_context():
+    """A lone long request splits into MIN_KEYS_PER_SPLIT-key pieces; a full batch of equal short
+    requests does not split; in a big ragged batch only the outlier splits (no cap on programs)."""
+    from kernels.tree_attention import MIN_KEYS_PER_SPLIT, choose_splits
+
+    assert choose_splits(np.array([16384]), 8, 132).tolist() == [16384 // MIN_KEYS_PER_SPLIT]
+    assert set(choose_splits(np.full(256, 1024), 8, 132).tolist()) == {1}
+    ragged = choose_splits(np.array([1024] * 255 + [65536]), 8, 132)
+    assert set(ragged[:255].tolist()) == {1} and ragged[255] > 8
+    assert choose_splits(np.array([0, 100]), 8, 132).tolist() == [1, 1]   # never zero splits
+
+
+def test_mixed_split_and_unsplit_requests():
+    """Per-request splits (1, 3, 2, 5) in one launch: unsplit requests write directly, split ones
+    through partials and the merge; every output row written (NaN poison) and equal to the reference."""
+    from dataclasses import replace
+
+    from kernels.tree_attention import plan_splits
+
+    seed = fresh_seed()
+    case = _case(seed, batch_size=4, kv_lens=(0, 90), paged=True, page_size=16)
+    batch = case.batch
+    splits = plan_splits(batch.kv_lens_host, batch.tree_offsets.cpu().numpy(), np.array([1, 3, 2, 5]), DEVICE)
+    assert splits.num_partial_rows == sum(s * n for s, n in zip([1, 3, 2, 5], batch.tree_offsets.diff().tolist())
+                                          if s > 1)
+    mixed = replace(batch, splits=splits)
+    out = torch.full_like(case.q, float("nan"))
+    tree_attention(case.q, case.k_tree, case.v_tree, case.k_cache, case.v_cache, mixed, out=out)
+    torch.testing.assert_close(out, tree_attention_reference(*case.args()), atol=1e-5, rtol=1e-5,
+                               msg=lambda m: f"seed {seed}: {m}")
+
+
+def test_runtime_head_major_cache_layout():
+    """The runtime's [slots, kv_heads, capacity, head_dim] cache, passed as a permuted view with one
+    page per slot (echo_runtime.forward): same result as the reference."""
+    seed = fresh_seed()
+    case = _case(seed, batch_size=3, kv_lens=(5, 60))
+    slots = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEVICE)   # request r lives in slot slots[r]
+    head_major_k = case.k_cache[[1, 2, 0]].permute(0, 2, 1, 3).contiguous()   # [slots, Hkv, capacity, D]
+    head_major_v = case.v_cache[[1, 2, 0]].permute(0, 2, 1, 3).contiguous()
+    k_view, v_view = head_major_k.permute(0, 2, 1, 3), head_major_v.permute(0, 2, 1, 3)
+    assert k_view.stride(1) == k_view.shape[-1]                          # positions adjacent within a head
+    batch = plan_tree_attention(case.batch.tree_offsets, case.batch.tree_mask, case.batch.kv_lens, k_view,
+                                block_table=slots[:, None])
+    out = torch.full_like(case.q, float("nan"))
+    tree_attention(case.q, case.k_tree, case.v_tree, k_view, v_view, batch, num_splits=2, out=out)
+    torch.testing.assert_close(out, tree_attention_reference(*case.args()), atol=1e-5, rtol=1e-5,
+                               msg=lambda m: f"seed {seed}: {m}")

@@ -1,8 +1,8 @@
 """Slow: real speculative decoding with the Qwen2.5-Coder pair reproduces the shipped trace's replay.
 
 Runs benchmarks/trace_exactness.py's core on the trace's first request, chain k = 3, first 16
-tokens. Needs the real GGUF pair ($ECHO_MODEL_DIR, default /work/models/qwen-coder, and
-$ECHO_MODEL_CACHE for the dequantised cache); skips, saying why, when the models are absent.
+tokens. Needs the real GGUF pair ($ECHO_MODEL_DIR, default models/qwen-coder in the repository, where
+`echo-run fetch-models models/qwen-coder` puts it, and $ECHO_MODEL_CACHE, default models/cache); skips, saying why, when the models are absent.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_DIR = Path(os.environ.get("ECHO_MODEL_DIR", "/work/models/qwen-coder"))
-MODEL_CACHE = os.environ.get("ECHO_MODEL_CACHE", "/work/models/cache")
+MODEL_DIR = Path(os.environ.get("ECHO_MODEL_DIR", REPO / "models" / "qwen-coder"))
+MODEL_CACHE = os.environ.get("ECHO_MODEL_CACHE", str(REPO / "models" / "cache"))
 
 
 def _script():

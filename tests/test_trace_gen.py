@@ -258,10 +258,10 @@ def test_shipped_mt_bench_lattices_match_brute_force_with_the_real_draft():
 
     from echo_runtime.models import load_model
 
-    folder = Path(os.environ.get("ECHO_QWEN_DIR", "/work/models/qwen-coder"))
+    folder = Path(os.environ.get("ECHO_MODEL_DIR", Path(__file__).resolve().parents[1] / "models" / "qwen-coder"))
     draft_file = "qwen2.5-coder-0.5b-instruct-awq-q4km.gguf"
     if not (folder / draft_file).is_file():
-        pytest.skip(f"real draft not found in {folder} (set ECHO_QWEN_DIR)")
+        pytest.skip(f"real draft not found in {folder} (set ECHO_MODEL_DIR)")
     root = Path(__file__).resolve().parents[1] / "traces"
     trace = read_trace(root / "mt_bench_qwen_coder.trace.npz")
     cache = os.environ.get("ECHO_MODEL_CACHE")
