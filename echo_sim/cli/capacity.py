@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     print(heading)
     print(format_table(summary, seeds_table, native_rate))
     print()
-    print(format_winner(summary, probes["model"].iloc[0], args.tolerance))
+    print(format_winner(summary, probes["model"].iloc[0], args.tolerance, seeds_table))
     print(f"\nwrote {out}/capacity.csv, probes.csv" + ("" if args.no_plots else ", capacity.png"), file=sys.stderr)
     return 0
 
@@ -129,11 +129,20 @@ def format_table(summary: pd.DataFrame, seeds_table: pd.DataFrame, native_rate: 
     return pd.DataFrame(rows).to_string(index=False)
 
 
+def paired_note(seeds_table: pd.DataFrame, first: str, second: str) -> str:
+    """Seed by seed (every policy of a seed sees the same requests and arrivals): who is ahead."""
+    pivot = seeds_table.pivot(index="seed", columns="policy", values="capacity")
+    ahead = int((pivot[first] > pivot[second]).sum())
+    difference = pivot[first] - pivot[second]
+    return (f"per seed, {first} - {second} = {', '.join(f'{d:+.1f}' for d in difference)} req/s "
+            f"({first} ahead in {ahead} of {len(pivot)} seeds; informative only: the tie rule uses the seed spread)")
+
+
 def _num(value: float) -> str:
     return "none" if value != value else f"{value:.1f}"
 
 
-def format_winner(summary: pd.DataFrame, target: str, tolerance: float) -> str:
+def format_winner(summary: pd.DataFrame, target: str, tolerance: float, seeds_table: pd.DataFrame) -> str:
     """The realisable policy with the highest mean capacity, as an SGLang launch line. Every policy
     whose margin to it is within the seed spread of either side, or within the search tolerance,
     ties with it (and is listed too)."""
@@ -155,6 +164,8 @@ def format_winner(summary: pd.DataFrame, target: str, tolerance: float) -> str:
                 f"{max(best['spread'], runner['spread']):.1f} and tolerance {resolution:.1f})")
     else:
         head = f"winner: {best['policy']} ({best['capacity']:.1f} req/s; the only policy)"
-    lines = [head] + [f"  {row['policy']}: {recommend.launch_line(row['spec'], target)}"
-                      for _, row in tied.iterrows()]
+    lines = [head]
+    if len(ranked) > 1 and seeds_table["seed"].nunique() > 1:
+        lines.append("  " + paired_note(seeds_table, best["policy"], ranked.iloc[1]["policy"]))
+    lines += [f"  {row['policy']}: {recommend.launch_line(row['spec'], target)}" for _, row in tied.iterrows()]
     return "\n".join(lines)
