@@ -23,7 +23,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 
 from echo_sim.atomic import write_text_atomic
 from echo_sim.cli import sweep

@@ -19,7 +19,7 @@ from echo_sim.testing import random_trace
 from echo_sim.traces.format import write_trace
 
 ray = pytest.importorskip("ray")
-from echo_sim.ray_executor import RayExecutor, RayExecutorError  # noqa: E402
+from echo_sim.ray_executor import RayExecutor  # noqa: E402
 
 TIMING = ("sim_cpu_seconds",)
 
