@@ -127,3 +127,18 @@ def test_capacity_cli_writes_tables_resumes_and_rejects_bad_input(tmp_path, caps
         fresh = tmp_path / "bad"
         assert main(["capacity", "--trace", str(trace), *bad, "--out", str(fresh)]) == 2
         assert not fresh.exists()
+
+
+def test_replay_is_searched_as_a_time_scale_and_reported_as_its_mean_rate():
+    from echo_sim.workload import build_stream, read_workload
+
+    native = capacity.native_replay_rate("azure-conv", 500)
+    recorded = read_workload("azure-conv")["arrival"].to_numpy()[:500]
+    assert native == pytest.approx(499 / (recorded[-1] - recorded[0]))
+    base = SimConfig(policy="ar", rate=1.0, arrival="replay", workload="azure-conv", requests=500)
+    config = capacity.probe_config(base, "echo", 0, 3.0, native)  # three times the recorded speed
+    stream = build_stream("azure-conv", 500, 0, np.array([10]), np.array([10]), "replay", config.rate)
+    assert stream.arrival == pytest.approx((recorded - recorded[0]) / 3.0)
+    search = capacity.Search("echo", 0, 1.0, 0.02, 0.1, 10.0, passing=3.0, failing=3.05)
+    row = capacity.capacity_table([search], native).iloc[0]
+    assert (row["time_scale"], row["capacity"], row["failing"]) == pytest.approx((3.0, 3 * native, 3.05 * native))

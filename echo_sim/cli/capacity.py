@@ -112,7 +112,8 @@ def describe(base, targets, seeds, args, native_rate, probes: pd.DataFrame) -> s
             f"{arrivals}, {base.requests} requests per probe, warm-up {args.warmup:.0%} and drain "
             f"{capacity.OPEN_LOOP_TRIM:.0%} discarded, queue growth <= {capacity.UNSTABLE_GROWTH:.0%}, "
             f"seeds {','.join(map(str, seeds))}, tolerance {args.tolerance:.0%}\n"
-            f"acceptance: {first['acceptance_source']}; cost: {first['cost_source']}")
+            f"acceptance: {first['acceptance_source']}; cost: {first['cost_source']}; serving: max_batch "
+            f"{first['max_batch']}, KV cache {first['kv_capacity_tokens']} tokens, prefill chunk {first['prefill_chunk']} tokens")
 
 
 def format_table(summary: pd.DataFrame, seeds_table: pd.DataFrame, native_rate: float | None) -> str:
