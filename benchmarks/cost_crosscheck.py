@@ -1,9 +1,10 @@
 """Cross-check the roofline presets against measured GPU timings published by other simulators.
 
-    python benchmarks/cost_crosscheck.py [--profiling ../shared/data/profiling]
+    python benchmarks/cost_crosscheck.py [--profiling benchmarks/data/profiling]
                                          [--out benchmarks/results/cost_crosscheck.md]
 
-Data (../shared/data/profiling, read in place, not copied; SOURCES.md there has provenance):
+Data (benchmarks/data/profiling, copied from ../shared/data/profiling; SOURCES.md there has
+provenance and licences; loaded by benchmarks/profiling_data.py):
   - Vidur (microsoft/vidur @ 7d475133, MIT): per-operator medians of the four dense linears of
     Llama-3-8B on A100 and Llama-2-7B on H100, TP 1/2/4/8, 1 to 32k tokens.
   - Splitwise (Mutinifni/splitwise-sim, MIT): whole-model prompt and per-token decode times of
@@ -20,7 +21,6 @@ models' architectures built here from their public configs. Error = ours / measu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,114 +28,42 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echo_sim.cost.presets import ModelSpec, NetworkSpec, load_hardware, load_model
-from echo_sim.cost.roofline import RooflineTerms
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profiling_data import (DATA, LINEAR_OPS, NETWORKS, bare_model, predict_whole_steps,  # noqa: E402
+                            vidur_rows as vidur_measurements, whole_step_rows)
 
-VIDUR_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")  # = linear_ops order
-
-
-def network(name, layers, hidden, heads, kv_heads, ffn, vocab, gated=True, kernels=10) -> NetworkSpec:
-    return NetworkSpec(name=name, num_layers=layers, hidden_size=hidden, num_heads=heads,
-                       num_kv_heads=kv_heads, head_dim=hidden // heads, intermediate_size=ffn,
-                       vocab_size=vocab, kernels_per_layer=kernels, gated_mlp=gated,
-                       attention_input_size=hidden)
+from echo_sim.cost.presets import load_hardware  # noqa: E402
+from echo_sim.cost.roofline import RooflineTerms  # noqa: E402
 
 
-def bare_model(net: NetworkSpec) -> ModelSpec:
-    return ModelSpec(name=net.name, target=net, draft=None, draft_kind="none", tensor_parallel=1,
-                     dtype="bf16", source="public config.json (benchmarks/cost_crosscheck.py)")
-
-
-LLAMA2_7B = network("llama-2-7b", 32, 4096, 32, 32, 11008, 32000)
-LLAMA2_70B = network("llama-2-70b", 80, 8192, 64, 8, 28672, 32000)
-BLOOM_176B = network("bloom-176b", 70, 14336, 112, 112, 4 * 14336, 250880, gated=False, kernels=12)
-OPT_13B = network("opt-13b", 40, 5120, 40, 40, 20480, 50272, gated=False, kernels=12)
-OPT_66B = network("opt-66b", 64, 9216, 72, 72, 36864, 50272, gated=False, kernels=12)
-
-
-def decode_step(terms: RooflineTerms, bs: int, context: float) -> dict:
-    """Seconds of one decode iteration of bs requests with `context` cached each: the forward,
-    and the whole step with one graph replay or with eager launches."""
-    kv = bs * context
-    forward = float(terms.verify_forward(np.array([bs]), bs, kv, np.array([bs * (context + 1)]))[0])
-    graph, eager = terms.launch(np.array([False, True]))
-    return dict(forward_s=forward, graph_s=forward + graph + terms.scheduler(bs),
-                eager_s=forward + eager + terms.scheduler(bs))
-
-
-def prefill_step(terms: RooflineTerms, lengths: list[int]) -> dict:
-    """Seconds of one prefill batch of prompts with the given lengths (always eager launches)."""
-    tokens, pairs = sum(lengths), sum(n * (n + 1) / 2 for n in lengths)
-    forward = float(terms.target.forward(tokens, 0.0, pairs, float(len(lengths)))[0])
-    step = forward + terms.target_eager_s + terms.scheduler(len(lengths))
-    return dict(forward_s=forward, graph_s=step, eager_s=step)
+def roofline_terms(device: str, model: str, tp: int) -> RooflineTerms:
+    return RooflineTerms(load_hardware(device), bare_model(NETWORKS[model]), tp)
 
 
 def vidur_rows(root: Path) -> pd.DataFrame:
-    cases = [("a100", "Meta-Llama-3-8B", "llama-3-8b", load_model("llama-3.1-8b").target),
-             ("h100", "Llama-2-7b-hf", "llama-2-7b", LLAMA2_7B)]
-    rows = []
-    for device, folder, label, net in cases:
-        data = pd.read_csv(root / "vidur/compute" / device / "meta-llama" / folder / "mlp.csv")
-        medians = [f"time_stats.{op}.median" for op in VIDUR_OPS]
-        grouped = data.groupby(["num_tensor_parallel_workers", "num_tokens"])[medians].mean()
-        hw = load_hardware(device)
-        for tp in sorted(data.num_tensor_parallel_workers.unique()):
-            part = grouped.loc[tp]
-            ours = RooflineTerms(hw, bare_model(net), int(tp)).target.linear_ops(part.index.values)
-            for j, op in enumerate(VIDUR_OPS):  # as charged: the op plus its kernel floor
-                rows += [dict(source="vidur", device=device, model=label, tp=int(tp), op=op, tokens=int(t),
-                              measured_s=m / 1e3, forward_s=o, graph_s=o + hw.kernel_floor_s,
-                              eager_s=o + hw.kernel_floor_s)
-                         for t, m, o in zip(part.index.values, part[medians[j]].values, ours[:, j])]
-    return pd.DataFrame(rows)
+    """Vidur's linears with the roofline's time of each (as charged: the op plus its kernel floor)."""
+    data = vidur_measurements(root)
+    data = data[data.op.isin(LINEAR_OPS)].reset_index(drop=True)
+    ours = np.zeros(len(data))
+    for (device, model, tp), index in data.groupby(["device", "model", "tp"]).groups.items():
+        part = data.loc[index]
+        ops = roofline_terms(device, model, int(tp)).target.linear_ops(part.tokens.to_numpy(float))
+        ours[data.index.get_indexer(index)] = ops[np.arange(len(part)), part.op.map(LINEAR_OPS.index).to_numpy()]
+    floor = np.array([load_hardware(d).kernel_floor_s for d in data.device])
+    return data.assign(forward_s=ours, graph_s=ours + floor, eager_s=ours + floor)
 
 
-def splitwise_rows(root: Path) -> pd.DataFrame:
-    data = pd.read_csv(root / "splitwise-sim/perf_model.csv")
-    data = data[data.hardware.isin(["a100-80gb", "h100-80gb"])]
-    keys = ["model", "hardware", "tensor_parallel", "prompt_size", "batch_size", "token_size"]
-    data = data.groupby(keys)[["prompt_time", "token_time"]].mean().reset_index()
-    nets = {"llama2-70b": LLAMA2_70B, "bloom-176b": BLOOM_176B}
-    rows = []
-    for r in data.itertuples():
-        terms = RooflineTerms(load_hardware(r.hardware.split("-")[0]), bare_model(nets[r.model]),
-                              int(r.tensor_parallel))
-        common = dict(source="splitwise", device=r.hardware.split("-")[0], model=r.model,
-                      tp=int(r.tensor_parallel), bs=int(r.batch_size), prompt=int(r.prompt_size))
-        rows.append(dict(common, op="prefill", measured_s=r.prompt_time / 1e3,
-                         **prefill_step(terms, [r.prompt_size] * r.batch_size)))
-        rows.append(dict(common, op="decode", tokens_out=int(r.token_size), measured_s=r.token_time / 1e3,
-                         **decode_step(terms, r.batch_size, r.prompt_size + r.token_size / 2)))
-    return pd.DataFrame(rows)
-
-
-def distserve_rows(root: Path) -> pd.DataFrame:
-    nets, terms_for = {"facebook/opt-13b": OPT_13B, "facebook/opt-66b": OPT_66B}, {}
-    rows = []
-    for engine in ("distserve", "vllm"):
-        fits = json.loads((root / f"distserve/profiler-a100-80g.{engine}.json").read_text())
-        for model, by_tp in fits.items():
-            for tp, fit in by_tp.items():
-                key = (model, tp)
-                if key not in terms_for:
-                    terms_for[key] = RooflineTerms(load_hardware("a100"), bare_model(nets[model]), int(tp))
-                terms = terms_for[key]
-                common = dict(source=f"distserve:{engine}", device="a100", model=model.split("/")[1], tp=int(tp))
-                for bs in (1, 4):
-                    for length in (64, 128, 256, 512, 1024, 2048):
-                        a, b, c = fit["prefill"]
-                        measured = (a + b * bs * length + c * bs * length ** 2) / 1e3
-                        rows.append(dict(common, op="prefill", bs=bs, prompt=length, measured_s=measured,
-                                         **prefill_step(terms, [length] * bs)))
-                for bs in (1, 4, 16, 64, 128, 256):
-                    for context in (128, 512, 1024):
-                        regime = "decoding_smallbs" if bs <= fit["decoding_large_small_bs_threshold"] else "decoding_largebs"
-                        a, b, c = fit[regime]
-                        measured = (a + b * bs * context + c * bs) / 1e3
-                        rows.append(dict(common, op="decode", bs=bs, prompt=context, measured_s=measured,
-                                         **decode_step(terms, bs, context)))
-    return pd.DataFrame(rows)
+def whole_rows(root: Path) -> pd.DataFrame:
+    """Splitwise and DistServe whole steps with the roofline forward, and the step with one graph
+    replay (prefill: eager) or eager launches, + the presets' scheduler overhead."""
+    data = whole_step_rows(root)
+    parts = predict_whole_steps(data, roofline_terms)
+    hw = [load_hardware(d) for d in data.device]
+    scheduler = np.array([h.scheduler_step_s for h in hw]) + np.array([h.scheduler_per_request_s for h in hw]) * data.bs
+    prefill = data.op == "prefill"
+    return data.assign(forward_s=parts.forward_s,
+                       graph_s=parts.forward_s + np.where(prefill, parts.eager_launch_s, parts.graph_launch_s) + scheduler,
+                       eager_s=parts.forward_s + parts.eager_launch_s + scheduler)
 
 
 def error_summary(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -160,8 +88,7 @@ def achieved_rates(frame: pd.DataFrame) -> pd.DataFrame:
     """Effective bandwidth (V=1) and FLOP rate (largest V) of the measured TP-1 linears."""
     rows = []
     for (device, model), part in frame[frame.tp == 1].groupby(["device", "model"]):
-        net = LLAMA2_7B if model == "llama-2-7b" else load_model("llama-3.1-8b").target
-        params = RooflineTerms(load_hardware(device), bare_model(net), 1).target.linear_params.sum()
+        params = roofline_terms(device, model, 1).target.linear_params.sum()
         per_token = part.groupby("tokens").measured_s.sum()
         biggest = per_token.index.max()
         hw = load_hardware(device)
@@ -182,13 +109,10 @@ def markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-LAYERS = {"llama2-70b": 80, "bloom-176b": 70, "opt-13b": 40, "opt-66b": 64}
-
-
 def decode_residuals(frame: pd.DataFrame) -> pd.DataFrame:
     """Measured − modelled time of single-request decode steps, per layer: what the roofline lacks."""
     single = frame[(frame.op == "decode") & (frame.bs == 1)]
-    single = single.assign(layers=single.model.map(LAYERS))
+    single = single.assign(layers=single.model.map(lambda m: NETWORKS[m].num_layers))
     out = single.assign(**{
         "measured ms": single.measured_s * 1e3,
         "graph step ms": single.graph_s * 1e3,
@@ -230,7 +154,8 @@ def report(vidur: pd.DataFrame, splitwise: pd.DataFrame, distserve: pd.DataFrame
         "(prefill is always charged eager launches); 'eager' = the step with eager launches. Vidur "
         "rows are single operators: 'graph'/'eager' add one kernel floor. DistServe rows compare "
         "against DistServe's own fitted curves, not raw measurements. Nothing here was used to set "
-        "any preset number.", "",
+        "any roofline preset number (the fitted profiles, `--cost fitted`, are fitted to this data: "
+        "benchmarks/results/cost_fit.md).", "",
         "## Headline", "", *headline(vidur, whole), "",
         "## Overall", "", markdown(error_summary(everything, ["source", "kind"])), "",
         "## Vidur: dense linears by token range (TP 1/2/4/8)", "", markdown(vidur_regimes(vidur)), "",
@@ -245,13 +170,14 @@ def report(vidur: pd.DataFrame, splitwise: pd.DataFrame, distserve: pd.DataFrame
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiling", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/profiling")
+    parser.add_argument("--profiling", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cost_crosscheck.md"))
     args = parser.parse_args(argv)
     if not args.profiling.is_dir():
         print(f"cost_crosscheck: no profiling data at {args.profiling}", file=sys.stderr)
         return 2
-    vidur, splitwise, distserve = (fn(args.profiling) for fn in (vidur_rows, splitwise_rows, distserve_rows))
+    vidur, whole = vidur_rows(args.profiling), whole_rows(args.profiling)
+    splitwise, distserve = whole[whole.source == "splitwise"], whole[whole.source != "splitwise"]
     command = "python benchmarks/cost_crosscheck.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     text = report(vidur, splitwise, distserve, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from echo_sim.atomic import write_text_atomic  # noqa: E402
 from echo_sim.traces.replay import replay_chain, replay_static  # noqa: E402
+from echo_sim.cost.graphs import TokenBucketGraphs  # noqa: E402
 
 # name -> (policy spec, replay kind, k or N)
 CONFIGS = {
@@ -76,7 +77,7 @@ def check_models(args) -> None:
                             "Qwen2.5-Coder GGUF pair, or set $ECHO_MODEL_DIR)")
 
 
-class EagerCost:
+class EagerCost(TokenBucketGraphs):
     """The only part of a cost model static/static-chain consult: no captured graphs, so a step
     verifies exactly the selected nodes (no padding tokens changing the forward's shape)."""
 

@@ -47,14 +47,23 @@ class SimConfig:
         hardware=None, model=None   cost presets (COST_MODEL.md); None means h200 / llama-3.1-8b
                                  (the paper's setting) for the roofline, or whatever the
                                  calibration file says when one is given (a mismatch is an error)
-        calibration=None         a calibration file replaces the roofline (echo_sim.cost.model)
+        calibration=None         a calibration file replaces the presets (echo_sim.cost.model)
+        cost=None                "fitted" or "roofline"; None: fitted where the hardware has a fitted
+                                 profile (echo_sim/presets/fitted/: a100, h100, h200), else the
+                                 roofline; must stay None with a calibration (it supersedes both)
+        prefill_mode="separate"  serving-engine knobs (echo_sim.cost.serving, docs/COST_MODEL.md):
+        verify_graphs="token-buckets"   a prefill chunk as its own forward (SGLang's EAGLE path) or
+        graph_tokens=16          "mixed" into the verify forward; verify graphs per token bucket or
+        moe_routing="uniform"    "per-batch-size" with graph_tokens per request (SGLang's EAGLE
+                                 graphs); MoE routing uniform or "gini:G". Recorded in every result
         seed=0                   workload sampling, trace mapping and arrivals derive from it only
         max_batch=256            running requests (prefilling + decoding); vLLM's long-standing
                                  default max_num_seqs, and the top of the default sweep
         kv_capacity_tokens=None  KV-cache tokens; None: the cost model's (CostModel.kv_capacity_tokens:
                                  90 % of device memory minus weights, ÷ KV bytes per token; 866,725
                                  for h200 / llama-3.1-8b), else DEFAULT_KV_CAPACITY_TOKENS
-        prefill_chunk=None       prompt tokens prefilled per step, mixed into the decode step; None:
+        prefill_chunk=None       prompt tokens prefilled per step (in the same step as the decode
+                                 batch, as prefill_mode says); None:
                                  the hardware preset's (CostModel.prefill_chunk_tokens, 8192 on h200 =
                                  SGLang's default --chunked-prefill-size for 35–160 GB GPUs), else
                                  DEFAULT_PREFILL_CHUNK
@@ -71,6 +80,11 @@ class SimConfig:
     hardware: str | None = None
     model: str | None = None
     calibration: str | None = None
+    cost: str | None = None
+    prefill_mode: str = "separate"
+    verify_graphs: str = "token-buckets"
+    graph_tokens: int = 16
+    moe_routing: str = "uniform"
     seed: int = 0
     max_batch: int = 256
     kv_capacity_tokens: int | None = None
@@ -102,10 +116,16 @@ class SimConfig:
         """Check every field (load included) and that the cost presets exist; returns self."""
         self.validate_load()
         self.validate_inputs()
-        from echo_sim.cost.model import load_cost_model  # raises CostModelError naming known presets
-
-        load_cost_model(self.hardware, self.model, self.calibration)
+        self.load_cost()  # raises CostModelError naming known presets, knobs, files
         return self
+
+    def load_cost(self):
+        """The step-time model this config names (presets or calibration, serving-engine knobs)."""
+        from echo_sim.cost.model import load_cost_model
+        from echo_sim.cost.serving import ServingKnobs
+
+        knobs = ServingKnobs(self.prefill_mode, self.verify_graphs, self.graph_tokens, self.moe_routing)
+        return load_cost_model(self.hardware, self.model, self.calibration, cost=self.cost, knobs=knobs)
 
     def validate_load(self) -> None:
         mode = self.arrival

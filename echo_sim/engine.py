@@ -13,7 +13,8 @@ One engine process steps the whole running batch; per-request state lives in num
   for the whole request at admission and released when it finishes: no preemption, no swapping,
   so a request once admitted always runs to the end (the head of the queue waits otherwise).
 - Chunked prefill: up to `prefill_chunk` prompt tokens per step, FIFO over prefilling requests,
-  costed in the same step as the decode batch. The step that completes a prompt commits y_0
+  costed in the same step as the decode batch: as its own forward or mixed into the verify forward
+  (the cost model's prefill_mode knob, echo_sim.cost.serving). The step that completes a prompt commits y_0
   (the first token: TTFT); the request decodes from the next step, at position t = 1.
 - Acceptance replay (TRACES.md): simulated request i replays trace request trace_request[i]; its
   output position t reads the trace's lattice at position t mod L_trace. When the workload's
@@ -199,8 +200,9 @@ class Simulation:
         draft nodes its policy selected, so the target forward verifies V = Σ_r (1 + n_r) tokens
         (plus graph-bucket padding), and commits its accepted depth + 1 (the bonus token), never
         beyond its output length: committed_r = min(a_r + 1, L_r − t_r) (echo_sim.step holds these
-        rules for both engines). The step's prefill chunk is charged in the same step (the cost
-        model's prefill component). Everything is decided at the step's start; time passes (T_step =
+        rules for both engines). The step's prefill chunk runs in the same step (its own forward, or
+        mixed into the verify forward: the cost model's prefill_mode); the draft's level 1 extends
+        over the committed tokens. Everything is decided at the step's start; time passes (T_step =
         the sum of the cost model's prefill, draft, verify and overhead components); then the policy
         observes the outcome, the step is recorded, tokens are committed and finished requests leave.
         """
@@ -254,6 +256,7 @@ class Simulation:
             eager=bool(selection.eager),
         )
         committed = committed_counts(accepted_depth, batch.output_len - batch.position)
+        verify["draft_extend_tokens"] = int(committed.sum()) if draft.depth > 0 else 0
         return DecodePlan(lattices, selection, accepted, accepted_depth.astype(np.int64), committed, drafted,
                           oracle_depth, verify)
 
@@ -358,6 +361,7 @@ class Simulation:
             "max_batch": config.max_batch, "kv_capacity_tokens": self.kv_capacity,
             "prefill_chunk": self.prefill_chunk, "acceptance_source": source,
             "cost_source": str(self.cost.source),
+            **getattr(self.cost, "serving_knobs", dict)(),
         }
 
 
@@ -380,9 +384,7 @@ def build_simulation(config: SimConfig, trace: TraceSet | None = None, policy=No
         trace = trace_for(config)
     config.validate_inputs(need_trace_file=False)
     if cost is None:
-        from echo_sim.cost.model import load_cost_model
-
-        cost = load_cost_model(config.hardware, config.model, config.calibration)
+        cost = config.load_cost()
     if policy is None:
         from echo_sim.policies.registry import make_policy
 

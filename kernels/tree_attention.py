@@ -35,6 +35,7 @@ interpreter (its bf16 tl.dot is wrong) and with input_precision="ieee" for fp32 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -53,6 +54,7 @@ MAX_TREE_TOKENS = 64          # one 64-bit ancestor mask per tree token
 MAX_GROUP = 8                 # query heads per KV head
 HEAD_DIMS = (64, 128)
 MAX_ROWS_PER_PROGRAM = 128    # tree tokens × group heads handled by one program
+MIN_ROWS_PER_PROGRAM = 16 if INTERPRET else 64   # (_rows_per_program)
 MIN_KEYS_PER_SPLIT = 512      # split the prefix only into pieces at least this long
 MAX_SPLITS = 64
 PROGRAMS_PER_SM = 4           # splits aim at this many attention programs per SM
@@ -65,7 +67,7 @@ class SplitPlan:
     Shape:
         work_request, work_split  int32 [W]   request and split index of each work item (longest first)
         request_splits            int32 [bs]  prefix splits of each request (1 = unsplit)
-        partial_base              int32 [bs]  first partial row of a split request (0 when unsplit)
+        partial_base              int32 [bs]  first partial row of a split request (unused when unsplit)
         merge_tokens              int32 [Ts]  tree tokens (global rows) of split requests
         merge_request             int32 [Ts]  their requests
     num_partial_rows (Σ splits × tree tokens over split requests) and max_splits are host ints.
@@ -185,19 +187,21 @@ def plan_tree_attention(tree_offsets, tree_mask, kv_lens, k_cache, block_table=N
         block_table=None if block_table is None else block_table.to(torch.int32),
         max_tree_tokens=max_tree,
         max_kv_len=int(lens.max()),
-        splits=_split_plan(lens_np, tree_offsets, k_cache.shape[2], k_cache.device, num_splits),
+        splits=_split_plan(lens_np, tree_offsets, k_cache.device, num_splits, num_kv_heads=k_cache.shape[2]),
         kv_lens_host=lens_np,
     )
 
 
-def _num_sms(device) -> int:
-    device = torch.device(device)
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _split_plan(lens: np.ndarray, tree_offsets, num_kv_heads: int, device, num_splits: int | None) -> SplitPlan:
+def _split_plan(lens: np.ndarray, tree_offsets, device, num_splits: int | None,
+                num_kv_heads: int | None = None) -> SplitPlan:
+    """num_splits None: choose_splits for this device (needs num_kv_heads); else that many for all."""
     if num_splits is None:
-        splits = choose_splits(lens, num_kv_heads, _num_sms(device))
+        splits = choose_splits(lens, num_kv_heads, _num_sms(torch.device(device)))
     elif isinstance(num_splits, int) and not isinstance(num_splits, bool) and num_splits >= 1:
         splits = np.full(len(lens), num_splits, dtype=np.int64)
     else:
@@ -206,10 +210,12 @@ def _split_plan(lens: np.ndarray, tree_offsets, num_kv_heads: int, device, num_s
 
 
 def with_splits(batch: TreeAttentionBatch, num_splits: int | None) -> TreeAttentionBatch:
-    """The same step with other prefix splits (one host-to-device copy of the new work table)."""
-    offsets = batch.tree_offsets
-    plan = _split_plan(batch.kv_lens_host, offsets, 1, offsets.device, num_splits) if num_splits is not None else None
-    return batch if plan is None else replace(batch, splits=plan)
+    """The same step with `num_splits` prefix splits for every request (None: unchanged). Costs a
+    host round trip for the new work table: tests and benchmarks, not a serving loop."""
+    if num_splits is None:
+        return batch
+    return replace(batch, splits=_split_plan(batch.kv_lens_host, batch.tree_offsets, batch.tree_offsets.device,
+                                             num_splits))
 
 
 def _check_block_table(block_table, lens, page_size, num_blocks) -> None:
@@ -263,7 +269,7 @@ def _online_softmax_step(q, k, v, allowed, m_i, l_i, acc, scale_log2,
 
 @triton.autotune(configs=_configs(), key=["HEAD_DIM", "BLOCK_M", "GROUP", "HAS_SPLITS", "batch_bucket", "context_bucket"],
                  prune_configs_by={"early_config_prune": _prune_configs})
-@triton.jit(do_not_specialize=["batch_bucket", "context_bucket"])
+@triton.jit(do_not_specialize=["page_size", "batch_bucket", "context_bucket"])
 def _tree_attention_kernel(
     Q, K_TREE, V_TREE, K_CACHE, V_CACHE, OUT, PART, LSE,
     TREE_OFFSETS, TREE_MASK, KV_LENS, BLOCK_TABLE,
@@ -275,12 +281,13 @@ def _tree_attention_kernel(
     stride_ot, stride_oh,              # out [T, Hq, D]
     stride_pt, stride_ph, stride_lt,   # partials [P, Hq, D] fp32; lse [P, Hq]
     num_kv_heads, scale_log2,
+    page_size,                         # positions per block (a run-time int: any capacity, no recompile)
     batch_bucket, context_bucket,      # autotune keys only (pow2 of batch and longest context)
     GROUP: tl.constexpr,        # query heads per KV head
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,      # rows (tree token × group head) per program, >= 16
     BLOCK_T: tl.constexpr,      # tree keys tile, >= max tree tokens, >= 16
-    PAGE_SIZE: tl.constexpr,    # 0: contiguous cache
+    PAGED: tl.constexpr,        # False: contiguous cache (page_size unused)
     HAS_SPLITS: tl.constexpr,   # some request is split: its programs write fp32 partials + lse
     UPCAST: tl.constexpr,       # interpreter: fp32 dots (bf16 tl.dot is wrong there)
     DOT_PRECISION: tl.constexpr,
@@ -317,9 +324,9 @@ def _tree_attention_kernel(
     for tile in range(tile_lo, tile_hi):
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         key_ok = keys < kv_len
-        if PAGE_SIZE > 0:
-            block = tl.load(BLOCK_TABLE + r.to(tl.int64) * stride_bt + keys // PAGE_SIZE, mask=key_ok, other=0)
-            base = block.to(tl.int64) * stride_cb + (keys % PAGE_SIZE).to(tl.int64) * stride_cs
+        if PAGED:
+            block = tl.load(BLOCK_TABLE + r.to(tl.int64) * stride_bt + keys // page_size, mask=key_ok, other=0)
+            base = block.to(tl.int64) * stride_cb + (keys % page_size).to(tl.int64) * stride_cs
         else:
             base = r.to(tl.int64) * stride_cb + keys.to(tl.int64) * stride_cs
         kv_ptrs = base[:, None] + h * stride_ch + d[None, :]
@@ -411,7 +418,16 @@ def _check_operands(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBat
 
 
 def _rows_per_program(rows: int) -> int:
-    return max(16, min(next_pow2(rows), MAX_ROWS_PER_PROGRAM))   # tl.dot needs >= 16
+    """64 or 128 rows on a GPU. Two sizes only (each is a compile per autotune config): padding a
+    smaller tree to 64 rows costs tensor-core work the memory-bound small trees have to spare. The
+    interpreter, which pays for every padded row in numpy, keeps 16-row steps below 64."""
+    if rows > MIN_ROWS_PER_PROGRAM:
+        return MAX_ROWS_PER_PROGRAM if rows > 64 else 64
+    return MIN_ROWS_PER_PROGRAM
+
+
+def _tree_tile(max_tree_tokens: int) -> int:
+    return 16 if max_tree_tokens <= 16 else MAX_TREE_TOKENS     # two sizes, as _rows_per_program
 
 
 def launch_grid(batch: TreeAttentionBatch, num_heads: int, num_kv_heads: int) -> tuple[int, int, int]:
@@ -424,8 +440,8 @@ def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatc
                    scale: float | None = None, num_splits: int | None = None, out=None) -> torch.Tensor:
     """Attention of every tree token over its prefix and ancestors (module docstring). Shape: out [T, Hq, D].
 
-    num_splits: the same prefix splits for every request, overriding the batch's plan (a
-    host-to-device copy per call: pass it to plan_tree_attention instead where that matters).
+    num_splits: the same prefix splits for every request, overriding the batch's plan (a host
+    round trip per call, `with_splits`: pass it to plan_tree_attention instead where that matters).
     Launches only device work (no host sync), so a CUDA graph can capture it once autotuned.
     """
     num_heads, num_kv, head_dim = _check_operands(q, k_tree, v_tree, k_cache, v_cache, batch)
@@ -449,7 +465,7 @@ def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatc
     lse = torch.empty((rows, num_heads) if has_splits else (1, 1), dtype=torch.float32, device=q.device)
     scale = head_dim ** -0.5 if scale is None else float(scale)
     block_table = batch.block_table if batch.paged else batch.kv_lens  # unused pointer when contiguous
-    page_size = k_cache.shape[1] if batch.paged else 0
+    page_size = k_cache.shape[1] if batch.paged else 1
     _tree_attention_kernel[grid](
         q, k_tree, v_tree, k_cache, v_cache, out, part, lse,
         batch.tree_offsets, batch.tree_mask, batch.kv_lens, block_table,
@@ -458,10 +474,10 @@ def tree_attention(q, k_tree, v_tree, k_cache, v_cache, batch: TreeAttentionBatc
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_table.stride(0), out.stride(0), out.stride(1),
         part.stride(0), part.stride(1), lse.stride(0),
-        num_kv, scale * math.log2(math.e),
+        num_kv, scale * math.log2(math.e), page_size,
         next_pow2(batch.batch_size), next_pow2(batch.max_kv_len),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m,
-        BLOCK_T=max(16, next_pow2(batch.max_tree_tokens)), PAGE_SIZE=page_size, HAS_SPLITS=has_splits,
+        BLOCK_T=_tree_tile(batch.max_tree_tokens), PAGED=batch.paged, HAS_SPLITS=has_splits,
         UPCAST=INTERPRET, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     if has_splits:

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import torch
 import transformers
+from echo_sim.cost.graphs import TokenBucketGraphs
 
 
 def tiny_qwen2(seed: int, vocab: int, layers: int = 2, hidden: int = 32, heads: int = 4, kv_heads: int = 2):
@@ -35,7 +36,7 @@ def tiny_pair_models(vocab: int, noise: float = 0.15):
     return target, draft
 
 
-class LinearCost:
+class LinearCost(TokenBucketGraphs):
     """A hand-written step-time model: 10 ms + 1 ms per verified token, 2 ms per draft level."""
 
     source = "test:linear"

@@ -16,6 +16,7 @@ import pytest
 
 from echo_sim import capacity
 from echo_sim.config import SimConfig
+from echo_sim.cost.graphs import TokenBucketGraphs
 from echo_sim.slo import SLOError, attainment, meets, parse_slo
 from echo_sim.testing import random_trace
 
@@ -23,7 +24,7 @@ STEP_S, SLOTS, OUTPUT = 0.01, 4, 5
 MU = SLOTS / (OUTPUT * STEP_S)  # 80 requests/s
 
 
-class ConstantStep:
+class ConstantStep(TokenBucketGraphs):
     source = "test:constant-10ms"
     graph_buckets = (1, 2, 4, 8, 16)
 

@@ -38,10 +38,11 @@ def test_every_preset_pair_loads_and_describes_itself():
     assert known_presets("hardware") == ["a100", "h100", "h200"]
     assert known_presets("models") == ["llama-3.1-8b", "qwen2.5-coder-1.5b", "qwen3-235b-a22b", "qwen3-8b"]
     for hardware in known_presets("hardware"):
-        for model in known_presets("models"):
-            cost = load_cost_model(hardware, model)
+        for model, mode in ((m, c) for m in known_presets("models") for c in ("roofline", "fitted")):
+            cost = load_cost_model(hardware, model, cost=mode)
             info = cost.describe()
-            assert info["source"] == cost.source == f"preset:{hardware}/{model}"
+            assert info["source"] == cost.source == f"{'preset' if mode == 'roofline' else 'fitted'}:{hardware}/{model}"
+            assert info["cost_model"] == mode
             assert (info["hardware"], info["model"], info["dtype"]) == (hardware, model, "bf16")
             assert info["tp"] == (8 if model == "qwen3-235b-a22b" else 1)
             assert cost.kv_capacity_tokens > 100_000 and cost.prefill_chunk_tokens > 0
@@ -78,7 +79,7 @@ def test_h200_dense_crossover_from_the_preset_numbers():
 
 
 def test_h200_dense_linears_turn_compute_bound_at_170_to_206_tokens():
-    target = load_cost_model("h200", "llama-3.1-8b").terms.target
+    target = load_cost_model("h200", "llama-3.1-8b", cost="roofline").terms.target
     v = np.arange(1, 401, dtype=float)
     linear = target.breakdown(v, 0.0, v, v)["linear"]
     slope = np.diff(linear)
@@ -88,7 +89,7 @@ def test_h200_dense_linears_turn_compute_bound_at_170_to_206_tokens():
 
 
 def test_small_verify_is_memory_bound_and_flat():
-    cost = load_cost_model("h200", "llama-3.1-8b")
+    cost = load_cost_model("h200", "llama-3.1-8b", cost="roofline")
     times = cost.verify_time(np.arange(1, 33), 1, 2000, eager=True)
     assert times.max() / times.min() < 1.03
     big = cost.verify_time(np.array([512, 1024, 2048]), 64, 64 * 200, eager=True)
@@ -107,7 +108,7 @@ def test_verify_time_is_monotone_in_v_and_kv(model, eager):
 
 
 def test_step_time_grows_with_batch_size_at_fixed_per_request_work():
-    cost = load_cost_model("h200", "llama-3.1-8b")
+    cost = load_cost_model("h200", "llama-3.1-8b", cost="roofline")
     times = []
     for bs in (1, 2, 4, 8, 16, 32, 64, 128, 256):
         kv, v = bs * 1500, bs * 8
@@ -116,7 +117,7 @@ def test_step_time_grows_with_batch_size_at_fixed_per_request_work():
 
 
 def test_draft_cost_levels_and_chain():
-    cost = load_cost_model("h200", "llama-3.1-8b")
+    cost = load_cost_model("h200", "llama-3.1-8b", cost="roofline")
     assert cost.draft_time(16, 0, 4) == 0.0
     assert cost.draft_time(16, 3, 4) < cost.draft_time(16, 4, 4) < cost.draft_time(16, 4, 8)
     assert cost.draft_time(16, 4, 4) < cost.draft_time(64, 4, 4)
@@ -129,7 +130,7 @@ def test_draft_cost_levels_and_chain():
 
 
 def test_moe_expert_union_matches_a_monte_carlo_count():
-    cost = load_cost_model("h200", "qwen3-235b-a22b")
+    cost = load_cost_model("h200", "qwen3-235b-a22b", cost="roofline")
     rng = np.random.default_rng(0)
     experts, active = 128, 8
 
@@ -146,7 +147,7 @@ def test_moe_expert_union_matches_a_monte_carlo_count():
 
 
 def test_bigger_moe_tree_at_small_batch_mostly_pays_extra_experts():
-    target = load_cost_model("h200", "qwen3-235b-a22b").terms.target
+    target = load_cost_model("h200", "qwen3-235b-a22b", cost="roofline").terms.target
     small, big = (target.breakdown(np.array([n]), 4000.0, np.array([n * 4000.0]), np.array([n]))
                   for n in (1.0, 16.0))
     extra = {k: big[k][0] - small[k][0] for k in small}
@@ -156,14 +157,14 @@ def test_bigger_moe_tree_at_small_batch_mostly_pays_extra_experts():
 def test_tensor_parallel_all_reduce_term():
     hw = preset_json("hardware", "h200")
     link, latency = value(hw["link_bytes_per_s"]), value(hw["allreduce_latency_s"])
-    moe = load_cost_model("h200", "qwen3-235b-a22b").terms.target
+    moe = load_cost_model("h200", "qwen3-235b-a22b", cost="roofline").terms.target
     tokens = 512.0
     by_hand = 94 * 2 * (2 * 7 / 8 * tokens * 4096 * 2 / link + latency)  # 94 layers, TP 8, bf16
     got = moe.breakdown(np.array([tokens]), 0.0, np.array([tokens]), np.array([tokens]))["allreduce"][0]
     assert math.isclose(got, by_hand, rel_tol=1e-9)
-    dense = load_cost_model("h200", "llama-3.1-8b").terms.target
+    dense = load_cost_model("h200", "llama-3.1-8b", cost="roofline").terms.target
     assert dense.breakdown(np.array([tokens]), 0.0, np.array([tokens]), np.array([tokens]))["allreduce"][0] == 0
-    tp1, tp2 = (load_cost_model("h200", "llama-3.1-8b", tp=tp).terms.target for tp in (1, 2))
+    tp1, tp2 = (load_cost_model("h200", "llama-3.1-8b", tp=tp, cost="roofline").terms.target for tp in (1, 2))
     big = np.array([4096.0])
     ratio = tp2.breakdown(big, 0.0, big, big)["linear"][0] / tp1.breakdown(big, 0.0, big, big)["linear"][0]
     assert 0.45 < ratio < 0.55  # compute-bound linears split across 2 GPUs
@@ -171,7 +172,7 @@ def test_tensor_parallel_all_reduce_term():
 
 def test_eager_pays_launches_and_graph_pads_to_buckets():
     hw = preset_json("hardware", "h200")
-    cost = load_cost_model("h200", "llama-3.1-8b")
+    cost = load_cost_model("h200", "llama-3.1-8b", cost="roofline")
     assert cost.graph_bucket(37) == 40 and cost.graph_bucket(40) == 40
     assert cost.graph_bucket(cost.graph_buckets[-1] + 1) is None
     graph, eager = cost.verify_time(np.array([40]), 4, 4000), cost.verify_time(np.array([40]), 4, 4000, eager=True)
@@ -186,7 +187,7 @@ def test_eager_pays_launches_and_graph_pads_to_buckets():
 
 
 def test_components_add_up_and_match_verify_time():
-    cost = load_cost_model("h200", "qwen3-8b")
+    cost = load_cost_model("h200", "qwen3-8b", cost="roofline")
     bs, v, kv = 32, 32 * 6, 32 * 3000
     shape = StepShape(bs, v, kv, v * (kv + v) // bs, 5, 4, prefill_tokens=2048, prefill_context=512)
     parts = cost.components(shape)
@@ -201,7 +202,7 @@ def test_components_add_up_and_match_verify_time():
 
 
 def test_verify_time_keeps_the_candidate_array_shape():
-    cost = load_cost_model()
+    cost = load_cost_model(cost="roofline")
     assert cost.verify_time(np.arange(1, 13).reshape(3, 4), 1, 100).shape == (3, 4)
     assert cost.verify_time(5, 1, 100).shape == ()
 

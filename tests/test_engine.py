@@ -18,6 +18,7 @@ from echo_sim.config import SimConfig, SimConfigError
 from echo_sim.engine import Simulation, build_simulation
 from echo_sim.traces.reader import on_path_acceptance
 from echo_sim.metrics import selected_extent
+from echo_sim.cost.graphs import TokenBucketGraphs
 from echo_sim.policies.base import DraftShape, Selection
 from echo_sim.policies.knobs import KnobbedPolicy
 from echo_sim.testing import random_trace
@@ -26,7 +27,7 @@ from echo_sim.trees import LatticeBatch
 from echo_sim.workload import RequestStream
 
 
-class ConstantCost:
+class ConstantCost(TokenBucketGraphs):
     """1 s per step + per_prefill_token s per prefill token; records every StepShape it prices."""
 
     source = "test:constant"

@@ -32,7 +32,8 @@ def test_run_json_has_the_fields_and_the_ar_speedup(trace_path, capsys):
     assert all(field in out for field in REQUIRED)
     assert out["policy"] == "echo" and out["concurrency"] == 3 and out["requests"] == 12
     assert "small.trace.npz (random -> random)" == out["acceptance_source"]
-    assert out["cost_source"] == "preset:h200/llama-3.1-8b"
+    assert out["cost_source"] == "fitted:h200/llama-3.1-8b" and out["cost_model"] == "fitted"
+    assert (out["prefill_mode"], out["verify_graphs"], out["moe_routing"]) == ("separate", "token-buckets", "uniform")
     trace = read_trace(trace_path)
     config = SimConfig(policy="echo", concurrency=3, requests=12, seed=4, trace=trace_path)
     echo = simulate(config, trace).metrics["output_tokens_per_s"]

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from echo_sim.cost.graphs import TokenBucketGraphs
 from echo_sim.policies.base import DraftShape, Outcome, StepContext
 from echo_sim.testing import full_trace, random_trace
 from echo_sim.trees import ROOT_PARENT, LatticeBatch, accepted_nodes
 
 
 @dataclass(frozen=True)
-class FakeCost:
+class FakeCost(TokenBucketGraphs):
     base: float = 1e-2
     per_token: float = 1e-5
     knee: int = 256

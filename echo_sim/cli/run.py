@@ -27,7 +27,15 @@ SHARED_OPTIONS = (
     ("--model", "model", str, "NAME",
      "target model preset: llama-3.1-8b, qwen3-8b, qwen3-235b-a22b, qwen2.5-coder-1.5b "
      "(default: llama-3.1-8b, or the calibration file's)"),
-    ("--calibration", "calibration", str, "FILE", "calibration file replacing the roofline (default: none)"),
+    ("--calibration", "calibration", str, "FILE", "calibration file; supersedes the presets and --cost (default: none)"),
+    ("--cost", "cost", str, "MODE", "preset step-time model: fitted, roofline (default: fitted where the hardware "
+     "has a fitted profile: a100, h100, h200)"),
+    ("--prefill-mode", "prefill_mode", str, "MODE", "serving knob: separate (prefill chunk as its own forward, "
+     "SGLang's EAGLE path) or mixed (chunked prefill in the verify forward)"),
+    ("--verify-graphs", "verify_graphs", str, "MODE", "serving knob: token-buckets or per-batch-size "
+     "(SGLang's EAGLE verify graphs, --graph-tokens per request)"),
+    ("--graph-tokens", "graph_tokens", int, "N", "tokens per request of per-batch-size verify graphs"),
+    ("--moe-routing", "moe_routing", str, "MODE", "serving knob: uniform or gini:G (expert load concentration)"),
     ("--max-batch", "max_batch", int, "N", "running requests at most"),
     ("--kv-capacity", "kv_capacity_tokens", int, "TOKENS", "KV-cache tokens (default: the cost preset's)"),
     ("--prefill-chunk", "prefill_chunk", int, "TOKENS",
@@ -48,6 +56,7 @@ SUMMARY = (
     ("TTFT p50", "ttft_p50", "{:.4f} s"), ("TPOT p50", "tpot_p50", "{:.5f} s"), ("TPOT p99", "tpot_p99", "{:.5f} s"),
     ("steps", "steps", "{}"), ("simulated", "simulated_seconds", "{:.2f} s"),
     ("acceptance source", "acceptance_source", "{}"), ("cost source", "cost_source", "{}"),
+    ("prefill mode", "prefill_mode", "{}"), ("verify graphs", "verify_graphs", "{}"), ("MoE routing", "moe_routing", "{}"),
     ("sim CPU", "sim_cpu_seconds", "{:.2f} s"),
 )
 
@@ -75,9 +84,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     if "policy" in args._simulation_options:
         return config.validate()
     config.validate_inputs()
-    from echo_sim.cost.model import load_cost_model  # an unknown preset fails here, before any output
-
-    load_cost_model(config.hardware, config.model, config.calibration)
+    config.load_cost()  # an unknown preset or knob fails here, before any output
     return config
 
 

@@ -316,20 +316,31 @@ class CalibratedTerms:
     def launch(self, eager):
         return np.where(eager, self.fit.verify.eager_s, 0.0)
 
-    def draft(self, batch_size: int, depth: int, width: int, kv_tokens: float) -> float:
+    def draft(self, batch_size: int, depth: int, width: int, kv_tokens: float, extend_tokens: int | None = None) -> float:
         if depth == 0:
             return 0.0
         if self.fit.draft is None:
             raise CostModelError(f"{self.calibration.path}: no draft was timed (fit.draft is null); "
                                  "it can only cost steps without drafting")
-        return self.fit.draft.time(batch_size, depth, width, kv_tokens)
+        return self.fit.draft.time(batch_size, depth, width, kv_tokens, extend_tokens)
+
+    def mixed_forward(self, tokens: float, batch_size: int, kv_tokens: float, pairs: float,
+                      prefill_tokens: int, prefill_context: int) -> float:
+        """Verify and a prefill chunk in one forward: the verify fit over V + P tokens (its LM head
+        term covers every token, so this overestimates by the chunk's logits)."""
+        chunk_pairs = prefill_tokens * prefill_context + prefill_tokens * (prefill_tokens + 1) / 2
+        return float(self.fit.verify.forward(np.array([tokens + prefill_tokens]), batch_size + 1,
+                                             kv_tokens + prefill_context, np.array([pairs + chunk_pairs]))[0])
+
+    def draft_prefill(self, tokens: int, context: int) -> float:
+        return 0.0 if tokens == 0 or self.fit.draft is None else self.fit.draft.prefill(tokens, context)
 
     def prefill(self, tokens: int, context: int, with_draft: bool = True) -> float:
         if tokens == 0:
             return 0.0
         seconds = self.fit.verify.prefill(tokens, context) + self.fit.verify.eager_s
-        if with_draft and self.fit.draft is not None:
-            seconds += self.fit.draft.prefill(tokens, context)
+        if with_draft:
+            seconds += self.draft_prefill(tokens, context)
         return seconds
 
     def scheduler(self, batch_size: int) -> float:

@@ -122,14 +122,17 @@ class DraftFit:
     level_curve: PiecewiseLinear | None = None  # "curve" form: seconds of one level by its tokens
     prefill_curve: PiecewiseLinear | None = None  # measured draft prefills by chunk tokens
 
-    def time(self, batch_size: int, depth: int, width: int, kv_tokens: float) -> float:
+    def time(self, batch_size: int, depth: int, width: int, kv_tokens: float,
+             first_tokens: int | None = None) -> float:
+        """Level 1 over first_tokens (default batch_size), levels 2..depth over batch_size·width."""
         if depth == 0:
             return 0.0
+        first_tokens = first_tokens or batch_size
         kv = depth * kv_tokens * self.per_level_kv_token_s
         if self.level_curve is not None:
-            first, rest = self.level_curve([batch_size, batch_size * width])
+            first, rest = self.level_curve([first_tokens, batch_size * width])
             return float(first + (depth - 1) * rest + kv)
-        tokens = batch_size + (depth - 1) * batch_size * width
+        tokens = first_tokens + (depth - 1) * batch_size * width
         return depth * self.per_level_s + tokens * self.per_token_s + kv
 
     def prefill(self, tokens: int, context: int) -> float:

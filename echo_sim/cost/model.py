@@ -14,6 +14,8 @@ CONTRACT (fixed; the engine and the policies build against it; the cost work fil
         eager: bool = False         the verify shape is not a captured graph
         prefill_draft: bool = True  the draft model prefills the chunk too (False: a policy that
                                     never drafts, e.g. ar, runs no draft model at all)
+        draft_extend_tokens: int = 0   tokens the draft's level 1 extends over: Σ_r (1 + accepted_r),
+                                    the tokens this step commits (0: batch_size, one per request)
 
     class CostModel:
         source: str                      "preset:h200/llama-3.1-8b" or "calibration:<path>"
@@ -31,15 +33,21 @@ CONTRACT (fixed; the engine and the policies build against it; the cost work fil
                         calibration: str | Path | None = None) -> CostModel
     class CostModelError(ValueError)   unknown preset (lists known ones), bad/NaN calibration file
 
-Additions beyond the contract: `draft_time(..., kv_tokens=0)` (the draft's attention reads the
-cached context too: pass ΣKV when known), `prefill_time`, `describe()`, `kv_capacity_tokens`,
-`prefill_chunk_tokens`, `load_cost_model(..., tp=None)`; `hardware`/`model` default to None,
-meaning h200 / llama-3.1-8b for presets and "whatever the file says" with a calibration.
+Additions beyond the contract: `draft_time(..., kv_tokens=0, extend_tokens=None)` (the draft's
+attention reads the cached context too: pass ΣKV when known), `prefill_time`, `describe()`,
+`serving_knobs()`, `executed_shape` (THE graph-bucket rule, echo_sim.cost.graphs),
+`kv_capacity_tokens`, `prefill_chunk_tokens`, `load_cost_model(..., tp=None, cost=None,
+knobs=None)`; `hardware`/`model` default to None, meaning h200 / llama-3.1-8b for presets and
+"whatever the file says" with a calibration. `cost`: "fitted" (the default where a fitted profile
+exists, echo_sim.cost.fitted) or "roofline"; a calibration supersedes both. `knobs`: the
+serving-engine knobs (echo_sim.cost.serving.ServingKnobs).
 
 T_step = T_prefill + T_draft + T_verify + T_overhead. Graph mode: a verify of V tokens runs the
 smallest captured bucket >= V (padding costs like real tokens) and pays one graph replay; a step
-marked eager, or with V above the largest bucket, runs V tokens and pays eager launches. Terms come
-from the roofline (cost_roofline.RooflineTerms) or from a calibration file
+marked eager, or with V above the largest bucket, runs V tokens and pays eager launches
+(echo_sim.cost.graphs: token buckets, or SGLang's per-batch-size EAGLE graphs). A prefill chunk
+runs as its own forward or mixed into the verify forward (knob prefill_mode). Terms come from the
+roofline (roofline.RooflineTerms, with or without fitted rates) or from a calibration file
 (calibration_file.CalibratedTerms).
 """
 
@@ -53,9 +61,12 @@ from pathlib import Path
 import numpy as np
 
 from echo_sim.cost.calibration_file import Calibration, CalibratedTerms, load_calibration
+from echo_sim.cost.fitted import FittedProfile, fitted_profile_path, load_fitted_profile
+from echo_sim.cost.graphs import GraphCapture, sglang_batch_sizes
 from echo_sim.cost.presets import (CostModelError, HardwareSpec, ModelSpec, load_hardware,
                                    load_model)
 from echo_sim.cost.roofline import RooflineTerms
+from echo_sim.cost.serving import ServingKnobs, check_cost_mode
 
 __all__ = ["StepShape", "CostModel", "CostModelError", "load_cost_model", "roofline_cost_model",
            "calibrated_cost_model"]
@@ -77,6 +88,7 @@ class StepShape:
     prefill_context: int = 0
     eager: bool = False
     prefill_draft: bool = True
+    draft_extend_tokens: int = 0
 
     def __post_init__(self):
         for name in _COUNT_FIELDS:
@@ -102,10 +114,13 @@ class CostModel:
     """T_step from a set of terms (roofline or calibration), with graph-bucket bookkeeping."""
 
     def __init__(self, terms, *, graph_buckets, source: str, description: dict,
-                 kv_capacity_tokens: int, prefill_chunk_tokens: int):
+                 kv_capacity_tokens: int, prefill_chunk_tokens: int, knobs: ServingKnobs | None = None,
+                 tp: int = 1):
         self.terms = terms
-        self.graph_buckets = tuple(int(b) for b in graph_buckets)
-        self._buckets = np.array(self.graph_buckets, dtype=float)
+        self.knobs = knobs or ServingKnobs()
+        self.graphs = GraphCapture(self.knobs.verify_graphs, tuple(int(b) for b in graph_buckets),
+                                   sglang_batch_sizes(tp) if graph_buckets else (), self.knobs.graph_tokens)
+        self.graph_buckets = self.graphs.token_sizes
         self.source = source
         self.kv_capacity_tokens = int(kv_capacity_tokens)
         self.prefill_chunk_tokens = int(prefill_chunk_tokens)
@@ -113,21 +128,28 @@ class CostModel:
         self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
 
     def describe(self) -> dict:
-        """What a result record stores about its cost source: source, hardware, model, dtype, tp."""
+        """What a result record stores about its cost source: source, hardware, model, dtype, tp, cost model."""
         return dict(self._description)
 
-    def graph_bucket(self, verify_tokens: int) -> int | None:
-        i = bisect_left(self.graph_buckets, verify_tokens)
-        return self.graph_buckets[i] if i < len(self.graph_buckets) else None
+    def serving_knobs(self) -> dict:
+        """The serving-engine knobs every result records (echo_sim.cost.serving)."""
+        return {"cost_model": self._description["cost_model"], **self.knobs.record()}
 
-    def _run_tokens(self, verify_tokens: np.ndarray, eager: bool):
+    def executed_shape(self, verify_tokens, batch_size: int, bucketing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens run int64, eager bool) per candidate V: the one graph-bucket rule (echo_sim.cost.graphs)."""
+        return self.graphs.executed(verify_tokens, batch_size, bucketing)
+
+    def graph_bucket(self, verify_tokens: int, batch_size: int = 1) -> int | None:
+        """The captured shape a verify of V tokens runs as, None when it runs eagerly."""
+        tokens, eager = self.graphs.executed([verify_tokens], batch_size)
+        return None if eager[0] else int(tokens[0])
+
+    def _run_tokens(self, verify_tokens: np.ndarray, batch_size: int, eager: bool):
         """(tokens the forward runs, eager mask). Shape: verify_tokens float [n] -> [n], bool [n]."""
-        if eager or not self.graph_buckets:
+        if eager:
             return verify_tokens, np.ones(verify_tokens.shape, dtype=bool)
-        index = np.searchsorted(self._buckets, verify_tokens, side="left")
-        in_graph = index < len(self._buckets)
-        padded = self._buckets[np.minimum(index, len(self._buckets) - 1)]
-        return np.where(in_graph, padded, verify_tokens), ~in_graph
+        tokens, eager_mask = self.graphs.executed(verify_tokens, batch_size)
+        return np.where(eager_mask, verify_tokens, tokens).astype(float), eager_mask
 
     def verify_time(self, verify_tokens, batch_size: int, kv_tokens: int, eager: bool = False) -> np.ndarray:
         """Seconds of verify + per-step overhead for each candidate V (no draft, no prefill).
@@ -140,40 +162,51 @@ class CostModel:
         requested = np.asarray(verify_tokens, dtype=float)
         if requested.size and not requested.min() >= batch_size:  # also catches NaN
             raise CostModelError(f"verify_time: every V must be >= batch_size {batch_size} (one root each)")
-        tokens, eager_mask = self._run_tokens(np.atleast_1d(requested).ravel(), eager)
+        tokens, eager_mask = self._run_tokens(np.atleast_1d(requested).ravel(), batch_size, eager)
         pairs = tokens * (kv_tokens + tokens) / batch_size
         seconds = (self.terms.verify_forward(tokens, batch_size, kv_tokens, pairs)
                    + self.terms.launch(eager_mask) + self.terms.scheduler(batch_size))
         return seconds.reshape(requested.shape)
 
-    def draft_time(self, batch_size: int, depth: int, width: int, kv_tokens: int = 0) -> float:
-        """Seconds to draft `depth` levels of `width` for `batch_size` requests (0 when depth is 0)."""
+    def draft_time(self, batch_size: int, depth: int, width: int, kv_tokens: int = 0,
+                   extend_tokens: int | None = None) -> float:
+        """Seconds to draft `depth` levels of `width` for `batch_size` requests (0 when depth is 0).
+        Level 1 extends over `extend_tokens` (default batch_size: one per request)."""
         if depth < 0 or (depth > 0 and (batch_size < 1 or width < 1)):
             raise CostModelError(f"draft_time: impossible shape bs={batch_size} depth={depth} width={width}")
-        key = (batch_size, depth, width, kv_tokens)
+        extend = batch_size if not extend_tokens else max(int(extend_tokens), batch_size)
+        key = (batch_size, depth, width, kv_tokens, extend)
         if self._last_draft[0] != key:
-            self._last_draft = (key, float(self.terms.draft(batch_size, depth, width, kv_tokens)))
+            self._last_draft = (key, float(self.terms.draft(batch_size, depth, width, kv_tokens, extend)))
         return self._last_draft[1]
 
     def prefill_time(self, prefill_tokens: int, prefill_context: int = 0, with_draft: bool = True) -> float:
         """Seconds of one prefill chunk of `prefill_tokens` over `prefill_context` cached tokens
-        (target, plus the draft's prefill of the same chunk when `with_draft`)."""
+        (target, plus the draft's prefill of the same chunk when `with_draft`), as its own forward."""
         if prefill_tokens < 0 or prefill_context < 0:
             raise CostModelError(f"prefill_time: negative tokens ({prefill_tokens}, {prefill_context})")
         return float(self.terms.prefill(prefill_tokens, prefill_context, with_draft))
 
     def components(self, shape: StepShape) -> dict[str, float]:
         """Seconds of prefill, draft, verify and overhead (scheduler + launch) for one step."""
-        parts = {"prefill": self.prefill_time(shape.prefill_tokens, shape.prefill_context, shape.prefill_draft),
+        mixed = self.knobs.prefill_mode == "mixed" and shape.batch_size > 0 and shape.prefill_tokens > 0
+        parts = {"prefill": 0.0 if mixed else self.prefill_time(shape.prefill_tokens, shape.prefill_context,
+                                                                 shape.prefill_draft),
                  "draft": 0.0, "verify": 0.0, "overhead": float(self.terms.scheduler(shape.batch_size))}
         if shape.batch_size == 0:
             return parts
         requested = np.array([float(shape.verify_tokens)])
-        tokens, eager_mask = self._run_tokens(requested, shape.eager)
+        tokens, eager_mask = self._run_tokens(requested, shape.batch_size, shape.eager or mixed)
         pairs = shape.attention_pairs * tokens / requested  # padding costs like the real tokens
         parts["draft"] = self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width,
-                                         shape.kv_tokens)
-        parts["verify"] = float(self.terms.verify_forward(tokens, shape.batch_size, shape.kv_tokens, pairs)[0])
+                                         shape.kv_tokens, shape.draft_extend_tokens)
+        if mixed:  # one forward over the verify tokens and the chunk; the draft extends over the chunk too
+            parts["verify"] = float(self.terms.mixed_forward(tokens[0], shape.batch_size, shape.kv_tokens, pairs[0],
+                                                             shape.prefill_tokens, shape.prefill_context))
+            if shape.prefill_draft:
+                parts["prefill"] = float(self.terms.draft_prefill(shape.prefill_tokens, shape.prefill_context))
+        else:
+            parts["verify"] = float(self.terms.verify_forward(tokens, shape.batch_size, shape.kv_tokens, pairs)[0])
         parts["overhead"] += float(self.terms.launch(eager_mask)[0])
         return parts
 
@@ -181,42 +214,61 @@ class CostModel:
         return sum(self.components(shape).values())
 
 
-def roofline_cost_model(hardware: HardwareSpec, model: ModelSpec, tp: int | None = None) -> CostModel:
-    """A roofline CostModel from specs (presets, or specs built in code for cross-checks)."""
+def roofline_cost_model(hardware: HardwareSpec, model: ModelSpec, tp: int | None = None,
+                        fitted: FittedProfile | None = None, knobs: ServingKnobs | None = None) -> CostModel:
+    """A roofline CostModel from specs (presets, or specs built in code for cross-checks); with a
+    fitted profile, the roofline with fitted rates."""
     tp = model.tensor_parallel if tp is None else tp
-    terms = RooflineTerms(hardware, model, tp)
-    source = f"preset:{hardware.name}/{model.name}" + ("" if tp == model.tensor_parallel else f"@tp{tp}")
+    knobs = knobs or ServingKnobs()
+    terms = RooflineTerms(hardware, model, tp, fitted.rates if fitted else None, knobs.routing)
+    kind = "fitted" if fitted else "preset"
+    source = f"{kind}:{hardware.name}/{model.name}" + ("" if tp == model.tensor_parallel else f"@tp{tp}")
     description = {"hardware": hardware.name, "model": model.name,
-                   "draft": model.draft.name if model.draft else None, "dtype": model.dtype, "tp": tp}
+                   "draft": model.draft.name if model.draft else None, "dtype": model.dtype, "tp": tp,
+                   "cost_model": "fitted" if fitted else "roofline"}
+    if fitted:
+        description["fitted_profile"] = fitted.path
     return CostModel(terms, graph_buckets=hardware.graph_buckets, source=source, description=description,
                      kv_capacity_tokens=terms.kv_capacity_tokens(),
-                     prefill_chunk_tokens=hardware.prefill_chunk_tokens)
+                     prefill_chunk_tokens=hardware.prefill_chunk_tokens, knobs=knobs, tp=tp)
 
 
-def calibrated_cost_model(calibration: Calibration) -> CostModel:
+def calibrated_cost_model(calibration: Calibration, knobs: ServingKnobs | None = None) -> CostModel:
     description = {"hardware": calibration.hardware, "model": calibration.model,
-                   "draft": calibration.draft_model, "dtype": calibration.dtype, "tp": calibration.tp}
+                   "draft": calibration.draft_model, "dtype": calibration.dtype, "tp": calibration.tp,
+                   "cost_model": "calibration"}
     return CostModel(CalibratedTerms(calibration), graph_buckets=calibration.graph_buckets,
                      source=f"calibration:{calibration.path}", description=description,
                      kv_capacity_tokens=calibration.kv_capacity_tokens,
-                     prefill_chunk_tokens=calibration.prefill_chunk_tokens)
+                     prefill_chunk_tokens=calibration.prefill_chunk_tokens, knobs=knobs, tp=calibration.tp)
 
 
 def load_cost_model(hardware: str | None = None, model: str | None = None,
-                    calibration: str | Path | None = None, tp: int | None = None) -> CostModel:
-    """A preset roofline (defaults h200 / llama-3.1-8b), or a calibration file's fitted model.
+                    calibration: str | Path | None = None, tp: int | None = None,
+                    cost: str | None = None, knobs: ServingKnobs | None = None) -> CostModel:
+    """A preset model (defaults h200 / llama-3.1-8b; fitted where a fitted profile exists, or
+    cost="roofline"), or a calibration file's fitted model (it supersedes the presets).
 
     With a calibration, `hardware`, `model` and `tp` may be omitted; if given they must match the
-    file (a mismatch is an error, never silently ignored).
+    file (a mismatch is an error, never silently ignored); `cost` must then be None.
     """
+    check_cost_mode(cost)
     if calibration is None:
         if tp is not None and tp < 1:
             raise CostModelError(f"tensor parallel degree {tp} must be >= 1")
-        return roofline_cost_model(load_hardware(hardware or DEFAULT_HARDWARE),
-                                   load_model(model or DEFAULT_MODEL), tp)
+        name = hardware or DEFAULT_HARDWARE
+        profile_path = fitted_profile_path(name) if cost != "roofline" else None
+        if cost == "fitted" and profile_path is None:
+            raise CostModelError(f"cost 'fitted': no fitted profile for hardware {name!r} "
+                                 "(echo_sim/presets/fitted/); use cost 'roofline'")
+        fitted = load_fitted_profile(profile_path) if profile_path else None
+        return roofline_cost_model(load_hardware(name), load_model(model or DEFAULT_MODEL), tp, fitted, knobs)
+    if cost is not None:
+        raise CostModelError(f"cost {cost!r} and a calibration file: the calibration supersedes the presets, "
+                             "give one or the other")
     loaded = load_calibration(calibration)
     for name, asked, recorded in (("hardware", hardware, loaded.hardware), ("model", model, loaded.model),
                                   ("tp", tp, loaded.tp)):
         if asked is not None and asked != recorded:
             raise CostModelError(f"{calibration}: {name} is {recorded!r}, but {asked!r} was asked for")
-    return calibrated_cost_model(loaded)
+    return calibrated_cost_model(loaded, knobs)

@@ -12,6 +12,9 @@ Per GPU of a tensor-parallel group, per layer, for a forward over T new tokens:
     LM head         a vocab-parallel linear over the tokens that need logits (+ logits all-gather)
     fixed           layers × kernels × kernel_floor (minimum duration of every kernel)
 
+With fitted rates (echo_sim.cost.fitted) the same terms use the achieved-rate curves, GEMM floors,
+element-wise ops, fitted all-reduce latency and eager per-layer host time instead.
+
 Bytes are in the model's dtype; every byte read or written is charged against one bandwidth
 (the measured copy rate, counted read + write). Launch overhead (graph replay vs eager
 launches) is separate: `RooflineTerms.launch`.
@@ -23,7 +26,9 @@ import math
 
 import numpy as np
 
+from echo_sim.cost.fitted import FittedRates
 from echo_sim.cost.presets import CostModelError, HardwareSpec, ModelSpec, NetworkSpec
+from echo_sim.cost.routing import ExpertRouting, UNIFORM
 
 EXTRA_KERNELS = 4  # per forward outside the layers: embedding, final norm, LM head, argmax
 TABLE_LIMIT = 1 << 17  # token counts tabulated at most (verify and draft forwards stay far below)
@@ -58,8 +63,10 @@ class NetworkCost:
     Everything that does not depend on the tokens is precomputed here, once per cost model.
     """
 
-    def __init__(self, net: NetworkSpec, hw: HardwareSpec, tp: int, bytes_per_param: int):
+    def __init__(self, net: NetworkSpec, hw: HardwareSpec, tp: int, bytes_per_param: int,
+                 rates: FittedRates | None = None, routing: ExpertRouting = UNIFORM):
         self.net, self.hw, self.tp, self.bpp = net, hw, tp, bytes_per_param
+        self.rates, self.routing = rates, routing
         self.q_heads = net.num_heads / tp
         self.kv_heads = math.ceil(net.num_kv_heads / tp)  # replicated when fewer heads than ranks
         q_out, kv_out = self.q_heads * net.head_dim, 2 * self.kv_heads * net.head_dim
@@ -86,7 +93,20 @@ class NetworkCost:
         self.embedding_s_per_token = h * bytes_per_param / hw.memory_bytes_per_s
         self.layer_kernels = net.kernels_per_layer + (2 if tp > 1 else 0)
         self.kernel_count = net.num_layers * self.layer_kernels + EXTRA_KERNELS
-        self.fixed_s = self.kernel_count * hw.kernel_floor_s
+        # Element-wise traffic per token per layer: 2 norms (read + write h), 2 residual adds
+        # (read 2h, write h), RoPE on q and k, the activation (read up_out, write width).
+        act_width = width * (net.experts_per_token if net.is_moe else 1)
+        act_up = up_out * (net.experts_per_token if net.is_moe else 1)
+        self.elementwise_bytes_per_token = (4 * h + 6 * h + 2 * (q_out + kv_out / 2) + act_up + act_width) * bytes_per_param
+        if rates is None:
+            self.fixed_s = self.kernel_count * hw.kernel_floor_s
+            self.eager_s = self.kernel_count * hw.kernel_launch_s
+            self.elementwise_s_per_token = 0.0
+        else:
+            self.fixed_s = net.num_layers * rates.elementwise_layer_s + EXTRA_KERNELS * hw.kernel_floor_s
+            self.eager_s = net.num_layers * rates.eager_layer_s + EXTRA_KERNELS * hw.kernel_launch_s
+            self.elementwise_s_per_token = (net.num_layers * self.elementwise_bytes_per_token
+                                            / (hw.memory_bytes_per_s * rates.elementwise_fraction))
         self._token_terms = TokenTable(self._token_only_seconds)
         self._input_fc = TokenTable(lambda t: self._linear(t, self.fc_param_array, self.fc_act_array))
         self._logits = TokenTable(self._lm_head)
@@ -94,30 +114,46 @@ class NetworkCost:
     def _roofline(self, flops, bytes_moved):
         return np.maximum(flops / self.hw.matmul_flops_per_s, bytes_moved / self.hw.memory_bytes_per_s)
 
+    def _gemm(self, flops, bytes_moved, gemm_flops, weight_bytes, kernels=1.0):
+        """One GEMM kernel (or `kernels` grouped ones): the roofline, or with fitted rates the
+        achieved-rate curves at this GEMM's size (gemm_flops, weight_bytes of one GEMM) + floors."""
+        if self.rates is None:
+            return self._roofline(flops, bytes_moved)
+        rates, hw = self.rates, self.hw
+        return (np.maximum(flops / (hw.matmul_flops_per_s * rates.flops(gemm_flops)),
+                           bytes_moved / (hw.memory_bytes_per_s * rates.bandwidth(weight_bytes)))
+                + kernels * rates.gemm_floor_s)
+
+    def _linear_each(self, t, params, act):
+        """Shape: t [n, 1], params/act [ops] -> [n, ops] seconds of each linear."""
+        flops = 2.0 * params * t
+        return self._gemm(flops, (params + t * act) * self.bpp, flops, params * self.bpp)
+
     def _linear(self, tokens, params, act):
         """Shape: tokens [n], params/act [ops] -> [n] seconds summed over the ops."""
-        t = tokens[:, None]
-        return self._roofline(2.0 * params * t, (params + t * act) * self.bpp).sum(axis=1)
+        return self._linear_each(tokens[:, None], params, act).sum(axis=1)
 
     def linear_ops(self, tokens) -> np.ndarray:
         """Seconds of each dense linear of ONE layer. Shape: tokens [n] -> [n, ops]; ops in order
         qkv, o, then gate_up, down (dense) or router (MoE)."""
         t = np.atleast_1d(np.asarray(tokens, dtype=float))[:, None]
-        return self._roofline(2.0 * self.linear_params * t,
-                              (self.linear_params + t * self.linear_act) * self.bpp)
+        return self._linear_each(t, self.linear_params, self.linear_act)
 
     def _experts(self, tokens):
         net = self.net
-        union = net.num_experts * (1.0 - (1.0 - net.experts_per_token / net.num_experts) ** tokens)
+        union = self.routing.distinct_experts(tokens, net.num_experts, net.experts_per_token)
         routed = tokens * net.experts_per_token
-        return self._roofline(2.0 * routed * self.expert_params,
-                              (union * self.expert_params + routed * self.expert_act) * self.bpp)
+        flops = 2.0 * routed * self.expert_params
+        per_expert = flops / np.maximum(union, 1.0)  # one expert's GEMM: its share of the routed tokens
+        return self._gemm(flops, (union * self.expert_params + routed * self.expert_act) * self.bpp,
+                          per_expert, self.expert_params * self.bpp, kernels=2.0)
 
     def _allreduce(self, tokens):
         if self.tp == 1:
             return np.zeros_like(tokens)
         ring = 2.0 * (self.tp - 1) / self.tp * tokens * self.net.hidden_size * self.bpp
-        return ring / self.hw.link_bytes_per_s + self.hw.allreduce_latency_s
+        latency = self.hw.allreduce_latency_s if self.rates is None else self.rates.allreduce_latency_s(self.tp)
+        return ring / self.hw.link_bytes_per_s + latency
 
     def _lm_head(self, logits_tokens):
         out = self._linear(logits_tokens, self.lm_param_array, self.lm_act_array)
@@ -139,7 +175,7 @@ class NetworkCost:
             "attention": layers * attention,
             "lm_head": self._lm_head(np.broadcast_to(np.asarray(logits_tokens, dtype=float), tokens.shape)),
             "embedding": tokens * self.embedding_s_per_token,
-            "fixed": np.full_like(tokens, self.fixed_s),
+            "fixed": self.fixed_s + tokens * self.elementwise_s_per_token,
         }
         parts["experts"] = layers * self._experts(tokens) if self.net.is_moe else np.zeros_like(tokens)
         parts["allreduce"] = layers * 2.0 * self._allreduce(tokens)
@@ -158,15 +194,19 @@ class NetworkCost:
         return {name: np.where(active, value, 0.0) for name, value in parts.items()}
 
     def _attention(self, tokens, kv_tokens, pairs):
-        return self._roofline(self.attention_flops_per_pair * np.asarray(pairs, dtype=float),
-                              (np.asarray(kv_tokens, dtype=float) + tokens) * self.kv_bytes_per_token
-                              + tokens * self.qo_bytes_per_token)
+        flops = self.attention_flops_per_pair * np.asarray(pairs, dtype=float)
+        bytes_moved = ((np.asarray(kv_tokens, dtype=float) + tokens) * self.kv_bytes_per_token
+                       + tokens * self.qo_bytes_per_token)
+        if self.rates is None:
+            return self._roofline(flops, bytes_moved)
+        return np.maximum(flops / (self.hw.matmul_flops_per_s * self.rates.attention_flops_fraction),
+                          bytes_moved / (self.hw.memory_bytes_per_s * self.rates.attention_bandwidth_fraction))
 
     def _token_only_seconds(self, tokens):
         """Seconds [n] of every term that depends on the token count alone (not KV, not logits)."""
         layers = self.net.num_layers
         total = layers * self._linear(tokens, self.linear_params, self.linear_act)
-        total = total + tokens * self.embedding_s_per_token + self.fixed_s
+        total = total + tokens * (self.embedding_s_per_token + self.elementwise_s_per_token) + self.fixed_s
         if self.net.is_moe:
             total = total + layers * self._experts(tokens)
         return total + layers * 2.0 * self._allreduce(tokens)
@@ -195,13 +235,14 @@ class NetworkCost:
 class RooflineTerms:
     """The four terms of T_step from presets: verify forward, launch, draft, prefill, scheduler."""
 
-    def __init__(self, hw: HardwareSpec, model: ModelSpec, tp: int):
-        self.hw, self.model, self.tp = hw, model, tp
-        self.target = NetworkCost(model.target, hw, tp, model.bytes_per_param)
-        self.draft_net = (NetworkCost(model.draft, hw, tp, model.bytes_per_param)
+    def __init__(self, hw: HardwareSpec, model: ModelSpec, tp: int, rates: FittedRates | None = None,
+                 routing: ExpertRouting = UNIFORM):
+        self.hw, self.model, self.tp, self.rates = hw, model, tp, rates
+        self.target = NetworkCost(model.target, hw, tp, model.bytes_per_param, rates, routing)
+        self.draft_net = (NetworkCost(model.draft, hw, tp, model.bytes_per_param, rates, routing)
                           if model.draft is not None else None)
-        self.target_eager_s = self.target.kernel_count * hw.kernel_launch_s
-        self.draft_eager_s = self.draft_net.kernel_count * hw.kernel_launch_s if self.draft_net else 0.0
+        self.target_eager_s = self.target.eager_s
+        self.draft_eager_s = self.draft_net.eager_s if self.draft_net else 0.0
 
     def verify_forward(self, tokens, batch_size: int, kv_tokens: float, pairs):
         """Seconds [n] of the target forward over `tokens` [n] (every token needs logits)."""
@@ -211,8 +252,17 @@ class RooflineTerms:
         """Seconds [n]: eager launches (layers × kernels × launch latency) or one graph replay."""
         return np.where(eager, self.target_eager_s, self.hw.graph_launch_s)
 
-    def draft(self, batch_size: int, depth: int, width: int, kv_tokens: float) -> float:
-        """Level 1 over bs tokens (with EAGLE-3's input fc), levels 2..S over bs·k tokens each.
+    def mixed_forward(self, tokens: float, batch_size: int, kv_tokens: float, pairs: float,
+                      prefill_tokens: int, prefill_context: int) -> float:
+        """One target forward over the verify tokens and a prefill chunk (prefill_mode "mixed"):
+        logits for the verify tokens and the chunk's last token."""
+        chunk_pairs = prefill_tokens * prefill_context + prefill_tokens * (prefill_tokens + 1) / 2
+        return float(self.target.forward(tokens + prefill_tokens, kv_tokens + prefill_context,
+                                         pairs + chunk_pairs, tokens + 1.0)[0])
+
+    def draft(self, batch_size: int, depth: int, width: int, kv_tokens: float, extend_tokens: int | None = None) -> float:
+        """Level 1 extends over `extend_tokens` (default bs: the tokens committed last step, with
+        EAGLE-3's input fc), levels 2..S over bs·k tokens each.
 
         Each level is one graph-replayed draft forward; its tokens attend to their request's cached
         context plus the tree drafted so far (pairs ≈ tokens·(KV/bs + level)).
@@ -222,10 +272,17 @@ class RooflineTerms:
         if self.draft_net is None:
             raise CostModelError(f"model preset {self.model.name!r} has no draft")
         level = np.arange(1, depth + 1, dtype=float)
-        tokens = np.where(level == 1, batch_size, batch_size * width).astype(float)
+        tokens = np.where(level == 1, extend_tokens or batch_size, batch_size * width).astype(float)
         pairs = tokens * (kv_tokens / batch_size + level)
         seconds = self.draft_net.forward(tokens, kv_tokens, pairs, tokens, with_input_fc=level == 1)
         return float(seconds.sum() + depth * self.hw.graph_launch_s)
+
+    def draft_prefill(self, tokens: int, context: int) -> float:
+        """The draft's forward over a prompt chunk, without launch costs (0 without a draft)."""
+        if tokens == 0 or self.draft_net is None:
+            return 0.0
+        pairs = tokens * context + tokens * (tokens + 1) / 2
+        return float(self.draft_net.forward(tokens, context, pairs, 1.0, True)[0])
 
     def prefill(self, tokens: int, context: int, with_draft: bool = True) -> float:
         """A prompt chunk over its cached prefix, eagerly launched, plus (with_draft) the draft's
@@ -235,7 +292,7 @@ class RooflineTerms:
         pairs = tokens * context + tokens * (tokens + 1) / 2  # causal
         seconds = self.target.forward(tokens, context, pairs, 1.0)[0] + self.target_eager_s
         if with_draft and self.draft_net is not None:
-            seconds += self.draft_net.forward(tokens, context, pairs, 1.0, True)[0] + self.draft_eager_s
+            seconds += self.draft_prefill(tokens, context) + self.draft_eager_s
         return float(seconds)
 
     def scheduler(self, batch_size: int) -> float:

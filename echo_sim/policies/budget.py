@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from echo_sim.policies.common import executed_shape, step_seconds
+from echo_sim.policies.common import step_seconds
 
 
 def top_values(values: np.ndarray, count: int) -> np.ndarray:
@@ -37,7 +37,7 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
         values = top_values(confidence, window)
         gains = np.concatenate(([0.0], np.cumsum(values)))
         budgets = np.arange(window + 1)
-        executed, eager = executed_shape(cost.graph_buckets, batch_size + budgets, bucketing)
+        executed, eager = cost.executed_shape(batch_size + budgets, batch_size, bucketing)
         filled = np.minimum(executed - batch_size, window)
         seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + draft_seconds
         rates = (batch_size + gains[filled]) / seconds

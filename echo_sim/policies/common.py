@@ -1,4 +1,5 @@
-"""Pieces several policies share: per-request top-m, graph-bucket fitting, confidences check."""
+"""Pieces several policies share: per-request top-m, graph-bucket fitting (through the cost model's
+one rule, CostModel.executed_shape), confidences check."""
 
 from __future__ import annotations
 
@@ -70,29 +71,6 @@ def _top_ragged(lattices: LatticeBatch, quota: np.ndarray, eligible: np.ndarray 
     return chosen
 
 
-def executed_shape(
-    graph_buckets, verify_tokens: np.ndarray, bucketing: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """(executed tokens int64, eager bool) for candidate V values, vectorised.
-
-    bucketing=True: V is padded up to the smallest captured bucket >= V (graph replay); above the
-    largest bucket it runs as is, eagerly. bucketing=False: V runs as is, eagerly unless it happens
-    to equal a captured bucket.
-    """
-    verify_tokens = np.asarray(verify_tokens, dtype=np.int64)
-    buckets = np.asarray(graph_buckets, dtype=np.int64)
-    if len(buckets) == 0:
-        return verify_tokens.copy(), np.ones(verify_tokens.shape, dtype=bool)
-    slot = np.searchsorted(buckets, verify_tokens)  # smallest bucket >= V
-    bucket = buckets[np.minimum(slot, len(buckets) - 1)]
-    fits = slot < len(buckets)
-    fits |= verify_tokens == 0  # an empty step runs nothing: no bucket, no eager launches
-    bucket = np.where(verify_tokens == 0, 0, bucket)
-    if bucketing:
-        return np.where(fits, bucket, verify_tokens), ~fits
-    return verify_tokens.copy(), ~(fits & (bucket == verify_tokens))
-
-
 def step_seconds(
     cost, verify_tokens: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int
 ) -> np.ndarray:
@@ -110,7 +88,7 @@ def fitted_selection(cost, nodes: np.ndarray, batch_size: int, drafts: int, **fi
 
     Fixed-shape policies run captured graphs, as SGLang pads a batch to its captured size.
     """
-    executed, eager = executed_shape(cost.graph_buckets, np.array([batch_size + drafts]))
+    executed, eager = cost.executed_shape(np.array([batch_size + drafts]), batch_size)
     return Selection(
         nodes=nodes,
         padding=int(executed[0]) - batch_size - drafts,

@@ -32,7 +32,7 @@ import numpy as np
 from echo_sim.policies.base import TRACE_LIMIT, DraftShape, Outcome, Selection, StepContext
 from echo_sim.policies.calibration import CalibrationCurve
 from echo_sim.policies.budget import goodput_budget
-from echo_sim.policies.common import executed_shape, require_confidences
+from echo_sim.policies.common import require_confidences
 from echo_sim.policies.knobs import KnobbedPolicy, check_range
 from echo_sim.trees import ROOT_PARENT, LatticeBatch, running_min, supertree_gate, supertree_select
 
@@ -129,7 +129,7 @@ class EchoPolicy(KnobbedPolicy):
     def _fit_bucket(self, budget: int, eligible: int, bs: int, context: StepContext) -> tuple[int, int, bool]:
         """(nodes to select, padding tokens, eager) for this budget and bucketing mode."""
         drafts = min(budget, eligible)
-        executed, eager = executed_shape(context.cost.graph_buckets, np.array([bs + drafts]), self.bucketing)
+        executed, eager = context.cost.executed_shape(np.array([bs + drafts]), bs, self.bucketing)
         if not self.bucketing or eager[0]:
             return drafts, 0, bool(eager[0])
         capacity = int(executed[0]) - bs

@@ -27,7 +27,7 @@ from typing import ClassVar
 import numpy as np
 
 from echo_sim.policies.base import DraftShape, Outcome, Selection, StepContext
-from echo_sim.policies.common import executed_shape, step_seconds
+from echo_sim.policies.common import step_seconds
 from echo_sim.policies.knobs import KnobbedPolicy, check_range
 from echo_sim.policies.static import static_chain
 from echo_sim.trees import LatticeBatch
@@ -41,7 +41,7 @@ def expected_tokens(alpha: float, lengths: np.ndarray) -> np.ndarray:
 def chain_goodput(cost, alpha: float, k_max: int, batch_size: int, kv_tokens: int) -> np.ndarray:
     """float [k_max + 1]: expected committed tokens per second for chain lengths 0 … k_max."""
     lengths = np.arange(k_max + 1)
-    executed, eager = executed_shape(cost.graph_buckets, batch_size * (1 + lengths))
+    executed, eager = cost.executed_shape(batch_size * (1 + lengths), batch_size)
     seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens)
     seconds += np.array([cost.draft_time(batch_size, int(k), 1, kv_tokens=kv_tokens) if k else 0.0 for k in lengths])
     return batch_size * expected_tokens(alpha, lengths) / seconds

@@ -1,0 +1,91 @@
+"""Which verify shapes run as a captured CUDA graph: THE graph-bucket rule (serving knob `verify_graphs`).
+
+Every policy and the cost model ask `GraphCapture.executed` (through `CostModel.executed_shape`):
+
+- `token-buckets` (default): graphs captured per total token count (the hardware preset's 83
+  buckets 1…8192, or a calibration's). V runs as the smallest bucket >= V (padding costs like real
+  tokens); above the largest bucket it runs eagerly as V tokens.
+- `per-batch-size`: what SGLang captures for EAGLE: one verify graph per captured batch size b,
+  of b·N tokens (N = `--speculative-num-draft-tokens`, fixed). A step of bs requests runs the graph
+  of the smallest captured b >= bs: V <= b runs b tokens (a decode step without drafts), V <= b·N
+  runs b·N tokens; anything larger, or bs above the largest captured b, runs eagerly. (A ragged
+  tree whose largest request exceeds N tokens would also run eagerly in SGLang; the step's total
+  is all this rule sees.)
+
+bucketing=False (a policy that does not pad): V runs as is, eagerly unless V equals the graph shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from echo_sim.cost.presets import CostModelError
+
+VERIFY_GRAPHS = ("token-buckets", "per-batch-size")
+# SGLang's default CUDA-graph batch sizes (cuda_graph_runner / server_args: [1, 2, 4, 8, 12] and
+# multiples of 8 from 16, then multiples of 16 past 256) up to --cuda-graph-max-bs: 256 at TP < 4,
+# 512 at TP >= 4 on 80-160 GB GPUs.
+SGLANG_BATCH_SIZES = (1, 2, 4, 8, 12, *range(16, 257, 8), *range(272, 513, 16))
+DEFAULT_TOKENS_PER_REQUEST = 16  # N: SGLang's EAGLE verify graphs in the presets' note (256 x 16 = 4096)
+
+
+def sglang_batch_sizes(tp: int) -> tuple[int, ...]:
+    top = 512 if tp >= 4 else 256
+    return tuple(b for b in SGLANG_BATCH_SIZES if b <= top)
+
+
+@dataclass(frozen=True)
+class GraphCapture:
+    """The captured verify shapes. mode 'token-buckets' uses token_buckets; 'per-batch-size' uses
+    batch_sizes x tokens_per_request. No buckets / batch sizes: every step runs eagerly."""
+
+    mode: str
+    token_buckets: tuple[int, ...] = ()
+    batch_sizes: tuple[int, ...] = ()
+    tokens_per_request: int = DEFAULT_TOKENS_PER_REQUEST
+
+    def __post_init__(self):
+        if self.mode not in VERIFY_GRAPHS:
+            raise CostModelError(f"verify_graphs {self.mode!r}; known: {', '.join(VERIFY_GRAPHS)}")
+        if self.tokens_per_request < 1:
+            raise CostModelError(f"graph tokens per request {self.tokens_per_request} must be >= 1")
+
+    @property
+    def token_sizes(self) -> tuple[int, ...]:
+        """Token counts of the captured graphs (sorted)."""
+        if self.mode == "token-buckets":
+            return self.token_buckets
+        return tuple(sorted({b for b in self.batch_sizes} | {b * self.tokens_per_request for b in self.batch_sizes}))
+
+    def executed(self, verify_tokens, batch_size: int, bucketing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens the forward runs int64, eager bool) for candidate V values. Shape: [n] -> [n], [n].
+        V = 0 (an empty step) runs nothing and is not eager."""
+        v = np.atleast_1d(np.asarray(verify_tokens, dtype=np.int64))
+        graph = np.where(v == 0, 0, self._graph_tokens(v, batch_size))  # 0 where no graph holds V
+        fits = (graph > 0) | (v == 0)
+        if bucketing:
+            return np.where(graph > 0, graph, v), ~fits
+        return v.copy(), ~(fits & ((graph == v) | (v == 0)))
+
+    def _graph_tokens(self, v: np.ndarray, batch_size: int) -> np.ndarray:
+        if self.mode == "token-buckets":
+            buckets = np.asarray(self.token_buckets, dtype=np.int64)
+            if len(buckets) == 0:
+                return np.zeros_like(v)
+            slot = np.searchsorted(buckets, v)
+            return np.where(slot < len(buckets), buckets[np.minimum(slot, len(buckets) - 1)], 0)
+        sizes = [b for b in self.batch_sizes if b >= batch_size]
+        if not sizes:
+            return np.zeros_like(v)
+        b = sizes[0]
+        return np.where(v <= b, b, np.where(v <= b * self.tokens_per_request, b * self.tokens_per_request, 0))
+
+
+class TokenBucketGraphs:
+    """Mixin for hand-written cost models (tests, benchmarks) with a `graph_buckets` attribute:
+    the same graph rule as CostModel.executed_shape, over token buckets."""
+
+    def executed_shape(self, verify_tokens, batch_size: int, bucketing: bool = True):
+        return GraphCapture("token-buckets", tuple(self.graph_buckets)).executed(verify_tokens, batch_size, bucketing)
