@@ -380,11 +380,11 @@ class SimResult:
 def build_simulation(config: SimConfig, trace: TraceSet | None = None, policy=None, cost=None) -> Simulation:
     """A ready-to-run Simulation; trace, policy and cost default to what the config names."""
     config.validate_load()
-    config.validate_inputs(need_trace_file=trace is None)
     if trace is None:
-        from echo_sim.traces.format import read_trace
+        from echo_sim.trace_cache import trace_for  # read once per process (or the Ray worker's copy)
 
-        trace = read_trace(config.trace_path())
+        trace = trace_for(config)
+    config.validate_inputs(need_trace_file=False)
     if cost is None:
         cost = config.load_cost()
     if policy is None:

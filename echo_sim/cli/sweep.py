@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,14 +28,19 @@ from echo_sim.traces.format import read_trace
 from echo_sim.config import SimConfig
 from echo_sim.engine import simulate
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
+from echo_sim.cli.execution import add_executor_arguments, open_executor
 from echo_sim.cli.run import add_simulation_arguments, config_from_args
+from echo_sim.slo import LATENCY_FIELDS, attainment, format_slo, headroom, meets, parse_slo
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SUMMARY_FIELDS = (
-    "policy", "concurrency", "rate", "workload", "seed", "requests", "output_tokens_per_s",
-    "speedup_vs_ar", "mean_accepted_tokens", "verified_tokens_per_step", "waste", "ttft_p50",
-    "tpot_p50", "tpot_p99", "sim_cpu_seconds", "acceptance_source", "cost_source",
+    "policy", "concurrency", "rate", "workload", "hardware", "model", "seed", "requests",
+    "output_tokens_per_s", "speedup_vs_ar", "mean_accepted_tokens", "verified_tokens_per_step", "waste",
+    *LATENCY_FIELDS, "requests_per_s", "slo", "slo_attainment", "slo_goodput", "slo_headroom", "meets_slo",
+    "sim_cpu_seconds", "acceptance_source", "cost_source",
 )
+# Open-loop sweeps rank policies by SLO attainment; these targets unless --slo says otherwise.
+DEFAULT_OPEN_LOOP_SLO = "ttft_p90=1s,tpot_p99=50ms"
 
 
 def parse_list(text: str, kind, name: str) -> list:
@@ -77,19 +81,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workloads", default=None, help="comma-separated workloads (default: the one --workload names)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give error bars (default: 0)")
     parser.add_argument("--out", default="sweep-out", help="output folder (default: sweep-out)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: the CPU count, here %(default)s)")
     parser.add_argument("--step-log", action="store_true", help="write per-step records to DIR/steps/ (default: off)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (default: plots are drawn)")
+    parser.add_argument("--slo", default=None,
+                        help="latency targets for SLO attainment, e.g. ttft_p90=1s,tpot_p99=50ms (default with "
+                             f"--rates: {DEFAULT_OPEN_LOOP_SLO}; open-loop sweeps recommend by attainment)")
+    add_executor_arguments(parser)
     add_simulation_arguments(parser, sweep=True)
 
 
 @dataclass(frozen=True)
 class GridPoint:
     config: SimConfig
+    slo: str | None = None  # canonical targets (slo.format_slo); attainment is computed with them
 
     @property
     def key(self) -> str:
-        text = json.dumps(asdict(self.config), sort_keys=True, default=str)
+        identity = asdict(self.config) if self.slo is None else {**asdict(self.config), "slo": self.slo}
+        text = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -107,9 +116,9 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
         loads = [("rate", rate) for rate in parse_list(args.rates, float, "rates")]
     else:
         loads = [("concurrency", c) for c in parse_list(args.concurrency, int, "concurrency")]
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     trace = read_trace(base.trace_path())  # once: every point replays the same trace
+    slo_text = args.slo or (DEFAULT_OPEN_LOOP_SLO if args.rates else None)
+    slo = format_slo(parse_slo(slo_text)) if slo_text else None
     points = []
     for workload in workloads:
         for seed in seeds:
@@ -118,7 +127,7 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
                     config = replace(base, policy=spec, workload=workload, seed=seed,
                                      step_log=args.step_log, **{field: value})
                     check_point(config, trace)  # everything a worker could fail on, before any write
-                    points.append(GridPoint(config))
+                    points.append(GridPoint(config, slo))
     return points
 
 
@@ -126,6 +135,11 @@ def compute_point(point: GridPoint) -> tuple[dict, bytes | None]:
     """Worker side (pure): the point's metrics record and, with --step-log, its steps as parquet."""
     result = simulate(point.config)
     record = dict(result.metrics, key=point.key, config=asdict(point.config))
+    if point.slo is not None:
+        targets = parse_slo(point.slo)
+        share = attainment(result.requests, targets)
+        record.update(slo=point.slo, slo_attainment=share, slo_goodput=record["requests_per_s"] * share,
+                      slo_headroom=headroom(record, targets), meets_slo=meets(record, targets))
     steps = None
     if point.config.step_log and result.steps is not None:
         steps = result.steps.to_parquet(index=False)
@@ -176,9 +190,12 @@ def write_outputs(table: pd.DataFrame, out: Path, plots: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     points = build_grid(args)  # all validation happens before anything is written
     out = Path(args.out)
-    table = tidy(run_grid(points, out, args.jobs))
+    with open_executor(args, points[0].config) as executor:
+        table = tidy(run_grid(points, out, executor=executor))
     write_outputs(table, out, plots=not args.no_plots)
     print(recommend.format_table(table))
+    print()
+    print(recommend.format_latency_table(table))
     print()
     print(recommend.format_recommendations(table))
     print(f"\nwrote {out}/results.parquet, summary.csv" + ("" if args.no_plots else ", plots"), file=sys.stderr)
