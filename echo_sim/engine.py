@@ -239,7 +239,8 @@ class Simulation:
         if draft.depth <= 0:
             lattices = empty_lattices(self.trace.spine_run[positions])
         else:
-            lattices = self._reader.read(positions, min(draft.depth, self.trace.depth))
+            # the nodes a width-k' drafter grows (beam-exact; a chain, width 1, replays the spine)
+            lattices = self._reader.read_beam(positions, draft.depth, draft.width).lattices
         kv_lens = batch.prompt_len + batch.position
         context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width)
         selection = self.policy.select(lattices, context)
