@@ -55,6 +55,8 @@ class DecodeBatch:
         prompt_len   prompt tokens
         trace_start  global trace position of its trace request's position 0
         trace_len    positions of its trace request (t reads t mod trace_len)
+        draft_lag    committed tokens the draft model has not seen: steps without drafting add
+                     what they commit; the next drafting step's level-1 forward runs them (catch-up)
     """
 
     request: np.ndarray
@@ -63,17 +65,19 @@ class DecodeBatch:
     prompt_len: np.ndarray
     trace_start: np.ndarray
     trace_len: np.ndarray
+    draft_lag: np.ndarray
 
     @classmethod
     def empty(cls) -> "DecodeBatch":
-        return cls(*(np.zeros(0, dtype=np.int64) for _ in range(6)))
+        return cls(*(np.zeros(0, dtype=np.int64) for _ in range(7)))
 
     @property
     def size(self) -> int:
         return len(self.request)
 
     def columns(self) -> tuple[np.ndarray, ...]:
-        return (self.request, self.position, self.output_len, self.prompt_len, self.trace_start, self.trace_len)
+        return (self.request, self.position, self.output_len, self.prompt_len, self.trace_start, self.trace_len,
+                self.draft_lag)
 
     def keep(self, mask: np.ndarray) -> "DecodeBatch":
         return DecodeBatch(*(column[mask] for column in self.columns()))
@@ -98,6 +102,7 @@ class DecodePlan:
     drafted: np.ndarray
     oracle_depth: np.ndarray
     verify: dict
+    draft_levels: tuple[int, ...] | None  # tokens per draft level when not the uniform shape's
 
 
 def executed_draft(draft: DraftShape, trace: TraceSet) -> DraftShape:
@@ -122,6 +127,7 @@ class Simulation:
         self.requests = RequestLog(stream.prompt_len, stream.output_len, stream.trace_request)
         self.steps = StepLog(detail=config.step_log)
         self._reader = LatticeReader(trace)
+        self.inexact_reads = self.on_path_cuts = 0  # request-steps whose narrow read is inexact (beam.py)
         self._drafts = policy.draft.depth > 0  # as the runtime: a policy that never drafts runs no draft model
         self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
         self._trace_len = trace.output_len[stream.trace_request].astype(np.int64)
@@ -210,9 +216,11 @@ class Simulation:
         """
         start = self.env.now
         chunks = self._plan_prefill()
-        plan = self._plan_decode() if self._batch.size else None
+        plan = self._plan_decode(chunks) if self._batch.size else None
         shape = self._step_shape(plan, chunks)
         parts = self.cost.components(shape)
+        if plan is not None and plan.draft_levels is not None:
+            parts["draft"] = self.cost.ragged_draft_time(shape.batch_size, plan.draft_levels, shape.kv_tokens)
         yield self.env.timeout(sum(parts.values()))
         if plan is not None:
             self.policy.observe(Outcome(plan.lattices, plan.selection, plan.accepted, plan.accepted_depth))
@@ -232,18 +240,35 @@ class Simulation:
             budget -= take
         return chunks
 
-    def _plan_decode(self) -> DecodePlan:
+    def _plan_decode(self, chunks) -> DecodePlan:
         batch = self._batch
         draft = executed_draft(self.policy.draft, self.trace)
         positions = batch.trace_start + batch.position % batch.trace_len
+        frontier = None
         if draft.depth <= 0:
             lattices = empty_lattices(self.trace.spine_run[positions])
         else:
             # the nodes a width-k' drafter grows (beam-exact; a chain, width 1, replays the spine)
-            lattices = self._reader.read_beam(positions, draft.depth, draft.width).lattices
+            read = self._reader.read_beam(positions, draft.depth, draft.width)
+            lattices, frontier = read.lattices, read.frontier
+            if read.exactness is not None:
+                self.inexact_reads += int(np.count_nonzero(read.exactness.incomplete_level))
+                self.on_path_cuts += int(np.count_nonzero(read.exactness.on_path_cut_level))
         kv_lens = batch.prompt_len + batch.position
-        context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width)
+        prefill_seconds = self.cost.prefill_time(sum(take for _, take, _ in chunks),
+                                                 sum(cached for _, _, cached in chunks), self._drafts)
+
+        def on_path_depth(width: int) -> np.ndarray:  # the shape-best oracle's view of narrower drafts
+            narrow = self._reader.read_beam(positions, self.trace.depth, width).lattices
+            return on_path_acceptance(narrow, np.zeros(narrow.num_nodes, dtype=bool))[2]
+
+        context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width,
+                              prefill_seconds=prefill_seconds, frontier=frontier,
+                              catch_up=int(batch.draft_lag.sum()) if draft.depth > 0 else 0,
+                              on_path_depth=on_path_depth)
         selection = self.policy.select(lattices, context)
+        if selection.drafted is not None:
+            draft = selection.drafted
         accepted, accepted_depth, oracle_depth = on_path_acceptance(lattices, selection.nodes)
         if selection.chain is not None:  # chains replay the spine (TRACES.md "Chains")
             accepted_depth = np.minimum(lattices.spine_run, selection.chain)
@@ -260,7 +285,17 @@ class Simulation:
         )
         committed = np.minimum(accepted_depth + 1, batch.output_len - batch.position)
         return DecodePlan(lattices, selection, accepted, accepted_depth.astype(np.int64), committed, drafted,
-                          oracle_depth, verify)
+                          oracle_depth, verify, self._draft_levels(draft, selection, context.catch_up))
+
+    def _draft_levels(self, draft, selection, catch_up: int) -> tuple[int, ...] | None:
+        """Tokens of each draft forward when they differ from the uniform shape's (bs, bs·k', …):
+        echo's ragged levels, and the catch-up tokens that join level 1 after steps without drafting."""
+        if draft.depth <= 0 or (selection.draft_level_tokens is None and catch_up == 0):
+            return None
+        bs = self._batch.size
+        levels = list(selection.draft_level_tokens or [bs] + [bs * draft.width] * (draft.depth - 1))
+        levels[0] += catch_up
+        return tuple(levels)
 
     def _step_shape(self, plan: DecodePlan | None, chunks) -> StepShape:
         prefill_tokens = sum(take for _, take, _ in chunks)
@@ -282,6 +317,10 @@ class Simulation:
         log.verified_draft[ids] += plan.drafted
         log.oracle_depth[ids] += plan.oracle_depth
         batch.position += plan.committed
+        if plan.verify["draft_depth"] > 0:
+            batch.draft_lag[:] = 0
+        elif self._drafts:  # the draft model did not run: it has the committed tokens to catch up on
+            batch.draft_lag += plan.committed
         done = batch.position >= batch.output_len
         if done.any():
             for request in ids[done]:
@@ -305,6 +344,7 @@ class Simulation:
             self._batch = self._batch.extend(DecodeBatch(
                 ids, np.ones(len(ids), dtype=np.int64), self.stream.output_len[ids],
                 self.stream.prompt_len[ids], self._trace_start[ids], self._trace_len[ids],
+                np.zeros(len(ids), dtype=np.int64),
             ))
 
     def _finish(self, request: int) -> None:
@@ -349,7 +389,9 @@ class Simulation:
         steps = self.steps.frame()
         metrics = compute_metrics(requests, steps, self.config.concurrency
                                   if self.config.arrival_mode == "closed" else None)
-        metrics = {**self._identity(), **metrics, "sim_cpu_seconds": float("nan")}
+        request_steps = max(int(requests["decode_steps"].sum()), 1)
+        metrics = {**self._identity(), **metrics, "inexact_read_share": self.inexact_reads / request_steps,
+                   "on_path_cut_share": self.on_path_cuts / request_steps, "sim_cpu_seconds": float("nan")}
         return SimResult(metrics=metrics, requests=requests, steps=steps if self.config.step_log else None)
 
     def _identity(self) -> dict:

@@ -31,7 +31,9 @@ CONTRACT (fixed; the engine and the policies build against it; the cost work fil
                         calibration: str | Path | None = None) -> CostModel
     class CostModelError(ValueError)   unknown preset (lists known ones), bad/NaN calibration file
 
-Additions beyond the contract: `draft_time(..., kv_tokens=0)` (the draft's attention reads the
+Additions beyond the contract: `ragged_draft_time(batch_size, level_tokens, kv_tokens)` (a draft
+whose levels run different token counts: echo's expand gate, catch-up after steps without
+drafting), `draft_time(..., kv_tokens=0)` (the draft's attention reads the
 cached context too: pass ΣKV when known), `prefill_time`, `describe()`, `kv_capacity_tokens`,
 `prefill_chunk_tokens`, `load_cost_model(..., tp=None)`; `hardware`/`model` default to None,
 meaning h200 / llama-3.1-8b for presets and "whatever the file says" with a calibration.
@@ -154,6 +156,21 @@ class CostModel:
         if self._last_draft[0] != key:
             self._last_draft = (key, float(self.terms.draft(batch_size, depth, width, kv_tokens)))
         return self._last_draft[1]
+
+    def ragged_draft_time(self, batch_size: int, level_tokens, kv_tokens: int = 0) -> float:
+        """Seconds of a draft whose level l forward runs level_tokens[l-1] tokens (level 1: the
+        roots plus any catch-up tokens; level l >= 2: the frontier nodes expanded at level l-1),
+        each level one graph-replayed forward. Each level costs what it adds to draft_time at its
+        token count, so uniform levels give draft_time exactly."""
+        tokens = [float(t) for t in level_tokens]
+        if batch_size < 1 or not tokens or min(tokens) <= 0:
+            raise CostModelError(f"ragged_draft_time: impossible shape bs={batch_size} levels={tokens}")
+        seconds = float(self.terms.draft(tokens[0], 1, 1, kv_tokens))  # catch-up tokens: more rows
+        for level, count in enumerate(tokens[1:], start=2):
+            width = count / batch_size
+            seconds += float(self.terms.draft(batch_size, level, width, kv_tokens)
+                             - self.terms.draft(batch_size, level - 1, width, kv_tokens))
+        return seconds
 
     def prefill_time(self, prefill_tokens: int, prefill_context: int = 0, with_draft: bool = True) -> float:
         """Seconds of one prefill chunk of `prefill_tokens` over `prefill_context` cached tokens
