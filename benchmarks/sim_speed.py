@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from echo_sim.atomic import write_text_atomic  # noqa: E402
 from echo_sim.config import SimConfig  # noqa: E402
 from echo_sim.paths import DEFAULT_TRACE_GLOB, TRACES_DIR  # noqa: E402
+from echo_sim.testing import full_trace  # noqa: E402
 from echo_sim.traces.format import TraceSet  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -42,81 +43,13 @@ TARGET_REQUESTS_PER_CPU_S = 1600
 TARGET_PEAK_BYTES = 2 * 1024**3
 
 
-def sorted_probs(rng: np.random.Generator, rows: int, k: int, alpha: float) -> np.ndarray:
-    """float32 [rows, k]: the k most likely next tokens' probabilities, descending (mass < 1)."""
-    gamma = rng.gamma(alpha, size=(rows, k + 1))
-    probs = gamma / gamma.sum(axis=1, keepdims=True)
-    return -np.sort(-probs[:, :k], axis=1)
-
-
-def pick_child(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
-    """int [rows]: the target's token among these children, chosen with the draft's probability
-    (a calibrated draft); k when it is none of them."""
-    return (rng.random(len(probs))[:, None] >= np.cumsum(probs, axis=1)).sum(axis=1)
-
-
-def synthetic_trace(seed: int = 0, requests: int = 32, positions: int = 1024, k: int = 4, depth: int = 6,
-                    alpha: float = 0.25) -> TraceSet:
-    """A TraceSet whose lattices follow TRACES.md's growth rule, vectorised over all positions.
-
-    Layout per position (as echo_runtime.lattice): level 1 at 0…k-1; level l >= 2 at
-    k + (l-2)k² + p·k + c for frontier slot p (best first) and child rank c.
-    """
-    rng = np.random.default_rng(seed)
-    count = requests * positions
-    m = k + (depth - 1) * k * k
-    parent = np.full((count, m), -1, dtype=np.int32)
-    level = np.zeros((count, m), dtype=np.int32)
-    cond = np.zeros((count, m), dtype=np.float32)
-    score = np.zeros((count, m), dtype=np.float32)
-    on_path = np.zeros((count, m), dtype=bool)
-    rows = np.arange(count)
-    cond[:, :k] = score[:, :k] = sorted_probs(rng, count, k, alpha)
-    level[:, :k] = 1
-    hit = pick_child(rng, cond[:, :k])
-    on_path[rows[hit < k], hit[hit < k]] = True
-    frontier = np.tile(np.arange(k), (count, 1))  # local index of each frontier slot
-    for depth_l in range(2, depth + 1):
-        base = k + (depth_l - 2) * k * k
-        cols = slice(base, base + k * k)
-        child = sorted_probs(rng, count * k, k, alpha).reshape(count, k, k)
-        cond[:, cols] = child.reshape(count, k * k)
-        score[:, cols] = (np.take_along_axis(score, frontier, axis=1)[:, :, None] * child).reshape(count, k * k)
-        parent[:, cols] = np.repeat(frontier, k, axis=1)
-        level[:, cols] = depth_l
-        on_slot = np.take_along_axis(on_path, frontier, axis=1)  # which frontier node is on-path
-        has = on_slot.any(axis=1)
-        slot = on_slot.argmax(axis=1)
-        pick = pick_child(rng, child[rows, slot])
-        ok = has & (pick < k)
-        on_path[rows[ok], base + slot[ok] * k + pick[ok]] = True
-        best = np.argsort(-score[:, cols], axis=1, kind="stable")[:, :k]
-        frontier = base + best
-    rank = np.where(hit < k, hit, np.where(rng.random(count) < 0.5, rng.integers(k, 16, count), -1))
-    offsets = np.arange(count + 1, dtype=np.int64) * m
-    lengths = np.full(requests, positions, dtype=np.int32)
-    header = {"format_version": 1, "generator": "benchmarks/sim_speed.py synthetic_trace", "width": k,
-              "depth": depth, "draft_model": f"synthetic(alpha={alpha})", "target_model": "synthetic",
-              "decoding": "greedy", "absent_columns": ["target_prob"]}
-    return TraceSet(
-        header=header, request_ids=[f"s{i}" for i in range(requests)],
-        prompt_len=np.full(requests, 128, dtype=np.int32), output_len=lengths,
-        position_offsets=np.arange(requests + 1, dtype=np.int64) * positions,
-        target_token=np.zeros(count, dtype=np.int32), draft_rank=rank.astype(np.int16),
-        draft_prob=np.zeros(count, dtype=np.float32), node_offsets=offsets,
-        node_token=np.tile(np.arange(m, dtype=np.int32), count), node_parent=parent.ravel(),
-        node_depth=level.ravel(), node_cond_prob=cond.ravel(), node_score=score.ravel(),
-        node_on_path=on_path.ravel(), path="synthetic",
-    )
-
-
 def acceptance_trace() -> tuple[TraceSet, str]:
     shipped = sorted(TRACES_DIR.glob(DEFAULT_TRACE_GLOB))
     if shipped:
         from echo_sim.traces.format import read_trace
 
         return read_trace(shipped[0]), str(shipped[0].relative_to(REPO))
-    return synthetic_trace(), "synthetic (benchmarks/sim_speed.py synthetic_trace, k=4, S=6, 32x1024 positions)"
+    return full_trace(), "synthetic (echo_sim.testing.full_trace, k=4, S=6, 32x1024 positions)"
 
 
 def measure(policy: str, requests: int) -> dict:
@@ -175,7 +108,7 @@ def breakdown(policy: str, requests: int) -> dict:
     start = time.process_time()
     simulation.run()
     total = time.process_time() - start
-    steps = len(simulation.steps.rows)
+    steps = len(simulation.steps.records)
     parts = {f"policy.{k}" if k != "components" else "cost.components": v for k, v in spent.items()}
     parts["engine (rest)"] = total - sum(spent.values())
     return {"policy": policy, "requests": requests, "steps": steps,

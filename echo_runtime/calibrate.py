@@ -258,9 +258,9 @@ def measure_overhead(pair: Pair, cost, steps: int, batch_sizes: tuple[int, ...],
         engine = LiveEngine(pair.target, pair.draft, make_policy("static"), cost, RuntimeConfig(bs, kernels=cuda, clock=clock),
                             ModelSignals(use_kernel=cuda), pair.device)
         for step in engine.run(specs).steps:
-            if step["batch"]:
-                rows.append([1.0, step["batch"]])
-                seconds.append(step.get("select_s", 0.0) + step.get("commit_s", 0.0))
+            if step.batch_size:
+                rows.append([1.0, step.batch_size])
+                seconds.append(step.laps.get("select_s", 0.0) + step.laps.get("commit_s", 0.0))
     coef = np.linalg.lstsq(np.array(rows), np.array(seconds), rcond=None)[0]
     if coef[1] < 0:  # no measurable growth with the batch: a constant
         return float(np.mean(seconds)), 0.0

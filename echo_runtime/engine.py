@@ -16,6 +16,7 @@ the next step on. The closed-loop client of a finished request sends its next re
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +28,8 @@ from echo_runtime.forward import chain_row, next_token_logits, tree_forward
 from echo_runtime.kv_cache import KVCache
 from echo_runtime.timing import Clock
 from echo_runtime.verify import VerifyTree, build_tree
-from echo_sim.policies.base import TRACE_LIMIT, DraftShape, Outcome, Selection, StepContext
+from echo_sim.policies.base import DraftShape, Outcome, Selection, StepContext
+from echo_sim.step import StepRecord, executed_draft, policy_drafts, verify_shape
 from echo_sim.trees import LatticeBatch
 
 
@@ -83,7 +85,7 @@ class RunRecord:
     from the run's start)."""
 
     requests: list[LiveRequest]
-    steps: list[dict]
+    steps: list[StepRecord]
     policy: str
     concurrency: int
 
@@ -93,9 +95,9 @@ class LiveEngine:
                  device: str = "cpu") -> None:
         self.target, self.draft, self.policy, self.cost = target, draft, policy, cost
         self.config, self.signals, self.device = config, signals, torch.device(device)
-        self.uses_draft = policy.draft.depth > 0
-        if getattr(policy, "name", "") == "oracle" and not signals.uses_trace:
-            raise ValueError("policy 'oracle' reads the target's future output (lattice on_path): "
+        self.uses_draft = policy_drafts(policy)
+        if policy.needs_future and not signals.uses_trace:
+            raise ValueError(f"policy {policy.name!r} reads the target's future output (lattice on_path): "
                              "it runs in the simulator or in a trace replay, not live")
         self.dtype = next(target.parameters()).dtype
         self.clock = Clock(self.device, config.clock)
@@ -114,7 +116,7 @@ class LiveEngine:
         admitted_count = 0
         active: list[LiveRequest] = []
         finished: list[LiveRequest] = []
-        steps: list[dict] = []
+        steps: list[StepRecord] = []
         while admitted_count < len(requests) or active:
             free = sorted(set(range(slots)) - {q.slot for q in active})
             admitted = requests[admitted_count: min(arrived, admitted_count + len(free))]
@@ -124,21 +126,21 @@ class LiveEngine:
             record = self.step(active, admitted)
             steps.append(record)
             for request in [q for q in active + admitted if q.done]:
-                request.finish_time = record["end"]
+                request.finish_time = record.end
                 self.target_cache.release(request.slot)
                 if self.draft_cache is not None:
                     self.draft_cache.release(request.slot)
                 finished.append(request)
                 if arrived < len(requests):  # its client sends the next request at once
-                    requests[arrived].arrival = record["end"]
+                    requests[arrived].arrival = record.end
                     arrived += 1
             active = [q for q in active + admitted if not q.done]
             if progress is not None:
                 progress(len(finished))
         finished.sort(key=lambda q: q.index)
-        return RunRecord(finished, steps, getattr(self.policy, "name", "?"), slots)
+        return RunRecord(finished, steps, self.policy.name, slots)
 
-    def step(self, running: list[LiveRequest], admitted: list[LiveRequest]) -> dict:
+    def step(self, running: list[LiveRequest], admitted: list[LiveRequest]) -> StepRecord:
         """One engine step (module docstring). Returns the step's record."""
         watch = self.clock.stopwatch()
         begin = self.clock.now() - self.start
@@ -147,16 +149,16 @@ class LiveEngine:
         if admitted:
             self._prefill(admitted)
         watch.mark("prefill")
-        record = {"begin": begin, "batch": len(running), "prefill_tokens": int(sum(len(q.prompt) for q in admitted)),
-                  "prefill_context": 0, "kv_tokens": int(sum(len(q.prompt) + q.position for q in running))}
+        record = StepRecord(begin, begin, batch_size=len(running),
+                            prefill_tokens=int(sum(len(q.prompt) for q in admitted)),
+                            kv_tokens=int(sum(len(q.prompt) + q.position for q in running)))
         if running:
-            record.update(self._decode(running, watch))
-        end = self.clock.now() - self.start
-        record["wall_s"] = time.perf_counter() - wall_begin
+            self._decode(running, watch, record)
+        record.end = self.clock.now() - self.start
         for request in admitted:
-            request.admitted_time, request.first_token_time = begin, end
-        laps = watch.laps()
-        record.update({"end": end, "seconds": end - begin, **{f"{k}_s": v for k, v in laps.items()}})
+            request.admitted_time, request.first_token_time = begin, record.end
+        record.laps = {**{f"{k}_s": v for k, v in watch.laps().items()}, "wall_s": time.perf_counter() - wall_begin}
+        record.draft_time = record.laps.get("draft_s", 0.0)
         return record
 
     # ---- phases ---------------------------------------------------------------------------
@@ -174,7 +176,7 @@ class LiveEngine:
             request.draft_pending = np.array(request.output, dtype=np.int64)
             request.done = self._finished(request)
 
-    def _decode(self, running: list[LiveRequest], watch) -> dict:
+    def _decode(self, running: list[LiveRequest], watch, record: StepRecord) -> None:
         shape = self._draft_shape()
         slots = np.array([q.slot for q in running], dtype=np.int64)
         grown = None
@@ -191,18 +193,16 @@ class LiveEngine:
         argmax = next_token_logits(self.target, hidden).argmax(dim=-1)
         walks = self.signals.accept(lattices, selection, running, trees, argmax)
         watch.mark("verify")
-        verified = np.array([1 + t.selected for t in trees], dtype=np.int64)
         kv = np.array([len(q.prompt) + q.position for q in running], dtype=np.int64)
-        before = [q.position for q in running]
+        record.verify_tokens, record.attention_pairs = verify_shape(kv, [t.selected for t in trees], selection.padding)
+        record.rows = tuple((q.index, q.position) for q in running)
         outcome, committed = self._commit(running, lattices, selection, trees, walks, grown)
-        per_request = [q.position - b for q, b in zip(running, before)]
         self.policy.observe(outcome)
         watch.mark("commit")
-        return {"verify_tokens": int(sum(len(t.tokens) for t in trees)), "selected": int(sum(t.selected for t in trees)),
-                "padding": int(selection.padding), "eager": bool(selection.eager),
-                "accepted": int(outcome.accepted_depth.sum()), "committed": committed,
-                "draft_depth": shape.depth, "draft_width": shape.width,
-                "budget": selection.budget, "attention_pairs": int(np.dot(verified, kv + verified)), "rows": [(q.index, q.position - c) for q, c in zip(running, per_request)]}
+        record.selected, record.padding = int(sum(t.selected for t in trees)), int(selection.padding)
+        record.budget = math.nan if selection.budget is None else float(selection.budget)
+        record.eager, record.draft_depth, record.draft_width = bool(selection.eager), shape.depth, shape.width
+        record.accepted, record.committed = int(outcome.accepted_depth.sum()), committed
 
     def _commit(self, running, lattices: LatticeBatch, selection: Selection, trees: list[VerifyTree],
                 walks, grown) -> tuple[Outcome, int]:
@@ -239,14 +239,8 @@ class LiveEngine:
 
     # ---- helpers --------------------------------------------------------------------------
     def _draft_shape(self) -> DraftShape:
-        """The policy's shape; "as much as the trace holds" (TRACE_LIMIT) and trees are clamped to
-        the configured lattice (a chain, width 1, is not clamped)."""
-        shape = self.policy.draft
-        if shape.depth == 0:
-            return shape
-        if shape.width == 1:
-            return DraftShape(depth=min(shape.depth, TRACE_LIMIT - 1), width=1)
-        return DraftShape(depth=min(shape.depth, self.config.depth), width=min(shape.width, self.config.width))
+        """The policy's shape as executed on the configured lattice (echo_sim.step.executed_draft)."""
+        return executed_draft(self.policy.draft, self.config.depth, self.config.width)
 
     def _context(self, running: list[LiveRequest], shape: DraftShape) -> StepContext:
         kv = np.array([len(q.prompt) + q.position for q in running], dtype=np.int64)

@@ -24,7 +24,8 @@ from echo_runtime.engine import LiveEngine, RequestSpec, RunRecord, RuntimeConfi
 from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair
 from echo_runtime.signals import ModelSignals, TraceSignals
 from echo_runtime.timing import CLOCKS, Clock
-from echo_sim.metrics import STEP_FIELDS, RequestLog, compute_metrics
+from echo_sim.metrics import RequestLog, compute_metrics
+from echo_sim.step import policy_drafts, step_frame
 
 SUMMARY = (("output tokens/s", "output_tokens_per_s", "{:.3f}"), ("mean accepted tokens", "mean_accepted_tokens", "{:.3f}"),
            ("verified tokens/step", "verified_tokens_per_step", "{:.1f}"), ("waste", "waste", "{:.1%}"),
@@ -64,18 +65,7 @@ def record_frames(record: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
                        ("verified_draft", "verified_draft")):
         getattr(log, name)[:] = [getattr(q, attr) for q in requests]
     log.decode_tokens[:] = [len(q.output) - 1 for q in requests]
-    rows = [(s["begin"], s["end"], s["batch"], s["prefill_tokens"], s.get("verify_tokens", 0), s.get("selected", 0),
-             s.get("padding", 0), np.nan if s.get("budget") is None else float(s["budget"]), s.get("eager", False),
-             s.get("draft_depth", 0), s.get("draft_width", 0), s.get("accepted", 0), s.get("committed", 0),
-             s["kv_tokens"], s.get("draft_s", 0.0), 0) for s in record.steps]
-    steps = pd.DataFrame.from_records(rows, columns=list(STEP_FIELDS))
-    steps.insert(0, "step", np.arange(len(steps)))
-    for name in ("attention_pairs", *PHASES, "wall_s"):
-        steps[name] = [s.get(name, 0) for s in record.steps]
-    return log.frame(), steps
-
-
-PHASES = ("prefill_s", "draft_s", "select_s", "verify_s", "commit_s")  # the engine's Stopwatch laps
+    return log.frame(), step_frame(record.steps)
 
 
 def predicted_components(steps: pd.DataFrame, cost, drafts: bool) -> pd.DataFrame:
@@ -150,17 +140,17 @@ def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpe
     if concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
     policy = make_policy(policy_spec)
-    drafts = policy.draft.depth > 0  # the engine's rule (LiveEngine.uses_draft), before the run adapts it
+    drafts = policy_drafts(policy)  # before the run adapts the policy's shape
     config = RuntimeConfig(concurrency, width, depth, eos_token_ids=pair.eos_token_ids,
                            kernels=pair.device == "cuda", clock=clock)
     record = LiveEngine(pair.target, pair.draft, policy, cost, config, signals, pair.device).run(specs, progress)
     if outputs is not None:
         outputs.extend(q.output for q in record.requests)
-    identity = {"policy": getattr(policy, "label", policy_spec), "concurrency": concurrency,
+    identity = {"policy": policy.label, "concurrency": concurrency,
                 "requests": len(specs), **identity, "cost_source": str(cost.source),
                 "clock": Clock(pair.device, clock).kind}
     metrics = live_metrics(record, identity)
-    metrics["wall_seconds"] = float(sum(step["wall_s"] for step in record.steps))
+    metrics["wall_seconds"] = float(sum(step.laps["wall_s"] for step in record.steps))
     if steps_out is not None:
         _, steps = record_frames(record)
         steps_out.append(pd.concat([steps, predicted_components(steps, cost, drafts)], axis=1))

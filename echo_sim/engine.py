@@ -24,6 +24,7 @@ One engine process steps the whole running batch; per-request state lives in num
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -37,9 +38,11 @@ from echo_sim.config import (DEFAULT_KV_CAPACITY_TOKENS, DEFAULT_PREFILL_CHUNK, 
 from echo_sim.cost.model import StepShape
 from echo_sim.metrics import RequestLog, StepLog, compute_metrics, selected_extent
 from echo_sim.traces.reader import LatticeReader, empty_lattices, on_path_acceptance
-from echo_sim.policies.base import DraftShape, Outcome, Selection, StepContext
+from echo_sim.policies.base import Outcome, Selection, StepContext
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch
+from echo_sim.step import (StepRecord, chain_accepted, committed_counts, executed_draft, policy_drafts,
+                           verify_shape)
 from echo_sim.workload import RequestStream, build_stream
 
 
@@ -105,14 +108,6 @@ class DecodePlan:
     draft_levels: tuple[int, ...] | None  # tokens per draft level when not the uniform shape's
 
 
-def executed_draft(draft: DraftShape, trace: TraceSet) -> DraftShape:
-    """The draft actually grown: a tree is clamped to the trace's depth and width; a chain (width 1)
-    replays the spine and is not clamped (policies.base.TRACE_LIMIT)."""
-    if draft.depth <= 0 or draft.width == 1:
-        return draft
-    return DraftShape(depth=min(draft.depth, trace.depth), width=min(draft.width, trace.width))
-
-
 class Simulation:
     """One simulation with its own simpy Environment, policy instance and records: nothing is
     shared with other simulations in the process (tests run two interleaved)."""
@@ -128,7 +123,7 @@ class Simulation:
         self.steps = StepLog(detail=config.step_log)
         self._reader = LatticeReader(trace)
         self.inexact_reads = self.on_path_cuts = 0  # request-steps whose narrow read is inexact (beam.py)
-        self._drafts = policy.draft.depth > 0  # as the runtime: a policy that never drafts runs no draft model
+        self._drafts = policy_drafts(policy)
         self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
         self._trace_len = trace.output_len[stream.trace_request].astype(np.int64)
         self._kv_need = stream.prompt_len + stream.output_len
@@ -209,10 +204,11 @@ class Simulation:
         The rule: every decoding request verifies its root (the last committed token) plus the
         draft nodes its policy selected, so the target forward verifies V = Σ_r (1 + n_r) tokens
         (plus graph-bucket padding), and commits its accepted depth + 1 (the bonus token), never
-        beyond its output length: committed_r = min(a_r + 1, L_r − t_r). The step's prefill chunk
-        shares the forward. Everything is decided at the step's start; time passes (T_step = the
-        sum of the cost model's prefill, draft, verify and overhead components, COST_MODEL.md);
-        then tokens are committed, the policy observes, finished requests leave.
+        beyond its output length: committed_r = min(a_r + 1, L_r − t_r) (echo_sim.step holds these
+        rules for both engines). The step's prefill chunk is charged in the same step (the cost
+        model's prefill component). Everything is decided at the step's start; time passes (T_step =
+        the sum of the cost model's prefill, draft, verify and overhead components); then the policy
+        observes the outcome, the step is recorded, tokens are committed and finished requests leave.
         """
         start = self.env.now
         chunks = self._plan_prefill()
@@ -242,7 +238,7 @@ class Simulation:
 
     def _plan_decode(self, chunks) -> DecodePlan:
         batch = self._batch
-        draft = executed_draft(self.policy.draft, self.trace)
+        draft = executed_draft(self.policy.draft, self.trace.depth, self.trace.width)
         positions = batch.trace_start + batch.position % batch.trace_len
         frontier = None
         if draft.depth <= 0:
@@ -270,20 +266,20 @@ class Simulation:
         if selection.drafted is not None:
             draft = selection.drafted
         accepted, accepted_depth, oracle_depth = on_path_acceptance(lattices, selection.nodes)
-        if selection.chain is not None:  # chains replay the spine (TRACES.md "Chains")
-            accepted_depth = np.minimum(lattices.spine_run, selection.chain)
+        if selection.chain is not None:
+            accepted_depth = chain_accepted(lattices.spine_run, selection.chain)
         drafted = selection.draft_tokens_per_request(lattices)
-        verify_r = 1 + drafted
+        verify_tokens, attention_pairs = verify_shape(kv_lens, drafted, selection.padding)
         verify = dict(
             batch_size=batch.size,
-            verify_tokens=int(batch.size + drafted.sum() + selection.padding),
+            verify_tokens=verify_tokens,
             kv_tokens=int(kv_lens.sum()),
-            attention_pairs=int(np.dot(verify_r, kv_lens + verify_r)),
+            attention_pairs=attention_pairs,
             draft_depth=draft.depth,
             draft_width=draft.width,
             eager=bool(selection.eager),
         )
-        committed = np.minimum(accepted_depth + 1, batch.output_len - batch.position)
+        committed = committed_counts(accepted_depth, batch.output_len - batch.position)
         return DecodePlan(lattices, selection, accepted, accepted_depth.astype(np.int64), committed, drafted,
                           oracle_depth, verify, self._draft_levels(draft, selection, context.catch_up))
 
@@ -357,19 +353,18 @@ class Simulation:
     # ------------------------------------------------------------------------------ records
 
     def _record(self, start: float, shape: StepShape, plan: DecodePlan | None, parts: dict) -> None:
-        draft_time = float(parts.get("draft", 0.0))
-        if plan is None:
-            self.steps.rows.append((start, self.env.now, 0, shape.prefill_tokens, 0, 0, 0, np.nan, False,
-                                    0, 0, 0, 0, 0, draft_time, 0))
-        else:
+        record = StepRecord(start, self.env.now, prefill_tokens=shape.prefill_tokens,
+                            prefill_context=shape.prefill_context, draft_time=float(parts.get("draft", 0.0)))
+        if plan is not None:
             selection = plan.selection
-            self.steps.rows.append((
-                start, self.env.now, shape.batch_size, shape.prefill_tokens, shape.verify_tokens,
-                int(plan.drafted.sum()), int(selection.padding),
-                np.nan if selection.budget is None else float(selection.budget), shape.eager,
-                shape.draft_depth, shape.draft_width, int(plan.accepted_depth.sum()), int(plan.committed.sum()),
-                shape.kv_tokens, draft_time, int(plan.oracle_depth.sum()),
-            ))
+            record.batch_size, record.verify_tokens = shape.batch_size, shape.verify_tokens
+            record.selected, record.padding = int(plan.drafted.sum()), int(selection.padding)
+            record.budget = math.nan if selection.budget is None else float(selection.budget)
+            record.eager, record.draft_depth, record.draft_width = shape.eager, shape.draft_depth, shape.draft_width
+            record.accepted, record.committed = int(plan.accepted_depth.sum()), int(plan.committed.sum())
+            record.kv_tokens, record.attention_pairs = shape.kv_tokens, shape.attention_pairs
+            record.oracle_depth = int(plan.oracle_depth.sum())
+        self.steps.records.append(record)
         if self.steps.detail:
             self.steps.components.append(dict(parts))
             self.steps.details.append(self._detail(plan))
@@ -396,11 +391,10 @@ class Simulation:
 
     def _identity(self) -> dict:
         config = self.config
-        label = getattr(self.policy, "label", config.policy)
         source = getattr(self.trace, "source_label", None) or str(self.trace.path)
         cost = getattr(self.cost, "describe", dict)()  # hardware/model come from the cost model
         return {
-            "policy": label, "concurrency": config.concurrency, "rate": config.rate,
+            "policy": self.policy.label, "concurrency": config.concurrency, "rate": config.rate,
             "arrival": config.arrival_mode, "workload": config.workload, "seed": config.seed,
             "requests": self.stream.num_requests, "hardware": cost.get("hardware", config.hardware),
             "model": cost.get("model", config.model),

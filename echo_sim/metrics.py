@@ -31,15 +31,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from echo_sim.step import step_frame
 from echo_sim.trees import LatticeBatch
 
 PERCENTILES = (50, 90, 99)
 OPEN_LOOP_TRIM = 0.10  # open loop: completions trimmed at each end of the steady-state window
-STEP_FIELDS = (
-    "start", "end", "batch_size", "prefill_tokens", "verify_tokens", "selected", "padding", "budget",
-    "eager", "draft_depth", "draft_width", "accepted", "committed", "kv_tokens", "draft_time",
-    "oracle_depth",
-)
 REQUEST_DETAIL_FIELDS = ("requests", "selected_depth", "selected_width", "accepted_depth", "oracle_depth_r")
 
 
@@ -84,17 +80,16 @@ class RequestLog:
 
 @dataclass
 class StepLog:
-    """One row per engine step (STEP_FIELDS), appended as a tuple; with `detail`, per-request lists
+    """One StepRecord per engine step (echo_sim.step); with `detail`, per-request lists
     (REQUEST_DETAIL_FIELDS, batch row order) and the step-time components of every step."""
 
     detail: bool = False
-    rows: list = field(default_factory=list)
+    records: list = field(default_factory=list)
     details: list = field(default_factory=list)
     components: list = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
-        table = pd.DataFrame.from_records(self.rows, columns=list(STEP_FIELDS))
-        table.insert(0, "step", np.arange(len(table)))
+        table = step_frame(self.records)
         if self.detail:
             for index, name in enumerate(REQUEST_DETAIL_FIELDS):
                 table[name] = [entry[index] for entry in self.details]

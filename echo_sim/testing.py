@@ -1,4 +1,5 @@
-"""Random but valid acceptance traces for tests (hypothesis strategies and unit tests share it).
+"""Random but valid acceptance traces for tests (hypothesis strategies and unit tests share it), and a
+policy wrapper that records every call both engines make.
 
 The lattices follow TRACES.md's growth rule (level 1: k children of the root; each next level: the
 k² children of the k best nodes of the previous level by cumulative score, all stored), with random draft probabilities and a
@@ -6,6 +7,8 @@ target path that agrees with the draft's top choice with probability `agreement`
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -107,3 +110,103 @@ def random_trace(
         node_score=np.asarray(columns["score"], dtype=np.float32),
         node_on_path=np.asarray(columns["on_path"], dtype=bool),
     )
+
+
+def sorted_probs(rng: np.random.Generator, rows: int, k: int, alpha: float) -> np.ndarray:
+    """float32 [rows, k]: the k most likely next tokens' probabilities, descending (mass < 1)."""
+    gamma = rng.gamma(alpha, size=(rows, k + 1))
+    probs = gamma / gamma.sum(axis=1, keepdims=True)
+    return -np.sort(-probs[:, :k], axis=1)
+
+
+def pick_child(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """int [rows]: the target's token among these children, chosen with the draft's probability
+    (a calibrated draft); k when it is none of them."""
+    return (rng.random(len(probs))[:, None] >= np.cumsum(probs, axis=1)).sum(axis=1)
+
+
+def full_trace(seed: int = 0, requests: int = 32, positions: int = 1024, k: int = 4, depth: int = 6,
+                    alpha: float = 0.25) -> TraceSet:
+    """A TraceSet with every candidate stored, as the shipped traces have (TRACES.md growth rule),
+    vectorised over all positions: level 1 holds k nodes, each later level k² (the children of the
+    previous level's k best nodes by score), k + (depth − 1)·k² nodes per lattice. The draft is
+    calibrated: the target's token is each child with the draft's probability (alpha: Dirichlet
+    concentration of the draft's distributions; smaller is more confident).
+
+    Layout per position (as echo_runtime.lattice): level 1 at 0…k-1; level l >= 2 at
+    k + (l-2)k² + p·k + c for frontier slot p (best first) and child rank c.
+    """
+    rng = np.random.default_rng(seed)
+    count = requests * positions
+    m = k + (depth - 1) * k * k
+    parent = np.full((count, m), -1, dtype=np.int32)
+    level = np.zeros((count, m), dtype=np.int32)
+    cond = np.zeros((count, m), dtype=np.float32)
+    score = np.zeros((count, m), dtype=np.float32)
+    on_path = np.zeros((count, m), dtype=bool)
+    rows = np.arange(count)
+    cond[:, :k] = score[:, :k] = sorted_probs(rng, count, k, alpha)
+    level[:, :k] = 1
+    hit = pick_child(rng, cond[:, :k])
+    on_path[rows[hit < k], hit[hit < k]] = True
+    frontier = np.tile(np.arange(k), (count, 1))  # local index of each frontier slot
+    for depth_l in range(2, depth + 1):
+        base = k + (depth_l - 2) * k * k
+        cols = slice(base, base + k * k)
+        child = sorted_probs(rng, count * k, k, alpha).reshape(count, k, k)
+        cond[:, cols] = child.reshape(count, k * k)
+        score[:, cols] = (np.take_along_axis(score, frontier, axis=1)[:, :, None] * child).reshape(count, k * k)
+        parent[:, cols] = np.repeat(frontier, k, axis=1)
+        level[:, cols] = depth_l
+        on_slot = np.take_along_axis(on_path, frontier, axis=1)  # which frontier node is on-path
+        has = on_slot.any(axis=1)
+        slot = on_slot.argmax(axis=1)
+        pick = pick_child(rng, child[rows, slot])
+        ok = has & (pick < k)
+        on_path[rows[ok], base + slot[ok] * k + pick[ok]] = True
+        best = np.argsort(-score[:, cols], axis=1, kind="stable")[:, :k]
+        frontier = base + best
+    rank = np.where(hit < k, hit, np.where(rng.random(count) < 0.5, rng.integers(k, 16, count), -1))
+    offsets = np.arange(count + 1, dtype=np.int64) * m
+    lengths = np.full(requests, positions, dtype=np.int32)
+    header = {"format_version": 1, "generator": "echo_sim.testing.full_trace", "width": k,
+              "depth": depth, "draft_model": f"synthetic(alpha={alpha})", "target_model": "synthetic",
+              "decoding": "greedy", "absent_columns": ["target_prob"]}
+    return TraceSet(
+        header=header, request_ids=[f"s{i}" for i in range(requests)],
+        prompt_len=np.full(requests, 128, dtype=np.int32), output_len=lengths,
+        position_offsets=np.arange(requests + 1, dtype=np.int64) * positions,
+        target_token=np.zeros(count, dtype=np.int32), draft_rank=rank.astype(np.int16),
+        draft_prob=np.zeros(count, dtype=np.float32), node_offsets=offsets,
+        node_token=np.tile(np.arange(m, dtype=np.int32), count), node_parent=parent.ravel(),
+        node_depth=level.ravel(), node_cond_prob=cond.ravel(), node_score=score.ravel(),
+        node_on_path=on_path.ravel(), path="synthetic",
+    )
+
+
+class RecordingPolicy:
+    """Passes every call through to a real policy and records it, one dict per step:
+    {"draft", "lattices", "context", "selection" (a copy), "outcome"}. Everything else the engines
+    read (name, label, needs_future, …) is the wrapped policy's."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        self.steps: list[dict] = []
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    @property
+    def draft(self):
+        return self.policy.draft
+
+    def select(self, lattices, context):
+        draft = self.policy.draft
+        selection = self.policy.select(lattices, context)
+        self.steps.append({"draft": draft, "lattices": lattices, "context": context,
+                           "selection": copy.deepcopy(selection)})
+        return selection
+
+    def observe(self, outcome) -> None:
+        self.steps[-1]["outcome"] = outcome
+        self.policy.observe(outcome)

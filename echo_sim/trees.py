@@ -187,20 +187,35 @@ def top_b(
     return chosen
 
 
+def supertree_gate(batch: LatticeBatch, gate_value: np.ndarray, threshold: float) -> np.ndarray:
+    """bool [n]: eligible nodes, gate_value >= threshold at the node and at all its ancestors.
+
+    A plain threshold is the gate when the passing set is closed under "parent of", as it is for
+    cumulative scores (they never increase along a path); otherwise it is propagated."""
+    passed = gate_value >= threshold
+    child = np.flatnonzero(passed & (batch.parent != ROOT_PARENT))
+    if np.all(passed[batch.global_parent()[child]]):
+        return passed
+    return propagate_all(batch, passed)
+
+
 def supertree_select(
     batch: LatticeBatch,
     rank_value: np.ndarray,
     gate_value: np.ndarray,
     threshold: float,
     budget: int,
+    eligible: np.ndarray | None = None,
 ) -> np.ndarray:
-    """bool [n]: echo's super-tree selection (POLICIES.md steps 1 and 4), the reference that
-    `kernels.select` must reproduce exactly.
+    """bool [n]: echo's super-tree selection (POLICIES.md steps 1 and 4): the one implementation,
+    what `echo` calls and what `kernels.select` must reproduce exactly.
 
-    Gate: a node is eligible when gate_value >= threshold for it and all its ancestors.
-    Rank: the `budget` best eligible nodes of the whole batch by rank_value (the calibrated ĉ),
-    ties by raw cumulative score desc, depth asc, request asc, node asc (see top_b). With
-    rank_value non-increasing along paths the result is prefix-closed per request.
+    Gate: a node is eligible when gate_value >= threshold for it and all its ancestors
+    (supertree_gate; `eligible` is that result when the caller already computed it, e.g. to
+    calibrate only eligible nodes). Rank: the `budget` best eligible nodes of the whole batch by
+    rank_value (the calibrated ĉ), ties by raw cumulative score desc, depth asc, request asc, node
+    asc (see top_b). With rank_value non-increasing along paths the result is prefix-closed.
     """
-    eligible = propagate_all(batch, gate_value >= threshold)
+    if eligible is None:
+        eligible = supertree_gate(batch, gate_value, threshold)
     return top_b(rank_value, batch.score, batch.depth, eligible, budget)

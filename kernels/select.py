@@ -238,27 +238,25 @@ def supertree_select(trees: SelectTrees, rank_value, threshold: float, budget: i
 
 def supertree_select_reference(trees: SelectTrees, rank_value, threshold: float, budget: int, *,
                                gate_value=None, score=None) -> SelectResult:
-    """Pure-torch selection with the same semantics: level-order gating, then stable sorts
-    (least significant key first: node, depth asc, score desc, rank desc). Computes on the CPU,
-    returns on the lattice's device."""
-    rank_value = rank_value.detach().cpu()
-    gate_value = rank_value if gate_value is None else gate_value.detach().cpu()
-    score = rank_value if score is None else score.detach().cpu()
-    offsets, parents = trees.offsets.cpu().long(), trees.parents.cpu().long()
-    request = torch.repeat_interleave(torch.arange(trees.batch_size), offsets.diff())
-    global_parent = torch.where(parents >= 0, parents + offsets[request], -1).tolist()
-    eligible = (gate_value >= torch.tensor(threshold, dtype=torch.float32)).tolist()
-    depth = [1] * trees.num_nodes
-    for node, parent in enumerate(global_parent):   # parents come first (level order)
-        if parent >= 0:
-            eligible[node] = eligible[node] and eligible[parent]
-            depth[node] = depth[parent] + 1
-    order = torch.arange(trees.num_nodes)
-    for key, descending in ((torch.tensor(depth), False), (score, True), (rank_value, True)):
-        order = order[torch.sort(key[order], stable=True, descending=descending).indices]
-    ranked = order[torch.tensor(eligible, dtype=torch.bool)[order]]
-    selected = torch.zeros(trees.num_nodes, dtype=torch.bool)
-    selected[ranked[:max(budget, 0)]] = True
-    counts = torch.bincount(request[selected], minlength=trees.batch_size).to(torch.int32)
+    """The simulator's selection, `echo_sim.trees.supertree_select` (the one implementation of the
+    rule), on these tensors: computes on the CPU, returns on the lattice's device."""
+    import numpy as np
+
+    from echo_sim.trees import LatticeBatch, supertree_select as numpy_select
+
+    rank = rank_value.detach().cpu().numpy()
+    gate = rank if gate_value is None else gate_value.detach().cpu().numpy()
+    score = rank if score is None else score.detach().cpu().numpy()
+    offsets = trees.offsets.cpu().numpy().astype(np.int64)
+    parent = trees.parents.cpu().numpy().astype(np.int32)
+    request = np.repeat(np.arange(trees.batch_size), np.diff(offsets))
+    depth = np.ones(trees.num_nodes, dtype=np.int32)
+    for node in np.flatnonzero(parent >= 0):  # parents come first (level order)
+        depth[node] = depth[parent[node] + offsets[request[node]]] + 1
+    blank = np.zeros(trees.num_nodes, dtype=np.int32)
+    batch = LatticeBatch(offsets, blank, parent, depth, blank.astype(np.float32), score, blank.astype(bool),
+                         np.zeros(trees.batch_size, dtype=np.int32))
+    selected = numpy_select(batch, rank, gate, float(threshold), max(int(budget), 0))
+    counts = np.bincount(request[selected], minlength=trees.batch_size).astype(np.int32)
     device = trees.offsets.device
-    return SelectResult(selected.to(device), counts.to(device))
+    return SelectResult(torch.from_numpy(selected).to(device), torch.from_numpy(counts).to(device))

@@ -1,4 +1,4 @@
-"""Helpers for the runtime tests: a tiny random Qwen2 pair, a hand-written cost, a recording policy."""
+"""Helpers for the runtime tests: a tiny random Qwen2 pair, a hand-written cost."""
 
 from __future__ import annotations
 
@@ -56,30 +56,6 @@ class LinearCost:
 
     def graph_bucket(self, verify_tokens):
         return None
-
-
-class Recorder:
-    """Wraps a policy and records every call (copies of the arguments and answers)."""
-
-    def __init__(self, policy) -> None:
-        self.policy = policy
-        self.name = policy.name
-        self.steps: list[dict] = []
-
-    @property
-    def draft(self):
-        return self.policy.draft
-
-    def select(self, lattices, context):
-        draft = self.policy.draft
-        selection = self.policy.select(lattices, context)
-        self.steps.append({"lattices": lattices, "context": context, "selection": copy.deepcopy(selection),
-                           "draft": draft})
-        return selection
-
-    def observe(self, outcome) -> None:
-        self.steps[-1]["outcome"] = outcome
-        self.policy.observe(outcome)
 
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}<|im_end|>{% endfor %}"

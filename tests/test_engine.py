@@ -8,6 +8,7 @@ The real cost model and policies are exercised by test_engine_properties.py.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from echo_sim.engine import Simulation, build_simulation
 from echo_sim.traces.reader import on_path_acceptance
 from echo_sim.metrics import selected_extent
 from echo_sim.policies.base import DraftShape, Selection
+from echo_sim.policies.knobs import KnobbedPolicy
 from echo_sim.testing import random_trace
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch
@@ -57,7 +59,8 @@ class ConstantCost:
         return next((b for b in self.graph_buckets if b >= verify_tokens), None)
 
 
-class SelectAll:
+@dataclass
+class SelectAll(KnobbedPolicy):
     """Stand-in tree policy: verifies every drafted node (prefix-closed by construction)."""
 
     name = "select-all"
@@ -66,10 +69,8 @@ class SelectAll:
     def select(self, lattices, context):
         return Selection(nodes=np.ones(lattices.num_nodes, dtype=bool))
 
-    def observe(self, outcome):
-        pass
 
-
+@dataclass
 class SelectNone(SelectAll):
     name = "select-none"
     draft = DraftShape(depth=0, width=1)

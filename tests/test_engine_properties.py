@@ -17,29 +17,10 @@ from echo_sim.config import SimConfig
 from echo_sim.cost.model import load_cost_model
 from echo_sim.engine import build_simulation
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
+from echo_sim.testing import RecordingPolicy, random_trace
 from echo_sim.traces.beam import beam_batch_reference
-from echo_sim.testing import random_trace
 
 COST = load_cost_model("h200", "llama-3.1-8b")
-
-
-class RecordingPolicy:
-    """Passes everything through to a real policy and keeps (lattices, selection) of every step."""
-
-    def __init__(self, inner):
-        self.inner, self.name, self.calls = inner, inner.name, []
-
-    @property
-    def draft(self):
-        return self.inner.draft
-
-    def select(self, lattices, context):
-        selection = self.inner.select(lattices, context)
-        self.calls.append((lattices, selection, context))
-        return selection
-
-    def observe(self, outcome):
-        self.inner.observe(outcome)
 
 
 def walk_accepted(lattices, nodes, row) -> tuple[int, int]:
@@ -97,10 +78,11 @@ def test_replay_invariants(policy_name, data):
     assert (requests["decode_tokens"] + 1 == requests["output_len"]).all()
     assert steps["committed"].sum() == (requests["output_len"] - 1).sum()
     decode = steps[steps["batch_size"] > 0].reset_index(drop=True)
-    assert len(decode) == len(policy.calls)
+    assert len(decode) == len(policy.steps)
     position = {}  # request -> output position t, walked independently
     oracle = make_policy("oracle")
-    for (lattices, selection, context), (_, step) in zip(policy.calls, decode.iterrows()):
+    for call, (_, step) in zip(policy.steps, decode.iterrows()):
+        lattices, selection, context = call["lattices"], call["selection"], call["context"]
         ids = step["requests"]
         t = np.array([position.setdefault(r, 1) for r in ids])
         trace_req = requests["trace_request"].to_numpy()[ids]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from echo_sim.policies.base import DraftShape, Outcome, StepContext
-from echo_sim.testing import random_trace
+from echo_sim.testing import full_trace, random_trace
 from echo_sim.trees import ROOT_PARENT, LatticeBatch, accepted_nodes
 
 
@@ -118,55 +118,8 @@ def run_step(policy, lattices: LatticeBatch, ctx: StepContext):
     return selection, outcome
 
 
-def full_lattices(seed: int, batch: int, width: int = 4, depth: int = 6, agreement: float = 0.8) -> LatticeBatch:
-    """`batch` lattices with every candidate stored, as the shipped traces have (TRACES.md growth):
-    level 1 holds `width` nodes, each later level width² (the children of the previous level's
-    `width` best nodes by score): width + (depth − 1)·width² nodes per lattice.
-
-    The target path follows the draft's best child of the on-path node with probability
-    `agreement`, another child otherwise (so on-path nodes are sometimes off the frontier).
-    """
-    rng = np.random.default_rng(seed)
-    k = width
-    per_level = [k] + [k * k] * (depth - 1)
-    starts = np.concatenate(([0], np.cumsum(per_level)))
-    m = int(starts[-1])
-    parent = np.full((batch, m), ROOT_PARENT, dtype=np.int64)
-    cond = np.zeros((batch, m))
-    score = np.zeros((batch, m))
-    on_path = np.zeros((batch, m), dtype=bool)
-    rows = np.arange(batch)[:, None]
-    probs = np.sort(rng.dirichlet(np.ones(k + 1), size=(batch, 1 + (depth - 1) * k)), axis=-1)[..., ::-1][..., :k]
-    cond[:, :k], score[:, :k] = probs[:, 0], probs[:, 0]
-    on_path[:, :k] = _path_child(rng, batch, k, agreement, np.ones(batch, dtype=bool))
-    for level in range(1, depth):
-        prev = np.arange(starts[level - 1], starts[level])
-        order = np.argsort(-score[:, prev], axis=1, kind="stable")[:, :k]
-        frontier = prev[order]  # [batch, k] local indices of the expanded nodes
-        lo, hi = starts[level], starts[level + 1]
-        parent[:, lo:hi] = np.repeat(frontier, k, axis=1)
-        cond[:, lo:hi] = probs[:, 1 + (level - 1) * k : 1 + level * k].reshape(batch, k * k)
-        score[:, lo:hi] = score[rows, parent[:, lo:hi]] * cond[:, lo:hi]
-        parent_on = on_path[rows, frontier]  # [batch, k]
-        child = _path_child(rng, batch * k, k, agreement, parent_on.ravel()).reshape(batch, k * k)
-        on_path[:, lo:hi] = child
-    depth_of = np.repeat(np.arange(1, depth + 1), per_level)
-    return LatticeBatch(
-        offsets=np.arange(batch + 1, dtype=np.int64) * m,
-        token=np.tile(np.arange(m, dtype=np.int32), batch),
-        parent=parent.ravel().astype(np.int32),
-        depth=np.tile(depth_of, batch).astype(np.int32),
-        cond_prob=cond.ravel().astype(np.float32),
-        score=score.ravel().astype(np.float32),
-        on_path=on_path.ravel(),
-        spine_run=rng.integers(0, depth + 2, size=batch).astype(np.int32),
-    )
-
-
-def _path_child(rng, groups: int, k: int, agreement: float, parent_on: np.ndarray) -> np.ndarray:
-    """bool [groups, k]: which child (if any) of each sibling group continues the target path."""
-    hit = parent_on & (rng.random(groups) < agreement + (1 - agreement) * 0.5)
-    slot = np.where(rng.random(groups) < agreement, 0, rng.integers(0, k, size=groups))
-    out = np.zeros((groups, k), dtype=bool)
-    out[np.flatnonzero(hit), slot[hit]] = True
-    return out
+def full_lattices(seed: int, batch: int, width: int = 4, depth: int = 6, alpha: float = 0.25) -> LatticeBatch:
+    """`batch` lattices with every candidate stored, as the shipped traces have: one position of each
+    of `batch` requests of echo_sim.testing.full_trace."""
+    trace = full_trace(seed, requests=batch, positions=1, k=width, depth=depth, alpha=alpha)
+    return trace.lattice_batch(trace.position_offsets[:-1])

@@ -23,7 +23,9 @@ from echo_runtime.lattice import grow_request_lattices  # noqa: E402
 from echo_runtime.signals import ModelSignals  # noqa: E402
 from echo_runtime.verify import build_tree  # noqa: E402
 from echo_sim.policies.registry import POLICY_NAMES, make_policy  # noqa: E402
-from runtime_support import LinearCost, Recorder, tiny_pair_models  # noqa: E402
+from echo_sim.step import step_frame  # noqa: E402
+from echo_sim.testing import RecordingPolicy  # noqa: E402
+from runtime_support import LinearCost, tiny_pair_models  # noqa: E402
 
 VOCAB, WIDTH, DEPTH = 48, 3, 4
 
@@ -165,9 +167,9 @@ def test_draft_rollback_keeps_forwarded_path_and_matches_fresh_prefill(pair):
 def test_every_policy_outputs_exactly_the_targets_greedy_tokens(pair, specs, greedy_outputs, name):
     record = run_live(pair, specs, make_policy(name))
     assert [q.output for q in record.requests] == greedy_outputs
-    accepted = sum(step.get("accepted", 0) for step in record.steps)
+    accepted = sum(step.accepted for step in record.steps)
     if name != "ar":  # the draft agrees often: speculation really ran and was really checked
-        assert accepted > 0 and sum(step.get("selected", 0) for step in record.steps) > accepted
+        assert accepted > 0 and sum(step.selected for step in record.steps) > accepted
 
 
 def test_oracle_is_refused_live(pair, specs):
@@ -177,16 +179,16 @@ def test_oracle_is_refused_live(pair, specs):
 
 def test_live_lattices_equal_the_trace_generators(pair, specs, greedy_outputs):
     """The lattice a live step drafts at position t is the trace generator's lattice at t."""
-    recorder = Recorder(make_policy("static"))
+    recorder = RecordingPolicy(make_policy("static"))
     record = run_live(pair, specs, recorder)
     target, draft = pair
-    decode_steps = [step for step in record.steps if step["batch"] > 0]
+    decode_steps = [step for step in record.steps if step.batch_size > 0]
     assert len(decode_steps) == len(recorder.steps)
     expected_of = {}
     seen = 0
     for step, logged in zip(recorder.steps, decode_steps):
         lattices = step["lattices"]
-        for row, (index, position) in enumerate(logged["rows"]):
+        for row, (index, position) in enumerate(logged.rows):
             if index not in expected_of:
                 expected_of[index] = grow_request_lattices(draft, torch.tensor(specs[index].prompt),
                                                            torch.tensor(greedy_outputs[index]), WIDTH, DEPTH)
@@ -204,7 +206,7 @@ def test_live_lattices_equal_the_trace_generators(pair, specs, greedy_outputs):
 def test_runtime_selections_replay_identically_through_a_fresh_policy(pair, specs, name):
     """One policy code path: the same object type, fed the runtime's recorded lattices and
     contexts in order, selects exactly what the runtime verified."""
-    recorder = Recorder(make_policy(name))
+    recorder = RecordingPolicy(make_policy(name))
     run_live(pair, specs, recorder, concurrency=3)
     fresh = make_policy(name)
     assert recorder.steps
@@ -241,11 +243,11 @@ def test_trace_replay_runtime_takes_the_simulators_steps(name):
     engine = LiveEngine(target, draft, make_policy(name), BucketCost(),
                         RuntimeConfig(2, trace.width, trace.depth), TraceSignals(trace, stream.trace_request))
     live = engine.run(specs).steps
-    columns = [("batch_size", "batch"), ("prefill_tokens", "prefill_tokens"), ("verify_tokens", "verify_tokens"),
-               ("padding", "padding"), ("accepted", "accepted"), ("committed", "committed")]
     assert len(live) == len(simulated)
-    for sim_column, live_key in columns:
-        assert simulated[sim_column].tolist() == [step.get(live_key, 0) for step in live], sim_column
+    live = step_frame(live)
+    for column in ("batch_size", "prefill_tokens", "verify_tokens", "selected", "padding", "draft_depth",
+                   "draft_width", "accepted", "committed", "kv_tokens", "attention_pairs"):
+        assert simulated[column].tolist() == live[column].tolist(), column
     assert simulated["accepted"].sum() > 0
 
 
@@ -272,6 +274,6 @@ def test_kernel_path_gives_the_same_greedy_output(specs, monkeypatch):
                         RuntimeConfig(2, 2, 3, kernels=True), ModelSignals(use_kernel=True))
     record = engine.run(short)
     assert [q.output for q in record.requests] == [plain_greedy(target, list(s.prompt), 5) for s in short]
-    assert any(step.get("verify_tokens", 0) > step["batch"] for step in record.steps)
-    decode_steps = sum(1 for step in record.steps if step["batch"])
+    assert any(step.verify_tokens > step.batch_size for step in record.steps)
+    decode_steps = sum(1 for step in record.steps if step.batch_size)
     assert calls == {"attention": 2 * decode_steps, "verify": decode_steps}  # 2 layers per verify

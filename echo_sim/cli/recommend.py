@@ -35,7 +35,7 @@ def sglang_flags_text(spec: str) -> str:
     policy = make_policy(spec)
     flags = policy.sglang_flags()
     if not flags:
-        return getattr(policy, "note", "") or "(no speculative decoding flags)"
+        return policy.note or "(no speculative decoding flags)"
     return " ".join(f"{flag} {value}" for flag, value in flags.items())
 
 

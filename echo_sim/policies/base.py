@@ -119,8 +119,23 @@ class Outcome:
 
 
 class Policy(Protocol):
+    """What both engines and the reports use of a policy, and nothing else.
+
+    name          registry name; label: canonical spec (name + knobs that differ from defaults)
+    draft         the DraftShape to grow this step (read before drafting; may change every step)
+    note          why sglang_flags() is empty or partial, when it is
+    needs_future  True when it reads the target's future output (oracle): the runtime refuses it live
+    """
+
     name: str
     draft: DraftShape
+    note: str
+    needs_future: bool
+
+    @property
+    def label(self) -> str: ...
+
+    def sglang_flags(self) -> dict[str, object]: ...
 
     def select(self, lattices: LatticeBatch, context: StepContext) -> Selection: ...
 

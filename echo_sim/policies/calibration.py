@@ -9,9 +9,9 @@ binned over the cumulative score with a prior (POLICIES.md, echo step 2):
     values = weighted isotonic (non-decreasing) fit of posterior_b, weights n_b + m
     ĉ(score) = linear interpolation of values between bin centres (monotone in score)
 
-echo then forces ĉ non-increasing along every path with trees.running_min. The bins are the
-same ones `trace-info`'s calibration table uses (`on_path_table`): log-spaced below 0.05 where
-deep nodes live, 0.05 wide above.
+echo then forces ĉ non-increasing along every path with trees.running_min. The bins are
+log-spaced below 0.05 where deep nodes live, 0.05 wide above; `score_bins` is the one binning
+rule, also behind trace-info's coarser calibration table (traces.replay.calibration_table).
 """
 
 from __future__ import annotations
@@ -25,19 +25,12 @@ BIN_CENTRES = 0.5 * (BIN_EDGES[:-1] + BIN_EDGES[1:])
 NUM_BINS = len(BIN_CENTRES)
 
 
-def score_bins(score: np.ndarray) -> np.ndarray:
-    """int64 [n]: calibration bin of each cumulative score (bins are left-closed; 1.0 is in the last)."""
-    bins = np.searchsorted(BIN_EDGES, np.asarray(score, dtype=np.float64), side="right") - 1
-    return np.clip(bins, 0, NUM_BINS - 1)
-
-
-def on_path_table(score: np.ndarray, on_path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(nodes int64 [NUM_BINS], on-path nodes int64 [NUM_BINS]) per score bin (trace-info's table)."""
-    bins = score_bins(score)
-    return (
-        np.bincount(bins, minlength=NUM_BINS),
-        np.bincount(bins, weights=np.asarray(on_path, dtype=np.float64), minlength=NUM_BINS).astype(np.int64),
-    )
+def score_bins(score: np.ndarray, edges: np.ndarray = BIN_EDGES) -> np.ndarray:
+    """int64 [n]: bin of each cumulative score over increasing `edges` (bins are left-closed; the
+    last edge belongs to the last bin): the one binning of scores, for echo's calibration curve
+    and trace-info's calibration table alike."""
+    bins = np.searchsorted(edges, np.asarray(score, dtype=np.float64), side="right") - 1
+    return np.clip(bins, 0, len(edges) - 2)
 
 
 def isotonic_non_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

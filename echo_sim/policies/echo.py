@@ -31,9 +31,10 @@ import numpy as np
 
 from echo_sim.policies.base import TRACE_LIMIT, DraftShape, Outcome, Selection, StepContext
 from echo_sim.policies.calibration import CalibrationCurve
-from echo_sim.policies.common import executed_shape, require_confidences, step_seconds
+from echo_sim.policies.budget import goodput_budget
+from echo_sim.policies.common import executed_shape, require_confidences
 from echo_sim.policies.knobs import KnobbedPolicy, check_range
-from echo_sim.trees import ROOT_PARENT, LatticeBatch, propagate_all, running_min, top_b
+from echo_sim.trees import ROOT_PARENT, LatticeBatch, running_min, supertree_gate, supertree_select
 
 DEPTH_WINDOW = 4  # steps of selected depth that the next draft depth looks back on
 
@@ -47,50 +48,6 @@ def parent_links(lattices: LatticeBatch, mask: np.ndarray) -> tuple[np.ndarray, 
     child = np.flatnonzero(mask & (lattices.parent != ROOT_PARENT))
     request = np.searchsorted(lattices.offsets, child, side="right") - 1
     return child, lattices.parent[child] + lattices.offsets[request]
-
-
-def top_values(values: np.ndarray, count: int) -> np.ndarray:
-    """float [count]: the `count` largest values, descending (partial selection, then a small sort)."""
-    if count < len(values):
-        values = np.partition(values, len(values) - count)[len(values) - count :]
-    return np.sort(values)[::-1]
-
-
-def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draft_seconds: float,
-                   cost, bucketing: bool) -> int:
-    """B* = argmax_B (bs + Σ_top-B ĉ) / T_step(bs + B) over the eligible nodes' ĉ (ties: smaller B).
-
-    With bucketing, a candidate B pays for (and is filled up to) its graph bucket, so B* is a
-    bucket's draft capacity. Only a window of the top values is sorted (partial selection). The
-    window starts at max(16·bs, largest bucket) and doubles while some B beyond it could still win:
-    its gain is at most the window's gain plus the window's smallest ĉ per extra node, its time at
-    least the graph-replay verify time (exact when T grows with V and eager costs >= graph).
-    """
-    eligible = len(confidence)
-    largest = int(max(cost.graph_buckets, default=0))
-    window = min(eligible, max(16 * batch_size, largest))
-    while True:
-        values = top_values(confidence, window)
-        gains = np.concatenate(([0.0], np.cumsum(values)))
-        budgets = np.arange(window + 1)
-        executed, eager = executed_shape(cost.graph_buckets, batch_size + budgets, bucketing)
-        filled = np.minimum(executed - batch_size, window)
-        seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + draft_seconds
-        rates = (batch_size + gains[filled]) / seconds
-        best = int(np.argmax(rates))
-        if window == eligible or not _beyond_may_win(values, gains[-1], rates[best], batch_size, kv_tokens,
-                                                     draft_seconds, cost, eligible):
-            return int(executed[best] - batch_size) if bucketing else best
-        window = min(eligible, 2 * window)
-
-
-def _beyond_may_win(values, window_gain, best_rate, batch_size, kv_tokens, draft_seconds, cost, eligible) -> bool:
-    """Whether a budget larger than the window could beat best_rate (an optimistic bound)."""
-    extra = np.arange(1, eligible - len(values) + 1)
-    optimistic = batch_size + window_gain + extra * values[-1]
-    verify = batch_size + len(values) + extra
-    seconds = cost.verify_time(verify, batch_size, kv_tokens, eager=False) + draft_seconds
-    return bool(np.any(optimistic / seconds > best_rate))
 
 
 @dataclass
@@ -130,19 +87,15 @@ class EchoPolicy(KnobbedPolicy):
         require_confidences(self.name, lattices)
         self.trace_shape = DraftShape(context.trace_depth, context.trace_width)
         gate_value, threshold = self._gate(lattices)
-        passed = gate_value >= threshold
-        child, parent = parent_links(lattices, passed)
-        # A plain threshold is the gate when the passing set is closed under "parent of", as it is
-        # for cumulative scores (they never increase along a path); otherwise propagate it.
-        eligible = passed if np.all(passed[parent]) else propagate_all(lattices, passed)
+        eligible = supertree_gate(lattices, gate_value, threshold)
         confidence = self._confidence(lattices, eligible)
+        child, parent = parent_links(lattices, eligible)
         # ĉ must not increase along a path; running_min forces it where the curve did not already.
         if not np.all(confidence[child] <= confidence[parent]):
             confidence = running_min(lattices, confidence)
         budget = self._budget(confidence[eligible], lattices.batch_size, context)
         fill, padding, eager = self._fit_bucket(budget, int(eligible.sum()), lattices.batch_size, context)
-        # supertree_select(lattices, confidence, gate_value, threshold, fill) with the gate reused
-        nodes = top_b(confidence, lattices.score, lattices.depth, eligible, fill)
+        nodes = supertree_select(lattices, confidence, gate_value, threshold, fill, eligible=eligible)
         self._plan_depth(lattices, nodes)
         return Selection(nodes=nodes, padding=padding, eager=eager, budget=budget)
 

@@ -108,6 +108,7 @@ class KnobbedPolicy:
 
     name: typing.ClassVar[str]
     note: typing.ClassVar[str] = ""  # why sglang_flags() is empty or partial, when it is
+    needs_future: typing.ClassVar[bool] = False  # reads the target's future output: simulator / trace replay only
 
     @property
     def label(self) -> str:

@@ -20,6 +20,7 @@ from echo_sim.trees import LatticeBatch
 class OraclePolicy(KnobbedPolicy):
     name: ClassVar[str] = "oracle"
     note: ClassVar[str] = "oracle knows the target's output: a ceiling, not a deployable configuration"
+    needs_future: ClassVar[bool] = True
     draft: DraftShape = field(init=False, default=DraftShape(depth=TRACE_LIMIT, width=TRACE_LIMIT))
 
     def select(self, lattices: LatticeBatch, context: StepContext) -> Selection:

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from echo_sim.policies.calibration import score_bins
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import accepted_nodes, top_b
 
@@ -153,7 +154,7 @@ def calibration_table(trace: TraceSet, edges=DEFAULT_CALIBRATION_EDGES) -> list[
         raise ValueError(f"calibration bin edges must be increasing, got {edges.tolist()}")
     score = trace.node_score.astype(np.float64)
     inside = (score >= edges[0]) & (score <= edges[-1])
-    which = np.clip(np.searchsorted(edges, score[inside], side="right") - 1, 0, len(edges) - 2)
+    which = score_bins(score[inside], edges)
     nodes = np.bincount(which, minlength=len(edges) - 1)
     on_path = np.bincount(which, weights=trace.node_on_path[inside], minlength=len(edges) - 1)
     score_sum = np.bincount(which, weights=score[inside], minlength=len(edges) - 1)
