@@ -164,5 +164,9 @@ def test_step_durations_are_the_cost_models_step_time():
     cost = ShapeRecorder(COST)
     result = build_simulation(SimConfig(policy="echo", concurrency=2, requests=6, step_log=True),
                               trace=trace, cost=cost).run().result()
-    expected = [COST.step_time(shape) for shape in cost.shapes]
+    # the cost model's step time, with the draft charged as recorded: echo's ragged (expand-gated)
+    # levels and catch-up tokens are CostModel.ragged_draft_time, not the uniform shape's
+    expected = [COST.step_time(shape) - COST.components(shape)["draft"] for shape in cost.shapes]
+    expected = np.asarray(expected) + result.steps["draft_time"].to_numpy()
     assert np.allclose(result.steps["end"] - result.steps["start"], expected, rtol=1e-12)
+    assert (result.steps["draft_time"][result.steps["batch_size"] > 0] > 0).all()

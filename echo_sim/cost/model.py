@@ -113,6 +113,7 @@ class CostModel:
         self.prefill_chunk_tokens = int(prefill_chunk_tokens)
         self._description = {"source": source, **description}
         self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
+        self._last_ragged = (None, 0.0)
 
     def describe(self) -> dict:
         """What a result record stores about its cost source: source, hardware, model, dtype, tp."""
@@ -160,16 +161,23 @@ class CostModel:
     def ragged_draft_time(self, batch_size: int, level_tokens, kv_tokens: int = 0) -> float:
         """Seconds of a draft whose level l forward runs level_tokens[l-1] tokens (level 1: the
         roots plus any catch-up tokens; level l >= 2: the frontier nodes expanded at level l-1),
-        each level one graph-replayed forward. Each level costs what it adds to draft_time at its
-        token count, so uniform levels give draft_time exactly."""
-        tokens = [float(t) for t in level_tokens]
-        if batch_size < 1 or not tokens or min(tokens) <= 0:
-            raise CostModelError(f"ragged_draft_time: impossible shape bs={batch_size} levels={tokens}")
-        seconds = float(self.terms.draft(tokens[0], 1, 1, kv_tokens))  # catch-up tokens: more rows
-        for level, count in enumerate(tokens[1:], start=2):
-            width = count / batch_size
-            seconds += float(self.terms.draft(batch_size, level, width, kv_tokens)
-                             - self.terms.draft(batch_size, level - 1, width, kv_tokens))
+        each level one graph-replayed forward. A level costs what draft_time charges a level of
+        that many tokens, so uniform levels (bs, bs·k, …) give draft_time exactly."""
+        tokens = np.asarray(level_tokens, dtype=float)
+        if batch_size < 1 or len(tokens) == 0 or tokens.min() <= 0:
+            raise CostModelError(f"ragged_draft_time: impossible shape bs={batch_size} levels={tokens.tolist()}")
+        key = (batch_size, tuple(tokens.tolist()), kv_tokens)
+        if self._last_ragged[0] == key:
+            return self._last_ragged[1]
+        depth, widths = len(tokens), tokens / batch_size
+        first = float(self.terms.draft(batch_size, 1, 1, kv_tokens))
+        if isinstance(self.terms, RooflineTerms):  # its draft takes one width per level: one forward
+            seconds = float(self.terms.draft(batch_size, depth, widths, kv_tokens))
+        else:  # a calibration's levels 2…S cost alike: each level is what it adds at its width
+            seconds = first + sum(float(self.terms.draft(batch_size, 2, w, kv_tokens)) - first for w in widths[1:])
+        if tokens[0] != batch_size:  # catch-up tokens ride in level 1's forward
+            seconds += float(self.terms.draft(int(tokens[0]), 1, 1, kv_tokens)) - first
+        self._last_ragged = (key, seconds)
         return seconds
 
     def prefill_time(self, prefill_tokens: int, prefill_context: int = 0, with_draft: bool = True) -> float:

@@ -44,8 +44,11 @@ class LatticeReader:
             return
         self.level_prefix = np.searchsorted(depth[0], np.arange(int(depth[0].max()) + 1), side="right")
         self.columns = {name: getattr(trace, f"node_{name}").reshape(-1, per) for name in NODE_COLUMNS}
-        if UniformBeam.layout_ok(self.columns, trace.width, trace.depth):
-            self.beam = UniformBeam(self.columns, trace.width, trace.depth)
+        # the beam tables depend on the trace alone: simulations of one trace in a process share them
+        if "uniform_beam" not in trace._cache:
+            layout_ok = UniformBeam.layout_ok(self.columns, trace.width, trace.depth)
+            trace._cache["uniform_beam"] = UniformBeam(self.columns, trace.width, trace.depth) if layout_ok else None
+        self.beam = trace._cache["uniform_beam"]
 
     def read(self, positions: np.ndarray, max_depth: int) -> LatticeBatch:
         """The lattices at `positions` (int64 [bs], global) with nodes of depth <= max_depth."""
