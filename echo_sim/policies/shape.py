@@ -51,6 +51,16 @@ def level_profile(lattices: LatticeBatch, confidence: np.ndarray, level: int, sl
     return -np.sort(-table, axis=1).mean(axis=0)
 
 
+def draft_levels(cost, batch_size: int, kv_tokens: int, width: int, depth: int) -> tuple[float, np.ndarray]:
+    """(level-1 seconds, seconds of one level 2…S for each width 1…k): T_draft(bs, S', k') is
+    first + (S' − 1)·per_level[k' − 1] (levels 2…S cost alike; module docstring)."""
+    first = cost.draft_time(batch_size, 1, 1, kv_tokens=kv_tokens)
+    if depth <= 1:
+        return first, np.zeros(width)
+    full = np.array([cost.draft_time(batch_size, depth, w, kv_tokens=kv_tokens) for w in range(1, width + 1)])
+    return first, (full - first) / (depth - 1)
+
+
 @dataclass
 class ShapeChooser:
     """Online per-(k', level) ĉ profiles and the rate-maximising next shape (module docstring)."""
@@ -109,15 +119,11 @@ class ShapeChooser:
         return rates
 
     def _draft_levels(self, cost, batch_size: int, kv_tokens: int) -> tuple[float, np.ndarray]:
-        """(level-1 seconds, seconds of one level 2…S per width 1…k), cached per batch size and
-        ΣKV to 2 significant digits: the prediction needs no more, and the roofline is not cheap."""
+        """draft_levels, cached per cost model, batch size and ΣKV to 2 significant digits: the
+        prediction needs no more, and the roofline is not cheap."""
         key = (id(cost), batch_size, float(f"{kv_tokens:.2g}"))
         if key not in self._draft_cache:
-            kv = int(key[2])
-            first = cost.draft_time(batch_size, 1, 1, kv_tokens=kv)
-            full = np.array([cost.draft_time(batch_size, self.depth, width, kv_tokens=kv)
-                             for width in range(1, self.width + 1)]) if self.depth > 1 else np.full(self.width, first)
-            self._draft_cache[key] = (first, (full - first) / max(self.depth - 1, 1))
+            self._draft_cache[key] = draft_levels(cost, batch_size, int(key[2]), self.width, self.depth)
         return self._draft_cache[key]
 
     def choose(self, rates: dict[DraftShape, float]) -> DraftShape:
