@@ -188,7 +188,7 @@ class LiveEngine:
             grown = grow_lattices(self.draft, self.draft_cache, slots, [q.draft_pending for q in running],
                                   shape.width, shape.depth)
         watch.mark("draft")
-        lattices = self.signals.lattices(running, grown, shape.depth)
+        lattices = self.signals.lattices(running, grown, shape)
         selection = self.policy.select(lattices, self._context(running, shape))
         watch.mark("select")
         trees = self._verify_trees(running, lattices, grown, selection, shape)
