@@ -107,8 +107,6 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
         loads = [("rate", rate) for rate in parse_list(args.rates, float, "rates")]
     else:
         loads = [("concurrency", c) for c in parse_list(args.concurrency, int, "concurrency")]
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     trace = read_trace(base.trace_path())  # once: every point replays the same trace
     points = []
     for workload in workloads:
