@@ -469,6 +469,8 @@ def main() -> int:
     results["after"] = catalogue(HERE, args.only, old.get("after"))
     command = "python benchmarks/bad_inputs.py" + (f" --before <worktree of {results['before']['commit']}>"
                                                     if args.before else "")
+    if args.fuzz_only:
+        command += "` (the command-line cases; the fuzz rows re-run by the same command with `--fuzz-only"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     args.out.write_text(markdown(results, command))
