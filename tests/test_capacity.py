@@ -37,7 +37,13 @@ class ConstantStep(TokenBucketGraphs):
     def verify_time(self, verify_tokens, batch_size, kv_tokens, eager=False):
         return np.full(np.shape(verify_tokens), STEP_S)
 
-    def draft_time(self, batch_size, depth, width, kv_tokens=0) -> float:
+    def draft_time(self, batch_size, depth, width, kv_tokens=0, extend_tokens=None) -> float:
+        return 0.0
+
+    def ragged_draft_time(self, batch_size, level_tokens, kv_tokens=0) -> float:
+        return 0.0
+
+    def prefill_time(self, prefill_tokens, prefill_context=0, with_draft=True) -> float:
         return 0.0
 
     def graph_bucket(self, verify_tokens):
