@@ -18,8 +18,9 @@ import numpy as np
 from echo_runtime.draft_tree import Lattice, empty_lattice, lattice_batch
 from echo_runtime.verify import VerifyTree, walk_all
 from echo_runtime.vocab import fold_token_ids
-from echo_sim.policies.base import Selection
+from echo_sim.policies.base import DraftShape, Selection
 from echo_sim.traces.format import TraceSet
+from echo_sim.traces.reader import LatticeReader, empty_lattices
 from echo_sim.trees import LatticeBatch, accepted_nodes
 
 
@@ -39,7 +40,7 @@ class ModelSignals:
     def first_token(self, request, argmax: int) -> int:
         return argmax
 
-    def lattices(self, requests, grown: list[Lattice] | None, max_depth: int) -> LatticeBatch:
+    def lattices(self, requests, grown: list[Lattice] | None, shape: DraftShape) -> LatticeBatch:
         if grown is None:  # no drafting this step (ar)
             grown = [empty_lattice() for _ in requests]
         return lattice_batch(grown)
@@ -64,6 +65,7 @@ class TraceSignals:
     def __init__(self, trace: TraceSet, trace_request: np.ndarray | None = None,
                  vocab_size: int | None = None) -> None:
         self.trace = trace
+        self.reader = LatticeReader(trace)
         self.mapping = None if trace_request is None else np.asarray(trace_request, dtype=np.int64)
         self.vocab_size = vocab_size
 
@@ -86,8 +88,14 @@ class TraceSignals:
         return np.array([int(self.trace.position_offsets[self.trace_request(q)]) + q.position
                          for q in requests], dtype=np.int64)
 
-    def lattices(self, requests, grown, max_depth: int) -> LatticeBatch:
-        return self.trace.lattice_batch(self._global_positions(requests), max_depth=max(max_depth, 1))
+    def lattices(self, requests, grown, shape: DraftShape) -> LatticeBatch:
+        """The trace's lattices as a drafter of this shape grows them: the simulator's beam read
+        (echo_sim.traces.reader), so both engines see the same nodes."""
+        positions = self._global_positions(requests)
+        if shape.depth <= 0:
+            return empty_lattices(self.trace.spine_run[positions])
+        return self.reader.read_beam(positions, min(shape.depth, self.trace.depth),
+                                     min(shape.width, self.trace.width)).lattices
 
     def node_arrays(self, lattices: LatticeBatch, row: int, grown: list[Lattice], chain: bool):
         if chain:  # a chain verifies the drafter's own chain (tokens only matter for timing)

@@ -59,6 +59,10 @@ class DecodeBatch:
         prompt_len   prompt tokens
         trace_start  global trace position of its trace request's position 0
         trace_len    positions of its trace request (t reads t mod trace_len)
+        draft_lag    tokens the draft's next level-1 forward extends over beyond the one token per
+                     request: a drafting step leaves its accepted tokens (the draft extends over all
+                     it committed, as SGLang's EAGLE draft extend does), a step without drafting adds
+                     everything it commits (catch-up)
     """
 
     request: np.ndarray
@@ -67,17 +71,19 @@ class DecodeBatch:
     prompt_len: np.ndarray
     trace_start: np.ndarray
     trace_len: np.ndarray
+    draft_lag: np.ndarray
 
     @classmethod
     def empty(cls) -> "DecodeBatch":
-        return cls(*(np.zeros(0, dtype=np.int64) for _ in range(6)))
+        return cls(*(np.zeros(0, dtype=np.int64) for _ in range(7)))
 
     @property
     def size(self) -> int:
         return len(self.request)
 
     def columns(self) -> tuple[np.ndarray, ...]:
-        return (self.request, self.position, self.output_len, self.prompt_len, self.trace_start, self.trace_len)
+        return (self.request, self.position, self.output_len, self.prompt_len, self.trace_start, self.trace_len,
+                self.draft_lag)
 
     def keep(self, mask: np.ndarray) -> "DecodeBatch":
         return DecodeBatch(*(column[mask] for column in self.columns()))
@@ -102,6 +108,7 @@ class DecodePlan:
     drafted: np.ndarray
     oracle_depth: np.ndarray
     verify: dict
+    draft_levels: tuple[int, ...] | None  # tokens per draft level when not the uniform shape's
 
 
 class Simulation:
@@ -118,6 +125,7 @@ class Simulation:
         self.requests = RequestLog(stream.prompt_len, stream.output_len, stream.trace_request)
         self.steps = StepLog(detail=config.step_log)
         self._reader = LatticeReader(trace)
+        self.inexact_reads = self.on_path_cuts = 0  # request-steps whose narrow read is inexact (beam.py)
         self._drafts = policy_drafts(policy)
         self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
         self._trace_len = trace.output_len[stream.trace_request].astype(np.int64)
@@ -144,9 +152,11 @@ class Simulation:
     def _check_fits(self) -> None:
         worst = int(np.argmax(self._kv_need))
         if self._kv_need[worst] > self.kv_capacity:
+            trace_id = self.trace.request_ids[int(self.stream.trace_request[worst])]
             raise SimConfigError(
-                f"kv_capacity_tokens={self.kv_capacity} cannot hold request {worst} "
-                f"(prompt {self.stream.prompt_len[worst]} + output {self.stream.output_len[worst]} tokens)"
+                f"kv_capacity_tokens={self.kv_capacity} cannot hold simulated request {worst} (replaying "
+                f"trace request {trace_id!r}: prompt {self.stream.prompt_len[worst]} + output "
+                f"{self.stream.output_len[worst]} tokens)"
             )
 
     def _send(self, count: int) -> None:
@@ -208,9 +218,11 @@ class Simulation:
         """
         start = self.env.now
         chunks = self._plan_prefill()
-        plan = self._plan_decode() if self._batch.size else None
+        plan = self._plan_decode(chunks) if self._batch.size else None
         shape = self._step_shape(plan, chunks)
         parts = self.cost.components(shape)
+        if plan is not None and plan.draft_levels is not None:
+            parts["draft"] = self.cost.ragged_draft_time(shape.batch_size, plan.draft_levels, shape.kv_tokens)
         yield self.env.timeout(sum(parts.values()))
         if plan is not None:
             self.policy.observe(Outcome(plan.lattices, plan.selection, plan.accepted, plan.accepted_depth))
@@ -230,17 +242,35 @@ class Simulation:
             budget -= take
         return chunks
 
-    def _plan_decode(self) -> DecodePlan:
+    def _plan_decode(self, chunks) -> DecodePlan:
         batch = self._batch
         draft = executed_draft(self.policy.draft, self.trace.depth, self.trace.width)
         positions = batch.trace_start + batch.position % batch.trace_len
+        frontier = None
         if draft.depth <= 0:
             lattices = empty_lattices(self.trace.spine_run[positions])
         else:
-            lattices = self._reader.read(positions, min(draft.depth, self.trace.depth))
+            # the nodes a width-k' drafter grows (beam-exact; a chain, width 1, replays the spine)
+            read = self._reader.read_beam(positions, draft.depth, draft.width)
+            lattices, frontier = read.lattices, read.frontier
+            if read.exactness is not None:
+                self.inexact_reads += int(np.count_nonzero(read.exactness.incomplete_level))
+                self.on_path_cuts += int(np.count_nonzero(read.exactness.on_path_cut_level))
         kv_lens = batch.prompt_len + batch.position
-        context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width)
+        prefill_seconds = self.cost.prefill_time(sum(take for _, take, _ in chunks),
+                                                 sum(cached for _, _, cached in chunks), self._drafts)
+
+        def on_path_depth(width: int) -> np.ndarray:  # the shape-best oracle's view of narrower drafts
+            narrow = self._reader.read_beam(positions, self.trace.depth, width).lattices
+            return on_path_acceptance(narrow, np.zeros(narrow.num_nodes, dtype=bool))[2]
+
+        context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width,
+                              prefill_seconds=prefill_seconds, frontier=frontier,
+                              catch_up=int(batch.draft_lag.sum()) if draft.depth > 0 else 0,
+                              on_path_depth=on_path_depth)
         selection = self.policy.select(lattices, context)
+        if selection.drafted is not None:
+            draft = selection.drafted
         accepted, accepted_depth, oracle_depth = on_path_acceptance(lattices, selection.nodes)
         if selection.chain is not None:
             accepted_depth = chain_accepted(lattices.spine_run, selection.chain)
@@ -256,9 +286,20 @@ class Simulation:
             eager=bool(selection.eager),
         )
         committed = committed_counts(accepted_depth, batch.output_len - batch.position)
-        verify["draft_extend_tokens"] = int(committed.sum()) if draft.depth > 0 else 0
+        verify["draft_extend_tokens"] = batch.size + context.catch_up if draft.depth > 0 else 0
         return DecodePlan(lattices, selection, accepted, accepted_depth.astype(np.int64), committed, drafted,
-                          oracle_depth, verify)
+                          oracle_depth, verify, self._draft_levels(draft, selection, context.catch_up))
+
+    def _draft_levels(self, draft, selection, catch_up: int) -> tuple[int, ...] | None:
+        """Tokens of each draft forward when they differ from the uniform shape's (bs, bs·k', …):
+        echo's ragged levels, their level 1 extending over the lagging tokens too (a uniform draft's
+        level 1 is charged through StepShape.draft_extend_tokens)."""
+        if draft.depth <= 0 or selection.draft_level_tokens is None:
+            return None
+        bs = self._batch.size
+        levels = list(selection.draft_level_tokens or [bs] + [bs * draft.width] * (draft.depth - 1))
+        levels[0] += catch_up
+        return tuple(levels)
 
     def _step_shape(self, plan: DecodePlan | None, chunks) -> StepShape:
         prefill_tokens = sum(take for _, take, _ in chunks)
@@ -280,6 +321,10 @@ class Simulation:
         log.verified_draft[ids] += plan.drafted
         log.oracle_depth[ids] += plan.oracle_depth
         batch.position += plan.committed
+        if plan.verify["draft_depth"] > 0:
+            batch.draft_lag[:] = plan.committed - 1
+        elif self._drafts:  # the draft model did not run: it has the committed tokens to catch up on
+            batch.draft_lag += plan.committed
         done = batch.position >= batch.output_len
         if done.any():
             for request in ids[done]:
@@ -303,6 +348,7 @@ class Simulation:
             self._batch = self._batch.extend(DecodeBatch(
                 ids, np.ones(len(ids), dtype=np.int64), self.stream.output_len[ids],
                 self.stream.prompt_len[ids], self._trace_start[ids], self._trace_len[ids],
+                np.zeros(len(ids), dtype=np.int64),
             ))
 
     def _finish(self, request: int) -> None:
@@ -346,7 +392,9 @@ class Simulation:
         steps = self.steps.frame()
         metrics = compute_metrics(requests, steps, self.config.concurrency
                                   if self.config.arrival_mode == "closed" else None)
-        metrics = {**self._identity(), **metrics, "sim_cpu_seconds": float("nan")}
+        request_steps = max(int(requests["decode_steps"].sum()), 1)
+        metrics = {**self._identity(), **metrics, "inexact_read_share": self.inexact_reads / request_steps,
+                   "on_path_cut_share": self.on_path_cuts / request_steps, "sim_cpu_seconds": float("nan")}
         return SimResult(metrics=metrics, requests=requests, steps=steps if self.config.step_log else None)
 
     def _identity(self) -> dict:

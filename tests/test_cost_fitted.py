@@ -162,16 +162,19 @@ def test_mixed_prefill_shares_the_verify_forward():
         separate.components(StepShape(0, 0, 0, 0, 0, 0, prefill_tokens=512))
 
 
-def test_draft_level_one_is_charged_for_the_committed_tokens():
+def test_draft_level_one_extends_over_the_tokens_committed_since_the_draft_last_ran():
     cost = load_cost_model("h200")
     assert cost.draft_time(32, 4, 4, 32_000, extend_tokens=32 * 4) > cost.draft_time(32, 4, 4, 32_000)
     trace = random_trace(np.random.default_rng(3), num_requests=6, output_len=(20, 40))
     result = simulate(SimConfig(policy="static:S=4,k=2,N=8", concurrency=4, requests=6, step_log=True), trace)
     steps = result.steps[result.steps.batch_size > 0]
     assert (steps.committed > steps.batch_size).any()
-    for row in steps.itertuples():  # the engine's own step log: level 1 over the committed tokens
+    accepted_before = {}  # request -> its accepted depth in its previous step (static drafts every step)
+    for row in steps.itertuples():  # level 1 runs each request's root plus what it accepted last step
+        extend = sum(1 + accepted_before.get(r, 0) for r in row.requests)
         assert row.draft_time == pytest.approx(cost.draft_time(row.batch_size, row.draft_depth, row.draft_width,
-                                                               row.kv_tokens, extend_tokens=row.committed))
+                                                               row.kv_tokens, extend_tokens=extend))
+        accepted_before.update(zip(row.requests, row.accepted_depth))
 
 
 def test_concentrated_routing_hits_fewer_experts_monte_carlo():

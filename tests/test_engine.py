@@ -50,6 +50,12 @@ class ConstantCost(TokenBucketGraphs):
     def draft_time(self, batch_size, depth, width, kv_tokens=0) -> float:
         return 0.0
 
+    def ragged_draft_time(self, batch_size, level_tokens, kv_tokens=0) -> float:
+        return 0.0
+
+    def prefill_time(self, prefill_tokens, prefill_context=0, with_draft=True) -> float:
+        return self.per_prefill_token * prefill_tokens
+
     def graph_bucket(self, verify_tokens):
         return next((b for b in self.graph_buckets if b >= verify_tokens), None)
 

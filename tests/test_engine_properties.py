@@ -18,6 +18,7 @@ from echo_sim.cost.model import load_cost_model
 from echo_sim.engine import build_simulation
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
 from echo_sim.testing import RecordingPolicy, random_trace
+from echo_sim.traces.beam import beam_batch_reference
 
 COST = load_cost_model("h200", "llama-3.1-8b")
 
@@ -79,7 +80,7 @@ def test_replay_invariants(policy_name, data):
     decode = steps[steps["batch_size"] > 0].reset_index(drop=True)
     assert len(decode) == len(policy.steps)
     position = {}  # request -> output position t, walked independently
-    oracle = make_policy("oracle")
+    oracle = make_policy("oracle:shape=full")  # the full lattice: a ceiling at every position
     for call, (_, step) in zip(policy.steps, decode.iterrows()):
         lattices, selection, context = call["lattices"], call["selection"], call["context"]
         ids = step["requests"]
@@ -88,6 +89,8 @@ def test_replay_invariants(policy_name, data):
         global_pos = trace.position_offsets[trace_req] + t % trace.output_len[trace_req]
         depth_cap = min(context.draft.depth, trace.depth)
         expected = trace.lattice_batch(global_pos, max_depth=depth_cap) if depth_cap > 0 else None
+        if expected is not None and context.draft.width < trace.width:  # what a width-k' drafter grows
+            expected = beam_batch_reference(expected, context.draft.width, depth_cap)[0]
         if expected is not None:  # the engine read the lattices at the positions we walked
             assert np.array_equal(lattices.offsets, expected.offsets)
             assert np.array_equal(lattices.token, expected.token)
@@ -161,5 +164,9 @@ def test_step_durations_are_the_cost_models_step_time():
     cost = ShapeRecorder(COST)
     result = build_simulation(SimConfig(policy="echo", concurrency=2, requests=6, step_log=True),
                               trace=trace, cost=cost).run().result()
-    expected = [COST.step_time(shape) for shape in cost.shapes]
+    # the cost model's step time, with the draft charged as recorded: echo's ragged (expand-gated)
+    # levels and catch-up tokens are CostModel.ragged_draft_time, not the uniform shape's
+    expected = [COST.step_time(shape) - COST.components(shape)["draft"] for shape in cost.shapes]
+    expected = np.asarray(expected) + result.steps["draft_time"].to_numpy()
     assert np.allclose(result.steps["end"] - result.steps["start"], expected, rtol=1e-12)
+    assert (result.steps["draft_time"][result.steps["batch_size"] > 0] > 0).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -128,10 +130,24 @@ def brute_force_chain_length(cost: FakeCost, alpha: float, k_max: int, bs: int) 
 def test_goodput_picks_the_goodput_optimal_chain(alpha, bs, cost):
     policy = make_policy("goodput:alpha0=" + repr(alpha))
     lattices = full_lattices(3, bs, width=2, depth=2)
-    selection = policy.select(lattices, context(lattices, cost, draft=DraftShape(8, 1)))
+    step = replace(context(lattices, cost, draft=DraftShape(8, 1)), trace_depth=8)
+    selection = policy.select(lattices, step)
     expected = brute_force_chain_length(cost, alpha, 8, bs)
     assert list(np.unique(selection.chain)) == [expected]
     assert policy.draft == DraftShape(expected, 1) and not selection.nodes.any()
+
+
+def test_goodput_chains_stop_at_the_trace_depth_and_pay_the_prefill_chunk():
+    lattices = full_lattices(3, 4, width=2, depth=2)
+    free = FakeCost(knee=10**6, per_token=1e-9)
+    policy = make_policy("goodput:alpha0=0.9")
+    assert policy.best_length(replace(context(lattices, free), trace_depth=8)) == 8
+    assert policy.best_length(context(lattices, free)) == 2  # the lattices are 2 deep
+    # a long prefill chunk makes every candidate's step longer: a long chain's relative gain wins more
+    costly = FakeCost(knee=0, per_token=1e-3, draft_per_level=1e-2)
+    short = policy.best_length(replace(context(lattices, costly), trace_depth=8))
+    long = policy.best_length(replace(context(lattices, costly), trace_depth=8, prefill_seconds=1.0))
+    assert long > short
 
 
 def test_goodput_chain_shrinks_with_load_and_with_acceptance():
@@ -141,7 +157,7 @@ def test_goodput_chain_shrinks_with_load_and_with_acceptance():
         for bs in (1, 32, 256):
             lattices = full_lattices(bs, bs, width=2, depth=2)
             policy = make_policy(f"goodput:alpha0={alpha}")
-            lengths[alpha, bs] = policy.best_length(context(lattices, compute))
+            lengths[alpha, bs] = policy.best_length(replace(context(lattices, compute), trace_depth=8))
     assert lengths[0.9, 1] > lengths[0.9, 256] and lengths[0.5, 1] > lengths[0.5, 256]
     assert all(lengths[0.9, bs] >= lengths[0.5, bs] for bs in (1, 32, 256))
     assert lengths[0.9, 1] == 8
@@ -150,5 +166,6 @@ def test_goodput_chain_shrinks_with_load_and_with_acceptance():
 def test_goodput_never_verifies_more_than_was_drafted():
     policy = make_policy("goodput:alpha0=0.95")
     lattices = full_lattices(4, 4, width=2, depth=2)
-    selection = policy.select(lattices, context(lattices, FakeCost(knee=10**6), draft=DraftShape(2, 1)))
+    step = replace(context(lattices, FakeCost(knee=10**6), draft=DraftShape(2, 1)), trace_depth=8)
+    selection = policy.select(lattices, step)
     assert list(selection.chain) == [2] * 4 and policy.draft.depth == 8

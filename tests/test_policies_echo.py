@@ -1,4 +1,4 @@
-"""echo (gate, calibration, budget, super-tree top-B, bucketing, adaptive depth) against references."""
+"""echo (gate modes, calibration, budget, super-tree top-B, bucketing, elastic shape) against references."""
 
 from __future__ import annotations
 
@@ -46,9 +46,17 @@ def brute_force_supertree(lattices: LatticeBatch, confidence, eligible, budget: 
 
 
 SPECS = st.sampled_from([
-    "echo", "echo:budget=fixed", "echo:gate_on=conditional", "echo:calibration=off", "echo:bucketing=off",
-    "echo:gate=off,budget=fixed,N=4", "echo:tau=0.05,bucketing=off", "echo:tau=0.5,gate_on=conditional",
+    "echo:probe=0", "echo:budget=fixed,probe=0", "echo:gate=select,probe=0", "echo:calibration=off,probe=0",
+    "echo:bucketing=off,probe=0", "echo:gate=off,budget=fixed,N=4", "echo:tau=0.05,bucketing=off,probe=0",
+    "echo:tau=0.5,gate=select,calibration=off,shape=off", "echo:tau=0.02,calibration=off,probe=0",
 ])
+
+
+def has_child(lattices: LatticeBatch) -> np.ndarray:
+    out = np.zeros(lattices.num_nodes, dtype=bool)
+    parent = lattices.global_parent()
+    out[parent[parent >= 0]] = True
+    return out
 
 
 @settings(max_examples=30, deadline=None)
@@ -60,12 +68,21 @@ def test_echo_selection_is_prefix_closed_gated_and_budgeted(spec, seed, bs, step
     build = random_lattices if frontier_only else full_lattices  # testing.random_trace keeps k per level
     for step in range(steps):  # later steps run on a calibration curve that has seen outcomes
         lattices = build(seed + step, bs, width=3, depth=4)
+        curve = policy.curve(lattices.score) if policy.calibration else lattices.score.astype(float)
         selection, _ = run_step(policy, lattices, context(lattices, cost))
     nodes = selection.nodes
     assert is_prefix_closed(lattices, nodes)
-    gate = lattices.cond_prob if policy.gate_on == "conditional" else lattices.score
-    eligible = gated_in(lattices, gate, policy.tau) if policy.gate else np.ones(lattices.num_nodes, bool)
-    assert not np.any(nodes & ~eligible)  # nothing below τ, nor under a node below τ
+    if policy.gate == "select":  # nothing below τ, nor under a node below τ
+        eligible = gated_in(lattices, curve, policy.tau)
+    elif policy.gate == "expand":  # nothing under a frontier node below τ (it was not expanded)
+        parent = lattices.global_parent()
+        expanded = has_child(lattices) & (curve >= policy.tau)
+        eligible = (parent < 0) | expanded[np.maximum(parent, 0)]
+        eligible = np.array([all(eligible[a] for a in ancestors_and_self(lattices, i))
+                             for i in range(lattices.num_nodes)], dtype=bool)
+    else:
+        eligible = np.ones(lattices.num_nodes, bool)
+    assert not np.any(nodes & ~eligible)
     count, verify = int(nodes.sum()), bs + int(nodes.sum()) + selection.padding
     if policy.bucketing and not selection.eager:
         assert verify == cost.graph_bucket(bs + min(selection.budget, int(eligible.sum())))
@@ -86,13 +103,11 @@ def test_fixed_budget_is_bs_times_N_minus_1_when_enough_nodes_pass():
     assert selection.budget == 30 and selection.nodes.sum() == 30
 
 
-@pytest.mark.parametrize("gate_on", ["cumulative", "conditional"])
-def test_super_tree_is_the_global_top_B_of_gated_nodes(gate_on):
+def test_super_tree_is_the_global_top_B_of_gated_nodes():
     lattices = full_lattices(2, 12, width=4, depth=5)
-    policy = make_policy(f"echo:gate_on={gate_on},calibration=off,budget=fixed,N=5,bucketing=off")
+    policy = make_policy("echo:gate=select,calibration=off,budget=fixed,N=5,bucketing=off,probe=0")
     selection = policy.select(lattices, context(lattices))
-    gate = lattices.cond_prob if gate_on == "conditional" else lattices.score
-    eligible = gated_in(lattices, gate, 0.2)
+    eligible = gated_in(lattices, lattices.score, 0.2)
     expected = brute_force_supertree(lattices, lattices.score.astype(float), eligible, 12 * 4)
     assert np.array_equal(selection.nodes, expected)
     per_request = np.bincount(lattices.request_of_node()[selection.nodes], minlength=12)
@@ -112,12 +127,16 @@ def test_calibrated_ranking_matches_a_brute_force_running_min():
     assert np.array_equal(selection.nodes, expected)
 
 
-def test_conditional_gate_cuts_whole_subtrees():
-    # node 1 fails its own probability (0.5·0.1 / 0.5) though its child has cond 1.0
-    lattices = lattice([[(-1, 0.5, True), (0, 0.05, True), (1, 0.05, True), (0, 0.45, False)]])
-    policy = make_policy("echo:gate_on=conditional,tau=0.2,calibration=off,budget=fixed,bucketing=off")
+def test_expand_gate_drafts_no_children_of_a_frontier_node_below_tau():
+    # node 0 (0.5) is expanded; node 1 (0.05 < τ) is a frontier node that is not: its child 2 is not
+    # drafted; node 3 (child of 0) is. Levels: the roots, then the 1 node expanded at level 1.
+    lattices = lattice([[(-1, 0.5, True), (-1, 0.05, False), (1, 0.05, False), (0, 0.45, True)]])
+    policy = make_policy("echo:tau=0.2,calibration=off,budget=fixed,bucketing=off,probe=0")
     selection = policy.select(lattices, context(lattices))
-    assert list(np.flatnonzero(selection.nodes)) == [0, 3]
+    assert list(np.flatnonzero(selection.nodes)) == [0, 1, 3]
+    assert selection.draft_level_tokens == (1, 1)
+    probe = make_policy("echo:tau=0.2,calibration=off,budget=fixed,bucketing=off")  # step 0 probes, ungated
+    assert list(np.flatnonzero(probe.select(lattices, context(lattices)).nodes)) == [0, 1, 2, 3]
 
 
 def brute_force_budget(confidence, bs, cost, draft_seconds, bucketing):
@@ -174,22 +193,42 @@ def test_bucketing_pads_fills_and_goes_eager_above_the_largest_bucket():
     assert (ragged.nodes.sum(), ragged.padding, ragged.eager) == (12, 0, True)
     gated = lattice([[(-1, 0.9, True), (0, 0.5, True), (-1, 0.1, False)]] * 3)  # 2 gated-in nodes each
     one_bucket = FakeCost(graph_buckets=(16,))
-    padded = make_policy("echo:budget=fixed,calibration=off").select(gated, context(gated, one_bucket))
+    padded = make_policy("echo:budget=fixed,calibration=off,gate=select,probe=0").select(gated, context(gated, one_bucket))
     assert (padded.nodes.sum(), padded.padding, padded.eager) == (6, 16 - 3 - 6, False)
 
 
-def test_adaptive_depth_follows_the_deepest_selected_node_of_the_last_4_steps():
-    policy = make_policy("echo:budget=fixed,N=2,calibration=off")
-    cost = FakeCost()
-    deepest = []
-    for seed in range(12):
-        lattices = full_lattices(seed, 3, width=3, depth=6).truncate_depth(min(policy.draft.depth, 6))
-        step = replace(context(lattices, cost, draft=DraftShape(lattices.max_depth, 3)), trace_depth=6)
-        selection, _ = run_step(policy, lattices, step)
-        deepest.append(int(lattices.depth[selection.nodes].max()) if selection.nodes.any() else 0)
-        assert policy.draft.depth == min(6, 1 + max(deepest[-4:]))
-    assert min(deepest) <= 4  # N = 2 keeps trees shallow, so the draft depth really adapted (below S = 6)
-    fixed = make_policy("echo:adaptive_depth=off,S_max=4")
+def test_shape_chooser_goes_wide_when_verify_is_free_and_narrow_when_it_is_not():
+    from echo_sim.policies.shape import NO_DRAFT, ShapeChooser
+
+    chooser = ShapeChooser(width=3, depth=3, hysteresis=0.0)
+    # level profiles: level 1 very confident at rank 0; deeper ranks worth little
+    for width in (1, 2, 3):
+        for level in (1, 2, 3):
+            slots = chooser.slots(width, level)
+            chooser.profiles[(width, level)] = np.array([0.9 ** level] + [0.05] * (slots - 1))
+    free = FakeCost(per_token=0.0, draft_per_level=0.0)
+    wide = chooser.choose(chooser.rates(8, 8 * 100, 0.0, free, bucketing=False))
+    assert wide == DraftShape(3, 3)  # free verification and drafting: the largest shape
+    costly = FakeCost(per_token=1e-2, knee=0, draft_per_level=1e-4)
+    chooser.current = None  # no hysteresis from the previous choice
+    narrow = chooser.choose(chooser.rates(8, 8 * 100, 0.0, costly, bucketing=False))
+    assert narrow.width == 1 and narrow != NO_DRAFT  # only the confident top-1 chain pays
+    expensive_draft = FakeCost(per_token=1e-2, knee=0, draft_per_level=10.0)
+    chooser.current = None
+    assert chooser.choose(chooser.rates(8, 800, 0.0, expensive_draft, bucketing=False)) == NO_DRAFT
+
+
+def test_shape_hysteresis_keeps_the_current_shape_within_the_margin():
+    from echo_sim.policies.shape import ShapeChooser
+
+    chooser = ShapeChooser(width=2, depth=2, hysteresis=0.05)
+    chooser.current = DraftShape(2, 2)
+    assert chooser.choose({DraftShape(2, 2): 1.0, DraftShape(1, 1): 1.04}) == DraftShape(2, 2)
+    assert chooser.choose({DraftShape(2, 2): 1.0, DraftShape(1, 1): 1.06}) == DraftShape(1, 1)
+
+
+def test_shape_off_drafts_the_full_shape_capped_by_S_max():
+    fixed = make_policy("echo:shape=off,S_max=4")
     lattices = full_lattices(0, 3, width=3, depth=6)
     fixed.select(lattices, context(lattices))
     assert fixed.draft == DraftShape(4, 3)

@@ -72,8 +72,8 @@ def test_impossible_knob_values_are_errors(spec, reason):
 
 def test_knob_values_are_typed():
     echo = make_policy("echo: tau=0.3, gate=off, budget=fixed, N=8, S_max=4")
-    assert (echo.tau, echo.gate, echo.budget, echo.N, echo.S_max) == (0.3, False, "fixed", 8, 4)
-    assert make_policy("echo:gate=ON").gate is True and make_policy("echo:bucketing=false").bucketing is False
+    assert (echo.tau, echo.gate, echo.budget, echo.N, echo.S_max) == (0.3, "off", "fixed", 8, 4)
+    assert make_policy("echo:gate=select").gate == "select" and make_policy("echo:bucketing=false").bucketing is False
     static = make_policy("static:S=6,k=8,N=32")
     assert (static.S, static.k, static.N) == (6, 8, 32)
     assert static.draft.depth == 6 and static.draft.width == 8

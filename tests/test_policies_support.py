@@ -33,6 +33,9 @@ class FakeCost(TokenBucketGraphs):
     def draft_time(self, batch_size, depth, width, kv_tokens=0):
         return self.draft_per_level * depth
 
+    def ragged_draft_time(self, batch_size, level_tokens, kv_tokens=0):
+        return self.draft_per_level * len(level_tokens)
+
     def graph_bucket(self, verify_tokens):
         fits = [b for b in self.graph_buckets if b >= verify_tokens]
         return min(fits) if fits else None

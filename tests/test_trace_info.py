@@ -65,3 +65,20 @@ def test_bad_paths_exit_2_with_one_line(tmp_path, capsys):
     junk.write_bytes(np.arange(10, dtype=np.uint8).tobytes())
     code, _, err = trace_info([str(junk)], capsys)
     assert code == 2 and "junk.trace.npz" in err and len(err.strip().splitlines()) == 1
+
+
+def test_beam_inexact_rates_on_hand_lattice(tmp_path, capsys):
+    from test_beam import hand_lattice, lattice_trace
+
+    # k=2, S=3; k'=1 meets n0's first child a, which the stored lattice never expanded: both
+    # positions are inexact at depth 3; a is on the target's path only at position 0 (y = 1 3)
+    trace = lattice_trace([hand_lattice()] * 2, 2, 3, targets=[1, 3])
+    path = write_trace(trace, tmp_path / "beam.trace.npz")
+    code, out, _ = trace_info([str(path), "--json"], capsys)
+    rates = json.loads(out)["beam_inexact"]
+    assert code == 0 and list(rates) == ["1"]
+    assert rates["1"]["by_depth"] == [0.0, 0.0, 1.0]
+    assert rates["1"]["on_path_by_depth"] == [0.0, 0.0, 0.5]
+    assert rates["1"]["first_at_level"] == [0.0, 0.0, 1.0]
+    code, out, _ = trace_info([str(path)], capsys)
+    assert "k'=1" in out and "100.00%" in out and "50.00%" in out

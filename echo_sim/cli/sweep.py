@@ -23,6 +23,8 @@ from echo_sim.cli import recommend
 from echo_sim.atomic import write_bytes_atomic, write_text_atomic
 from echo_sim.executor import Executor, LocalExecutor
 from echo_sim.points import PointStore, canonical
+from echo_sim.preflight import check_point
+from echo_sim.traces.format import read_trace
 from echo_sim.config import SimConfig
 from echo_sim.engine import simulate
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
@@ -42,27 +44,45 @@ DEFAULT_OPEN_LOOP_SLO = "ttft_p90=1s,tpot_p99=50ms"
 
 
 def parse_list(text: str, kind, name: str) -> list:
+    """Comma-separated values, duplicates dropped (first occurrence kept: one row per point)."""
     try:
         values = [kind(item) for item in text.split(",") if item.strip()]
     except ValueError:
         raise ValueError(f"--{name}: cannot parse {text!r} as a comma-separated list of {kind.__name__}")
     if not values:
         raise ValueError(f"--{name}: empty list")
-    return values
+    return list(dict.fromkeys(values))
+
+
+def parse_policies(text: str) -> list[str]:
+    """Policy specs from one comma-separated list: 'ar,static:S=5,k=4,N=16' is two specs, since a
+    comma followed by `knob=value` (no ':') continues the previous spec's knobs."""
+    specs: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if specs and "=" in item and ":" not in item and ":" in specs[-1]:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    if not specs:
+        raise ValueError("--policies: empty list")
+    return list(dict.fromkeys(specs))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=",".join(POLICY_NAMES),
-                        help="comma-separated policy specs, e.g. 'ar,static,echo:budget=fixed' (default: all)")
+                        help="comma-separated policy specs; knobs follow their policy, e.g. "
+                             "'ar,static:S=5,k=4,N=16,echo:budget=fixed' (default: all)")
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)),
                       help="closed-loop client counts (default 1..256, powers of two)")
-    load.add_argument("--rates", default=None, help="open-loop Poisson arrival rates in requests/s instead")
-    parser.add_argument("--workloads", default=None, help="comma-separated workloads (default: --workload)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give error bars")
+    load.add_argument("--rates", default=None, help="open-loop Poisson arrival rates in requests/s, instead of --concurrency (default: none)")
+    parser.add_argument("--workloads", default=None, help="comma-separated workloads (default: the one --workload names)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give error bars (default: 0)")
     parser.add_argument("--out", default="sweep-out", help="output folder (default: sweep-out)")
-    parser.add_argument("--step-log", action="store_true", help="write per-step records to DIR/steps/")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--step-log", action="store_true", help="write per-step records to DIR/steps/ (default: off)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (default: plots are drawn)")
     parser.add_argument("--slo", default=None,
                         help="latency targets for SLO attainment, e.g. ttft_p90=1s,tpot_p99=50ms (default with "
                              f"--rates: {DEFAULT_OPEN_LOOP_SLO}; open-loop sweeps recommend by attainment)")
@@ -84,7 +104,7 @@ class GridPoint:
 
 def build_grid(args: argparse.Namespace) -> list[GridPoint]:
     """Validate every input, then list the points (ar is always included: speedups need it)."""
-    policies = parse_list(args.policies, str, "policies")
+    policies = parse_policies(args.policies)
     for spec in policies:
         make_policy(spec)  # raises PolicyError listing the known names
     if "ar" not in policies:
@@ -96,6 +116,7 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
         loads = [("rate", rate) for rate in parse_list(args.rates, float, "rates")]
     else:
         loads = [("concurrency", c) for c in parse_list(args.concurrency, int, "concurrency")]
+    trace = read_trace(base.trace_path())  # once: every point replays the same trace
     slo_text = args.slo or (DEFAULT_OPEN_LOOP_SLO if args.rates else None)
     slo = format_slo(parse_slo(slo_text)) if slo_text else None
     points = []
@@ -105,7 +126,7 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
                 for spec in policies:
                     config = replace(base, policy=spec, workload=workload, seed=seed,
                                      step_log=args.step_log, **{field: value})
-                    config.validate()
+                    check_point(config, trace)  # everything a worker could fail on, before any write
                     points.append(GridPoint(config, slo))
     return points
 

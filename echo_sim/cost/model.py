@@ -14,8 +14,9 @@ CONTRACT (fixed; the engine and the policies build against it; the cost work fil
         eager: bool = False         the verify shape is not a captured graph
         prefill_draft: bool = True  the draft model prefills the chunk too (False: a policy that
                                     never drafts, e.g. ar, runs no draft model at all)
-        draft_extend_tokens: int = 0   tokens the draft's level 1 extends over: Σ_r (1 + accepted_r),
-                                    the tokens this step commits (0: batch_size, one per request)
+        draft_extend_tokens: int = 0   tokens the draft's level 1 extends over: everything committed
+                                    since the draft last ran, Σ_r (1 + accepted_r) of the previous
+                                    step when it drafted every step (0: batch_size, one per request)
 
     class CostModel:
         source: str                      "preset:h200/llama-3.1-8b" or "calibration:<path>"
@@ -34,13 +35,15 @@ CONTRACT (fixed; the engine and the policies build against it; the cost work fil
     class CostModelError(ValueError)   unknown preset (lists known ones), bad/NaN calibration file
 
 Additions beyond the contract: `draft_time(..., kv_tokens=0, extend_tokens=None)` (the draft's
-attention reads the cached context too: pass ΣKV when known), `prefill_time`, `describe()`,
-`serving_knobs()`, `executed_shape` (THE graph-bucket rule, echo_sim.cost.graphs),
-`kv_capacity_tokens`, `prefill_chunk_tokens`, `load_cost_model(..., tp=None, cost=None,
-knobs=None)`; `hardware`/`model` default to None, meaning h200 / llama-3.1-8b for presets and
-"whatever the file says" with a calibration. `cost`: "fitted" (the default where a fitted profile
-exists, echo_sim.cost.fitted) or "roofline"; a calibration supersedes both. `knobs`: the
-serving-engine knobs (echo_sim.cost.serving.ServingKnobs).
+attention reads the cached context too: pass ΣKV when known; level 1 extends over the tokens
+committed since the draft last ran), `ragged_draft_time(batch_size, level_tokens, kv_tokens)` (a
+draft whose levels run different token counts: echo's expand gate, catch-up after steps without
+drafting), `prefill_time`, `describe()`, `serving_knobs()`, `executed_shape` (THE graph-bucket
+rule, echo_sim.cost.graphs), `kv_capacity_tokens`, `prefill_chunk_tokens`,
+`load_cost_model(..., tp=None, cost=None, knobs=None)`; `hardware`/`model` default to None,
+meaning h200 / llama-3.1-8b for presets and "whatever the file says" with a calibration. `cost`:
+"fitted" (the default where a fitted profile exists, echo_sim.cost.fitted) or "roofline"; a
+calibration supersedes both. `knobs`: the serving-engine knobs (echo_sim.cost.serving.ServingKnobs).
 
 T_step = T_prefill + T_draft + T_verify + T_overhead. Graph mode: a verify of V tokens runs the
 smallest captured bucket >= V (padding costs like real tokens) and pays one graph replay; a step
@@ -54,7 +57,6 @@ roofline (roofline.RooflineTerms, with or without fitted rates) or from a calibr
 from __future__ import annotations
 
 import operator
-from bisect import bisect_left
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -126,6 +128,7 @@ class CostModel:
         self.prefill_chunk_tokens = int(prefill_chunk_tokens)
         self._description = {"source": source, **description}
         self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
+        self._last_ragged = (None, 0.0)
 
     def describe(self) -> dict:
         """What a result record stores about its cost source: source, hardware, model, dtype, tp, cost model."""
@@ -179,6 +182,28 @@ class CostModel:
         if self._last_draft[0] != key:
             self._last_draft = (key, float(self.terms.draft(batch_size, depth, width, kv_tokens, extend)))
         return self._last_draft[1]
+
+    def ragged_draft_time(self, batch_size: int, level_tokens, kv_tokens: int = 0) -> float:
+        """Seconds of a draft whose level l forward runs level_tokens[l-1] tokens (level 1: the
+        roots plus any catch-up tokens; level l >= 2: the frontier nodes expanded at level l-1),
+        each level one graph-replayed forward. A level costs what draft_time charges a level of
+        that many tokens, so uniform levels (bs, bs·k, …) give draft_time exactly."""
+        tokens = np.asarray(level_tokens, dtype=float)
+        if batch_size < 1 or len(tokens) == 0 or tokens.min() <= 0:
+            raise CostModelError(f"ragged_draft_time: impossible shape bs={batch_size} levels={tokens.tolist()}")
+        key = (batch_size, tuple(tokens.tolist()), kv_tokens)
+        if self._last_ragged[0] == key:
+            return self._last_ragged[1]
+        depth, widths = len(tokens), tokens / batch_size
+        first = float(self.terms.draft(batch_size, 1, 1, kv_tokens))
+        if isinstance(self.terms, RooflineTerms):  # its draft takes one width per level: one forward
+            seconds = float(self.terms.draft(batch_size, depth, widths, kv_tokens))
+        else:  # a calibration's levels 2…S cost alike: each level is what it adds at its width
+            seconds = first + sum(float(self.terms.draft(batch_size, 2, w, kv_tokens)) - first for w in widths[1:])
+        if tokens[0] != batch_size:  # catch-up tokens ride in level 1's forward
+            seconds += float(self.terms.draft(int(tokens[0]), 1, 1, kv_tokens)) - first
+        self._last_ragged = (key, seconds)
+        return seconds
 
     def prefill_time(self, prefill_tokens: int, prefill_context: int = 0, with_draft: bool = True) -> float:
         """Seconds of one prefill chunk of `prefill_tokens` over `prefill_context` cached tokens

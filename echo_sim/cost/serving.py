@@ -12,7 +12,8 @@ the ranking of policies at high load. Each is recorded in every result (`CostMod
     verify_graphs   "token-buckets" (default) or "per-batch-size" with N tokens per request
                     (graph_tokens, default 16): echo_sim.cost.graphs
     moe_routing     "uniform" (default) or "gini:G": echo_sim.cost.routing
-    draft level 1   always the draft extend over the tokens committed (Σ_r 1 + accepted_r), not bs
+    draft level 1   always the draft extend over the tokens committed since the draft last ran
+                    (Σ_r 1 + accepted_r of the previous step, plus catch-up after steps without drafting), not bs
 """
 
 from __future__ import annotations

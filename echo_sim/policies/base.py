@@ -16,7 +16,7 @@ nodes (echo_sim.trees), or, for chain policies, per-request chain lengths over t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -51,6 +51,15 @@ class StepContext:
     cost      the step-time model (echo_sim.cost.model.CostModel): verify/draft/step times
     draft     the DraftShape actually grown this step
     trace_depth / trace_width   S and k of the lattices in the trace (upper bounds)
+    prefill_seconds  T_prefill: the time of the prefill chunk this step carries (a cost the step
+                     pays whatever is verified: cost-based objectives divide by it too)
+    frontier  bool [n] or None: the nodes the drafter expanded (frontier nodes of levels below the
+              drafted depth); None: a node with children in the lattice was expanded
+    catch_up  int: tokens this step's level-1 draft forward extends over beyond one per request:
+              the previous drafting step's accepted tokens, plus all tokens committed by steps
+              without drafting since (echo_sim.engine DecodeBatch.draft_lag)
+    on_path_depth  (oracle only, simulator only) width -> int [bs]: the on-path depth of the
+              full-depth read of that width; None where the target's path is unknown
     """
 
     batch_size: int
@@ -59,6 +68,10 @@ class StepContext:
     draft: DraftShape
     trace_depth: int
     trace_width: int
+    prefill_seconds: float = 0.0
+    frontier: np.ndarray | None = None
+    catch_up: int = 0
+    on_path_depth: Callable[[int], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,10 @@ class Selection:
               never accepted)
     eager     True when the step's shape is not a captured graph (pays eager launch overhead)
     budget    the batch budget B the policy settled on (draft nodes beyond the roots), for logs
+    draft_level_tokens   tokens of each draft level's forward when they are not the drafted
+              shape's (bs, bs·k', …): echo's expand gate drafts ragged levels; None: the shape's
+    drafted   the shape actually drafted when it is not policy.draft (the shape-best oracle picks
+              it after seeing the step); None: policy.draft as the engine executed it
     """
 
     nodes: np.ndarray
@@ -78,6 +95,8 @@ class Selection:
     padding: int = 0
     eager: bool = False
     budget: int | None = None
+    draft_level_tokens: tuple[int, ...] | None = None
+    drafted: DraftShape | None = None
 
     def draft_tokens_per_request(self, lattices: LatticeBatch) -> np.ndarray:
         """int64 [bs]: n_r, the verified draft tokens of each request (roots excluded)."""

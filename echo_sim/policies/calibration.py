@@ -52,12 +52,17 @@ class CalibrationCurve:
     """Online, monotone score -> ĉ curve (formula in the module docstring)."""
 
     prior_weight: float = 10.0
+    decay: float = 0.0  # per observation, old counts are weighted (1 - decay): the curve follows drift
     nodes: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BINS))
     hits: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BINS))
     _values: np.ndarray | None = field(default=None, repr=False)
 
     def observe(self, score: np.ndarray, accepted: np.ndarray) -> None:
-        """Count verified nodes (their scores) and which of them were accepted."""
+        """Count verified nodes (their scores) and which of them were accepted, after forgetting
+        a `decay` share of the old counts."""
+        if self.decay:
+            self.nodes *= 1.0 - self.decay
+            self.hits *= 1.0 - self.decay
         bins = score_bins(score)
         self.nodes += np.bincount(bins, minlength=NUM_BINS)
         self.hits += np.bincount(bins, weights=np.asarray(accepted, dtype=np.float64), minlength=NUM_BINS)

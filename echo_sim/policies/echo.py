@@ -1,130 +1,192 @@
-"""`echo`: the batch as one budgeted super-tree with sparse confidence gating (POLICIES.md).
+"""`echo`: elastic, budgeted super-tree with sparse confidence gating (POLICIES.md).
 
 One step, top to bottom (every part has an off switch for ablations):
 
-1. gate        a node is eligible when its gate value (cumulative score, or its own conditional
-               probability with gate_on=conditional) is >= τ for it and every ancestor.
-2. calibrate   ĉ = curve(score), the online on-path rate (calibration.py), forced non-increasing
-               along every path by trees.running_min where it is not already; off: ĉ = raw score.
-3. budget      fixed: B = bs·(N − 1), the same token count as `static`.
-               goodput: B* = argmax_B (bs + Σ_top-B ĉ) / (T_draft + T_verify(bs + B)) over the
-               eligible nodes, T from the cost model at the step's KV and with V padded to the graph
-               bucket it would run in (eager above the largest); the top ĉ come from a partial
-               selection of a bounded window, widened only while a bound says a larger B could win.
-4. top-B       trees.supertree_select ranks all eligible nodes of all requests by ĉ (ties: score
-               desc, depth asc, request asc, node asc) and keeps the best B: prefix-closed because
-               ĉ never increases along a path.
-5. bucketing   V = bs + selected is rounded up to its captured bucket by taking the next-best
-               eligible nodes; if too few remain the rest is `padding`; above the largest bucket
-               the step runs eagerly. Off: V as is (eager unless it equals a bucket).
-6. depth       next S = min(S_max, 1 + deepest selected depth over the last 4 steps); off: S_max.
-               S_max = 0 means the trace's depth.
+0. shape       before drafting: the next step's width k', depth S' or no drafting, the best
+               predicted committed tokens per second (shape.py: online per-(k', level) ĉ profiles,
+               draft + verify + prefill-chunk time, hysteresis, the full shape ungated every
+               `probe` steps), decided every SHAPE_EVERY steps (and after a step without drafting).
+               shape=off: always the lattice's full k, S (S_max caps S).
+1. calibrate   ĉ = curve(score), the online on-path rate (calibration.py, forgetting `decay` of
+               its counts per step); non-increasing along every path by construction (a monotone
+               curve of a score that never increases along a path); calibration=off: ĉ = raw score.
+2. gate        on ĉ, threshold τ (`tau`, SGLang's --speculative-echo-threshold):
+               expand (default)  a frontier node with ĉ < τ is not expanded: its children are never
+                                 drafted (not eligible), the draft is ragged and charged per level
+                                 by the nodes expanded (the level's tokens padded to the smallest
+                                 captured graph bucket, one graph replay per level);
+               select            every node is drafted; nodes with ĉ < τ (and their subtrees) are
+                                 not verified;
+               off               every drafted node is eligible.
+               Probe steps run ungated, so the curve keeps learning below τ.
+3. budget      goodput: B* = argmax_B (bs + Σ_top-B ĉ) / (T_draft + T_verify(bucket(bs + B)) + T_prefill)
+               (policies.budget; T_verify already holds launch and scheduler overheads; T_prefill is
+               the step's prefill chunk, prefill_term=off drops it); fixed: B = bs·(N − 1).
+4. top-B       trees.supertree_select: the best B eligible nodes of the whole batch by ĉ (ties:
+               score desc, depth asc, request asc, node asc), prefix-closed per request.
+5. bucketing   V = bs + selected is rounded up to its captured bucket with the next-best eligible
+               nodes, the rest `padding`; above the largest bucket: eager. Off: V as is.
+
+Today's knobs map as: gate=on (raw score) -> gate=select (on ĉ); gate_on=conditional is gone (a
+raw conditional probability is not on the calibrated scale); adaptive_depth=off -> shape=off.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
 
 from echo_sim.policies.base import TRACE_LIMIT, DraftShape, Outcome, Selection, StepContext
-from echo_sim.policies.calibration import CalibrationCurve
 from echo_sim.policies.budget import goodput_budget
+from echo_sim.policies.calibration import CalibrationCurve
 from echo_sim.policies.common import require_confidences
 from echo_sim.policies.knobs import KnobbedPolicy, check_range
-from echo_sim.trees import ROOT_PARENT, LatticeBatch, running_min, supertree_gate, supertree_select
+from echo_sim.policies.shape import ShapeChooser
+from echo_sim.trees import ROOT_PARENT, LatticeBatch, supertree_gate, supertree_select
 
-DEPTH_WINDOW = 4  # steps of selected depth that the next draft depth looks back on
+SHAPE_EVERY = 8  # steps between shape decisions (and profile updates): shapes change with load, slowly
 
 
-def parent_links(lattices: LatticeBatch, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(child, parent) flat indices of the masked nodes that are not children of the root.
+def drafter_frontier(lattices: LatticeBatch, context: StepContext) -> np.ndarray:
+    """bool [n]: the nodes the drafter expanded (the engine's, else: nodes with children)."""
+    if context.frontier is not None:
+        return context.frontier
+    has_child = np.zeros(lattices.num_nodes, dtype=bool)
+    parent = lattices.global_parent()
+    has_child[parent[parent != ROOT_PARENT]] = True
+    return has_child
 
-    Shape: both int64 [number of such nodes]. Gathering only the masked nodes keeps the step's
-    monotonicity checks as small as the gated set.
-    """
-    child = np.flatnonzero(mask & (lattices.parent != ROOT_PARENT))
-    request = np.searchsorted(lattices.offsets, child, side="right") - 1
-    return child, lattices.parent[child] + lattices.offsets[request]
+
+def level_tokens(lattices: LatticeBatch, expanded: np.ndarray, depth: int, cost) -> tuple[int, ...]:
+    """Tokens of each draft forward of a ragged draft: level 1 runs the roots, level l + 1 the
+    frontier nodes expanded at level l, padded as the cost model's graph rule pads a forward; ends at the first
+    level where nothing is expanded."""
+    bs = lattices.batch_size
+    counts = np.bincount(lattices.depth[expanded], minlength=depth + 1)[1:depth]
+    tokens = [bs]
+    for count in counts:
+        if count == 0:
+            break
+        padded, _ = cost.executed_shape(np.array([int(count)]), bs)
+        tokens.append(int(padded[0]))
+    return tuple(tokens)
 
 
 @dataclass
 class EchoPolicy(KnobbedPolicy):
-    """Gated, calibrated, budgeted super-tree selection (steps in the module docstring)."""
+    """Elastic, gated, calibrated, budgeted super-tree selection (steps in the module docstring)."""
 
     name: ClassVar[str] = "echo"
     note: ClassVar[str] = (
-        "SGLang's ECHO (PR #33295) exposes only --speculative-echo-threshold; gate_on, calibration, "
-        "the goodput budget, bucketing and adaptive depth are this toolkit's reading, not flags"
+        "SGLang's ECHO (PR #33295) exposes only --speculative-echo-threshold, here on the calibrated "
+        "scale ĉ (the probability a node is on-path), not on raw draft scores; the elastic shape, the "
+        "expand gate, calibration and its decay, the goodput budget with its prefill term, bucketing "
+        "and probing are this toolkit's reading and have no flags (num-steps/topk give the largest shape)"
     )
     tau: float = 0.2
-    gate: bool = True
-    gate_on: Literal["cumulative", "conditional"] = "cumulative"
+    gate: Literal["expand", "select", "off"] = "expand"
     calibration: bool = True
     prior: float = 10.0
+    decay: float = 0.002
     budget: Literal["goodput", "fixed"] = "goodput"
     N: int = 16
     bucketing: bool = True
-    adaptive_depth: bool = True
+    shape: bool = True
+    hysteresis: float = 0.03
+    probe: int = 32
+    prefill_term: bool = True
     S_max: int = 0
     draft: DraftShape = field(init=False)
     curve: CalibrationCurve = field(init=False, repr=False)
-    recent_depths: deque = field(init=False, repr=False)
+    chooser: ShapeChooser | None = field(init=False, default=None, repr=False)
     trace_shape: DraftShape | None = field(init=False, default=None, repr=False)
+    steps: int = field(init=False, default=0, repr=False)
 
     def __post_init__(self) -> None:
         check_range(self.name, "tau", self.tau, 0.0, 1.0)
         check_range(self.name, "prior", self.prior, 1e-9)
+        check_range(self.name, "decay", self.decay, 0.0, 0.5)
         check_range(self.name, "N", self.N, 1)
+        check_range(self.name, "hysteresis", self.hysteresis, 0.0)
+        check_range(self.name, "probe", self.probe, 0)
         check_range(self.name, "S_max", self.S_max, 0)
-        self.curve = CalibrationCurve(prior_weight=self.prior)
-        self.recent_depths = deque(maxlen=DEPTH_WINDOW)
+        self.curve = CalibrationCurve(prior_weight=self.prior, decay=self.decay)
         self.draft = DraftShape(depth=self.S_max or TRACE_LIMIT, width=TRACE_LIMIT)
+
+    @property
+    def probing(self) -> bool:
+        """This step drafts the full shape ungated (shape statistics and calibration below τ)."""
+        return self.shape and self.probe > 0 and self.steps % self.probe == 0
 
     def select(self, lattices: LatticeBatch, context: StepContext) -> Selection:
         require_confidences(self.name, lattices)
-        self.trace_shape = DraftShape(context.trace_depth, context.trace_width)
-        gate_value, threshold = self._gate(lattices)
-        eligible = supertree_gate(lattices, gate_value, threshold)
-        confidence = self._confidence(lattices, eligible)
-        child, parent = parent_links(lattices, eligible)
-        # ĉ must not increase along a path; running_min forces it where the curve did not already.
-        if not np.all(confidence[child] <= confidence[parent]):
-            confidence = running_min(lattices, confidence)
-        budget = self._budget(confidence[eligible], lattices.batch_size, context)
+        full = DraftShape(min(self.S_max or context.trace_depth, context.trace_depth), context.trace_width)
+        if self.chooser is None:
+            self.trace_shape = full
+            self.chooser = ShapeChooser(full.width, full.depth, prefill_term=self.prefill_term,
+                                        hysteresis=self.hysteresis)
+        probing = self.probing
+        confidence = self._confidence(lattices)
+        eligible, levels = self._gate(lattices, confidence, context, probing)
+        deciding = self.shape and self.steps % SHAPE_EVERY == 0
+        if deciding or (self.shape and probing):
+            self.chooser.observe(lattices, np.where(eligible, confidence, 0.0), context.draft)
+        budget = self._budget(confidence[eligible], lattices.batch_size, context, levels)
         fill, padding, eager = self._fit_bucket(budget, int(eligible.sum()), lattices.batch_size, context)
-        nodes = supertree_select(lattices, confidence, gate_value, threshold, fill, eligible=eligible)
-        self._plan_depth(lattices, nodes)
-        return Selection(nodes=nodes, padding=padding, eager=eager, budget=budget)
+        nodes = supertree_select(lattices, confidence, confidence, -np.inf, fill, eligible=eligible)
+        self.steps += 1
+        if not self.shape or deciding or self.probing or probing or context.draft.depth == 0:
+            self.draft = self._next_shape(lattices.batch_size, context, full)
+        # a width-1 draft is a chain: its selection is a path from the root, replayed from the spine
+        chain = np.bincount(lattices.request_of_node()[nodes], minlength=lattices.batch_size) \
+            if context.draft.width == 1 and context.draft.depth > 0 else None
+        return Selection(nodes=nodes, chain=chain, padding=padding, eager=eager, budget=budget,
+                         draft_level_tokens=levels)
 
     def observe(self, outcome: Outcome) -> None:
-        if self.calibration:
-            verified = outcome.selection.nodes
-            self.curve.observe(outcome.lattices.score[verified], outcome.accepted[verified])
+        if not self.calibration:
+            return
+        verified, accepted = outcome.selection.nodes, outcome.accepted
+        if outcome.selection.chain is not None:  # the spine's acceptance: the first a_r nodes of the path
+            lattices = outcome.lattices
+            accepted = lattices.depth <= outcome.accepted_depth[lattices.request_of_node()]
+        self.curve.observe(outcome.lattices.score[verified], accepted[verified])
 
-    def _gate(self, lattices: LatticeBatch) -> tuple[np.ndarray, float]:
-        if not self.gate:
-            return lattices.score, -np.inf
-        return (lattices.score if self.gate_on == "cumulative" else lattices.cond_prob), self.tau
-
-    def _confidence(self, lattices: LatticeBatch, eligible: np.ndarray) -> np.ndarray:
-        """float64 [n]: ĉ on eligible nodes (0 elsewhere: they are never selected)."""
+    def _confidence(self, lattices: LatticeBatch) -> np.ndarray:
+        """float64 [n]: ĉ, non-increasing along every path: the curve is non-decreasing in the
+        score (isotonic) and a cumulative score never increases along a path (a float32 product
+        by a probability <= 1 cannot round up), so no running minimum is needed."""
         if not self.calibration:
             return lattices.score.astype(np.float64)
-        confidence = np.zeros(lattices.num_nodes)
-        confidence[eligible] = self.curve(lattices.score[eligible])
-        return confidence
+        return self.curve(lattices.score)
 
-    def _budget(self, eligible_confidence: np.ndarray, bs: int, context: StepContext) -> int:
+    def _gate(self, lattices: LatticeBatch, confidence: np.ndarray, context: StepContext, probing: bool
+              ) -> tuple[np.ndarray, tuple[int, ...] | None]:
+        """(eligible bool [n], ragged draft level tokens or None) for this step's gate mode."""
+        if self.gate == "off" or probing or lattices.num_nodes == 0:
+            return np.ones(lattices.num_nodes, dtype=bool), None
+        if self.gate == "select":
+            return supertree_gate(lattices, confidence, self.tau), None
+        expanded = drafter_frontier(lattices, context) & (confidence >= self.tau)
+        parent = lattices.global_parent()
+        # ĉ never increases along a path, so a node's ancestors were all expanded iff its parent was
+        drafted = (parent == ROOT_PARENT) | expanded[np.maximum(parent, 0)]
+        return drafted, level_tokens(lattices, expanded, context.draft.depth, context.cost)
+
+    def _budget(self, eligible_confidence: np.ndarray, bs: int, context: StepContext, levels) -> int:
         if self.budget == "fixed":
             return bs * (self.N - 1)
         drafted = context.draft
         kv_tokens = int(np.sum(context.kv_lens))
-        draft_seconds = (context.cost.draft_time(bs, drafted.depth, drafted.width, kv_tokens=kv_tokens)
-                         if drafted.depth else 0.0)
-        return goodput_budget(eligible_confidence, bs, kv_tokens, draft_seconds, context.cost, self.bucketing)
+        if levels is not None:
+            draft_seconds = context.cost.ragged_draft_time(bs, levels, kv_tokens)
+        else:
+            draft_seconds = (context.cost.draft_time(bs, drafted.depth, drafted.width, kv_tokens=kv_tokens)
+                             if drafted.depth else 0.0)
+        sunk = draft_seconds + (context.prefill_seconds if self.prefill_term else 0.0)
+        return goodput_budget(eligible_confidence, bs, kv_tokens, sunk, context.cost, self.bucketing)
 
     def _fit_bucket(self, budget: int, eligible: int, bs: int, context: StepContext) -> tuple[int, int, bool]:
         """(nodes to select, padding tokens, eager) for this budget and bucketing mode."""
@@ -136,18 +198,20 @@ class EchoPolicy(KnobbedPolicy):
         fill = min(capacity, eligible)
         return fill, capacity - fill, False
 
-    def _plan_depth(self, lattices: LatticeBatch, nodes: np.ndarray) -> None:
-        s_max = self.S_max or self.trace_shape.depth
-        self.recent_depths.append(int(lattices.depth[nodes].max()) if nodes.any() else 0)
-        depth = min(s_max, 1 + max(self.recent_depths)) if self.adaptive_depth else s_max
-        self.draft = DraftShape(depth=depth, width=self.trace_shape.width)
+    def _next_shape(self, batch_size: int, context: StepContext, full: DraftShape) -> DraftShape:
+        """The shape the next step drafts (step 0): full when probing or shape=off."""
+        if not self.shape or self.probing or batch_size == 0:
+            return full
+        rates = self.chooser.rates(batch_size, int(np.sum(context.kv_lens)), context.prefill_seconds,
+                                   context.cost, self.bucketing)
+        return self.chooser.choose(rates)
 
     def sglang_flags(self) -> dict[str, object]:
         flags: dict[str, object] = {}
         if self.trace_shape is not None:
-            flags["--speculative-num-steps"] = self.S_max or self.trace_shape.depth
+            flags["--speculative-num-steps"] = self.trace_shape.depth
             flags["--speculative-eagle-topk"] = self.trace_shape.width
         if self.budget == "fixed":
             flags["--speculative-num-draft-tokens"] = self.N
-        flags["--speculative-echo-threshold"] = self.tau if self.gate else 0.0  # 0 gates nothing
+        flags["--speculative-echo-threshold"] = self.tau if self.gate != "off" else 0.0  # 0 gates nothing
         return flags

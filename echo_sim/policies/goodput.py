@@ -5,8 +5,9 @@ Model: each chain draft is accepted with probability α independently, so a chai
 commits E[k] = 1 + α + … + α^k = (1 − α^(k+1)) / (1 − α) tokens per request (bonus included).
 For the step's batch size bs and KV tokens Σ KV:
 
-    goodput(k) = bs · E[k] / (T_draft(bs, k, width 1) + T_verify(bucket(bs·(1 + k)), bs, Σ KV))
-    k* = argmax over k in 0 … k_max (k = 0 is autoregressive: no draft cost, E = 1; ties -> smaller k)
+    goodput(k) = bs · E[k] / (T_draft(bs, k, width 1) + T_verify(bucket(bs·(1 + k)), bs, Σ KV) + T_prefill)
+    k* = argmax over k in 0 … min(k_max, trace depth S) (k = 0 is autoregressive: no draft cost,
+    E = 1; ties -> smaller k); T_prefill is the step's prefill chunk, the same term echo's budget has
 
 α is estimated online from the verified chains as a censored geometric rate, smoothed per step:
 
@@ -38,11 +39,13 @@ def expected_tokens(alpha: float, lengths: np.ndarray) -> np.ndarray:
     return np.cumsum(alpha ** np.arange(int(lengths.max()) + 1))[lengths]
 
 
-def chain_goodput(cost, alpha: float, k_max: int, batch_size: int, kv_tokens: int) -> np.ndarray:
-    """float [k_max + 1]: expected committed tokens per second for chain lengths 0 … k_max."""
+def chain_goodput(cost, alpha: float, k_max: int, batch_size: int, kv_tokens: int,
+                  prefill_seconds: float = 0.0) -> np.ndarray:
+    """float [k_max + 1]: expected committed tokens per second for chain lengths 0 … k_max, the
+    step's prefill chunk (prefill_seconds) counted in every candidate's time."""
     lengths = np.arange(k_max + 1)
     executed, eager = cost.executed_shape(batch_size * (1 + lengths), batch_size)
-    seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens)
+    seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + prefill_seconds
     seconds += np.array([cost.draft_time(batch_size, int(k), 1, kv_tokens=kv_tokens) if k else 0.0 for k in lengths])
     return batch_size * expected_tokens(alpha, lengths) / seconds
 
@@ -73,8 +76,12 @@ class GoodputPolicy(KnobbedPolicy):
         return min(self.accepted_ema / self.trials_ema, 0.999) if self.trials_ema > 0 else 0.0
 
     def best_length(self, context: StepContext) -> int:
+        """k* over 0 … min(k_max, the trace's depth): like every tree policy here, no chain longer
+        than the lattices are deep (chains replay the spine, which has no such limit)."""
         kv_tokens = int(np.sum(context.kv_lens))
-        rates = chain_goodput(context.cost, self.alpha, self.k_max, context.batch_size, kv_tokens)
+        k_max = min(self.k_max, context.trace_depth) if context.trace_depth > 0 else self.k_max
+        rates = chain_goodput(context.cost, self.alpha, k_max, context.batch_size, kv_tokens,
+                              context.prefill_seconds)
         return int(np.argmax(rates))
 
     def select(self, lattices: LatticeBatch, context: StepContext) -> Selection:

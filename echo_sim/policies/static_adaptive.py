@@ -20,8 +20,9 @@ largest bucket key <= bs):
 
 N scales with S at the static policy's tokens per level: N(S) = 1 + round(S·(N − 1)/S_knob)
 (defaults S=5, N=16: 3 tokens per level, so N(1)=4, N(3)=10, N(7)=22); S = 0 is plain
-autoregressive decoding (N = 1, no draft). SGLang's own adaptive mode supports topk = 1 only;
-here the same controller drives a k-wide tree.
+autoregressive decoding (N = 1, no draft). SGLang's own adaptive mode supports topk = 1 only:
+`static-adaptive:k=1` is that (a chain of S drafts, N = S + 1); with k > 1 the same controller
+drives a k-wide tree.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import ClassVar
 from echo_sim.policies.base import DraftShape, Outcome, Selection, StepContext
 from echo_sim.policies.common import require_confidences
 from echo_sim.policies.knobs import KnobbedPolicy, check_range
-from echo_sim.policies.static import static_flags, static_tree
+from echo_sim.policies.static import static_chain, static_flags, static_tree
 from echo_sim.trees import LatticeBatch
 
 # bucket key -> (candidate S values, down hysteresis); see the module docstring for the source.
@@ -117,14 +118,17 @@ class StaticAdaptivePolicy(KnobbedPolicy):
     slots: dict[int, AdaptiveSteps] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for knob, low in (("S", 1), ("k", 2), ("N", 2), ("warmup", 0), ("interval", 1)):
+        for knob, low in (("S", 1), ("k", 1), ("N", 2), ("warmup", 0), ("interval", 1)):
             check_range(self.name, knob, getattr(self, knob), low)
         check_range(self.name, "alpha", self.alpha, 0.0, 1.0)
         self.slots = {}
         self.draft = DraftShape(depth=self._slot(1).steps, width=self.k)
 
     def draft_tokens(self, depth: int) -> int:
-        """N(S) = 1 + round(S·(N − 1)/S_knob): tokens verified per request at depth S."""
+        """N(S) = 1 + round(S·(N − 1)/S_knob): tokens verified per request at depth S (a chain,
+        k = 1, verifies its S drafts: S + 1)."""
+        if self.k == 1:
+            return depth + 1
         return 1 + round(depth * (self.N - 1) / self.S)
 
     def _slot(self, batch_size: int) -> AdaptiveSteps:
@@ -137,10 +141,12 @@ class StaticAdaptivePolicy(KnobbedPolicy):
         return self.slots[key]
 
     def select(self, lattices: LatticeBatch, context: StepContext) -> Selection:
-        require_confidences(self.name, lattices)
         depth = min(self._slot(lattices.batch_size).steps, context.draft.depth)
         tokens = self.draft_tokens(depth)
         self.draft = DraftShape(depth=self._slot(lattices.batch_size).steps, width=self.k)
+        if self.k == 1:  # SGLang's own adaptive steps: a top-1 chain, replayed from the spine
+            return static_chain(lattices, context, depth, budget=lattices.batch_size * depth)
+        require_confidences(self.name, lattices)
         return static_tree(lattices, context, tokens, budget=lattices.batch_size * (tokens - 1))
 
     def observe(self, outcome: Outcome) -> None:

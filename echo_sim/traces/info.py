@@ -4,8 +4,12 @@ Sizes and models; P(draft top-1 = target) (fraction of all positions with draft_
 chain-only import, whose ranks are absent, the fraction whose spine run is >= 1, the same event); mean
 accepted tokens per verification, bonus included (τ = Σ committed ÷ Σ steps, replay.py) for greedy
 chains k = 1…8 (spine replay) and static trees N = 4…64 (lattice replay); and the calibration
-table (cumulative-score bins vs on-path rate). Chain-only traces have no lattices: their static τ
-and calibration are null in JSON and "n/a" in text.
+table (cumulative-score bins vs on-path rate); and how exact narrower drafts read from the
+lattices are (beam.py): for each width k' < k and depth S', the fraction of positions whose
+k'-beam meets a frontier node the stored lattice did not expand (its subtree is absent), the
+fraction where that node is on the target's path, and per level the fraction first inexact there.
+Chain-only traces have no lattices: their static τ, calibration and beam rates are null in JSON and
+"n/a" in text.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from dataclasses import asdict
 
 import numpy as np
 
-from echo_sim.traces.replay import calibration_table, replay_chain, replay_static
 from echo_sim.traces.format import TraceSet, read_trace
+from echo_sim.traces.reader import LatticeReader
+from echo_sim.traces.replay import calibration_table, replay_chain, replay_static
 
 CHAIN_LENGTHS = tuple(range(1, 9))
 STATIC_SIZES = (4, 8, 16, 32, 64)
@@ -36,10 +41,33 @@ def trace_summary(trace: TraceSet) -> dict:
     if trace.is_chain_only:
         summary["tau_static"] = None
         summary["calibration"] = None
+        summary["beam_inexact"] = None
     else:
         summary["tau_static"] = {str(n): replay_static(trace, n).tau for n in STATIC_SIZES}
         summary["calibration"] = [asdict(row) for row in calibration_table(trace)]
+        summary["beam_inexact"] = beam_inexact_rates(trace)
     return summary
+
+
+def beam_inexact_rates(trace: TraceSet) -> dict:
+    """{k': {"by_depth": [S'=1…S], "on_path_by_depth": [S'=1…S], "first_at_level": [l=1…S]}}: the
+    fraction of all positions whose width-k', depth-S' read is inexact, whose target path is cut by
+    an unexpanded node within S', and whose first incomplete level is l (k' = 1 … k-1)."""
+    reader, levels = LatticeReader(trace), np.arange(1, trace.depth + 1)
+    rates = {}
+    for width in range(1, trace.width):
+        first, cut = [], []
+        for lo in range(0, trace.num_positions, 4096):
+            exactness = reader.read_beam(np.arange(lo, min(lo + 4096, trace.num_positions)), trace.depth,
+                                         width).exactness
+            first.append(exactness.incomplete_level), cut.append(exactness.on_path_cut_level)
+        first, cut = np.concatenate(first), np.concatenate(cut)
+        rates[str(width)] = {
+            "by_depth": [float(np.mean((first > 0) & (first <= d))) for d in levels],
+            "on_path_by_depth": [float(np.mean((cut > 0) & (cut <= d))) for d in levels],
+            "first_at_level": [float(np.mean(first == d)) for d in levels],
+        }
+    return rates
 
 
 def _row(label: str, values) -> str:
@@ -65,6 +93,21 @@ def format_text(summary: dict) -> str:
     ]
     static = summary["tau_static"]
     lines.append(_row("tau", [f"{static[str(n)]:.3f}" for n in STATIC_SIZES] if static else ["n/a"] * len(STATIC_SIZES)))
+    lines += ["", "narrower drafts read from the lattices: fraction of positions inexact within depth S' (a",
+              "k'-frontier node the stored lattice did not expand; its subtree is absent) / with the target's",
+              "path cut there / first inexact at that level"]
+    beam = summary.get("beam_inexact")
+    if beam is None:
+        lines.append("  n/a (chain-only trace)")
+    else:
+        depths = range(1, summary["depth"] + 1)
+        lines.append(_row("depth S'", depths))
+        for width, rates in beam.items():
+            lines.append(_row(f"k'={width}", [f"{100 * r:.2f}%" for r in rates["by_depth"]]))
+            lines.append(_row("  on-path", [f"{100 * r:.2f}%" for r in rates["on_path_by_depth"]]))
+            lines.append(_row("  at level", [f"{100 * r:.2f}%" for r in rates["first_at_level"]]))
+        if not beam:
+            lines.append("  (k = 1: no narrower draft)")
     lines += ["", "calibration: cumulative score bin -> fraction of its lattice nodes on-path"]
     if summary["calibration"] is None:
         lines.append("  n/a (chain-only trace: no lattice confidences)")
@@ -80,5 +123,10 @@ def format_text(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     summary = trace_summary(read_trace(args.path))
-    print(json.dumps(summary, indent=2) if args.json else format_text(summary))
+    if args.json:
+        from echo_sim.cli.run import json_safe
+
+        print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+    else:
+        print(format_text(summary))
     return 0

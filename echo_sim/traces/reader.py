@@ -5,6 +5,10 @@
   echo_runtime.lattice), so the node columns reshape to [positions, nodes] and a read is a row
   gather of the first m_d columns (the nodes of depth <= d) instead of a flat index gather plus a
   truncation pass: about 3x faster at batch 256. Other traces fall back to trace.lattice_batch.
+- LatticeReader.read_beam(positions, depth, width, expand_min_score) == beam.beam_batch_reference
+  of that depth-only read: the nodes a width-k' drafter grows (beam.py), vectorised over the
+  batch on the generator's layout (beam.UniformBeam), the per-lattice reference elsewhere. With
+  width >= the trace's k and no expand gate it is the depth-only read, bit for bit.
 - on_path_acceptance(lattices, selected) == trees.accepted_nodes(lattices, selected), plus the
   on-path depth (what `oracle` accepts). Accepted nodes are on-path by definition, so the walk
   visits only on-path nodes (a few per request) instead of propagating over every node.
@@ -14,6 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+
+from echo_sim.traces.beam import BeamKeep, BeamTable, UniformBeam, beam_batch_reference
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import ROOT_PARENT, LatticeBatch
 
@@ -27,6 +34,7 @@ class LatticeReader:
         self.trace = trace
         self.columns = None  # name -> array [positions, nodes per lattice], when the layout is uniform
         self.level_prefix = None  # int [S + 1]: nodes of depth <= d in every lattice
+        self.beam = None  # UniformBeam, when the layout is the generator's (echo_runtime.lattice)
         counts = np.diff(trace.node_offsets)
         if len(counts) == 0 or counts[0] == 0 or np.any(counts != counts[0]):
             return
@@ -36,6 +44,11 @@ class LatticeReader:
             return
         self.level_prefix = np.searchsorted(depth[0], np.arange(int(depth[0].max()) + 1), side="right")
         self.columns = {name: getattr(trace, f"node_{name}").reshape(-1, per) for name in NODE_COLUMNS}
+        # the beam tables depend on the trace alone: simulations of one trace in a process share them
+        if "uniform_beam" not in trace._cache:
+            layout_ok = UniformBeam.layout_ok(self.columns, trace.width, trace.depth)
+            trace._cache["uniform_beam"] = UniformBeam(self.columns, trace.width, trace.depth) if layout_ok else None
+        self.beam = trace._cache["uniform_beam"]
 
     def read(self, positions: np.ndarray, max_depth: int) -> LatticeBatch:
         """The lattices at `positions` (int64 [bs], global) with nodes of depth <= max_depth."""
@@ -51,6 +64,72 @@ class LatticeReader:
             has_confidences=self.trace.has_confidences,
             **gathered,
         )
+
+    def read_beam(self, positions: np.ndarray, max_depth: int, width: int) -> "BeamRead":
+        """The nodes a width-`width`, depth-`max_depth` drafter grows at `positions` (beam.py)."""
+        depth = min(max_depth, self.trace.depth)
+        if width >= self.trace.width or depth < 1 or self.trace.is_chain_only:
+            lattices = self.read(positions, depth)
+            return BeamRead(lattices, self._stored_frontier(positions, lattices, depth), None)
+        if self.beam is None:
+            return BeamRead(*beam_batch_reference(self.read(positions, depth), width, depth))
+        return self._read_table(positions, self.beam.table(width), depth)
+
+    def _stored_frontier(self, positions, lattices: LatticeBatch, depth: int) -> np.ndarray:
+        """bool [n]: the read's nodes of levels < depth that the stored lattice expanded."""
+        if self.beam is not None:
+            per = lattices.num_nodes // max(len(positions), 1)
+            return np.take(self.beam.expanded, positions, axis=0)[:, :per].ravel() & (lattices.depth < depth)
+        full = self.trace.lattice_batch(positions)  # children deeper than the read are not in it
+        expanded = np.zeros(full.num_nodes, dtype=bool)
+        parent = full.global_parent()
+        expanded[parent[parent != ROOT_PARENT]] = True
+        return expanded[full.depth <= depth] & (lattices.depth < depth)  # level order: a prefix per lattice
+
+    def _read_table(self, positions: np.ndarray, table: BeamTable, depth: int) -> "BeamRead":
+        """A beam read from a width's precomputed table: a row gather, padding squeezed out."""
+        columns, valid, frontier, lost = table.read(positions, depth)
+        bs, m = valid.shape
+        inner = m - table.width * table.width if depth > 1 else 0  # nodes of levels < depth
+        frontier[:, inner:] = False
+        lost = lost[:, :inner]
+        level = columns["depth"][0, :inner]
+        exactness = BeamKeep(_first_level(lost, level), _first_level(lost & columns["on_path"][:, :inner], level))
+        if valid.all():
+            offsets = np.arange(bs + 1, dtype=np.int64) * m
+            flat = {name: values.ravel() for name, values in columns.items()}
+            flat_frontier = frontier.ravel()
+        else:
+            renumber = np.cumsum(valid, axis=1) - 1
+            parent = columns["parent"]
+            columns["parent"] = np.where(parent == ROOT_PARENT, ROOT_PARENT,
+                                         np.take_along_axis(renumber, np.maximum(parent, 0), axis=1)
+                                         ).astype(parent.dtype)
+            offsets = np.zeros(bs + 1, dtype=np.int64)
+            np.cumsum(valid.sum(axis=1), out=offsets[1:])
+            flat = {name: values[valid] for name, values in columns.items()}
+            flat_frontier = frontier[valid]
+        lattices = LatticeBatch(offsets=offsets, spine_run=self.trace.spine_run[positions],
+                                has_confidences=self.trace.has_confidences, **flat)
+        return BeamRead(lattices, flat_frontier, exactness)
+
+
+def _first_level(mask: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """int64 [bs]: 1 + the level of each row's first masked column (columns in level order), 0 if none."""
+    if mask.shape[1] == 0:
+        return np.zeros(mask.shape[0], dtype=np.int64)
+    return np.where(mask.any(axis=1), level[np.argmax(mask, axis=1)] + 1, 0).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class BeamRead:
+    """A beam read: the grown lattices, which of their nodes the drafter expanded (bool [n]:
+    frontier nodes of levels below the read's depth; echo's expand gate and the ragged draft cost
+    start from it), and where the read is inexact (None: the stored lattice itself, exact)."""
+
+    lattices: LatticeBatch
+    frontier: np.ndarray
+    exactness: BeamKeep | None
 
 
 def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,135 @@
+"""echo's elastic draft shape: which width k', depth S' (or no drafting) the next step drafts.
+
+Prediction (POLICIES.md echo step 0). For every width k' and level l the policy keeps an EMA of
+the level's *ĉ profile*: rank i -> the mean over requests of the i-th largest calibrated ĉ among
+the level's drafted nodes (k' values at level 1, k'² below; 0 where a node was not drafted or not
+eligible). A shape (k', S') offers each request the merged profile of its levels 1…S'; verifying
+the m best of them per request is predicted to commit bs·(1 + Σ_{i<=m} p_i) tokens. Its time is
+
+    T_draft(bs, S', k') + T_verify(bucket(bs·(1 + m))) + T_prefill      (prefill term switchable)
+
+and the shape's rate is the best m's. No drafting commits bs tokens in T_verify(bs) + T_prefill.
+The next shape is the best rate, kept unless another beats it by more than `hysteresis`.
+
+Widths never drafted yet start from the widest's profile (its k'-best values per level: exact at
+level 1, an estimate below). The full shape is drafted every `probe` steps, ungated, so its
+statistics (and the calibration curve below τ) stay fresh. T_draft per depth uses one level-1 and
+one full-depth draft time per width (levels 2…S cost alike: exact for calibrated fits, within the
+attention term's level growth for the roofline). The predictor charges the ungated draft: with the
+expand gate the real draft is cheaper, so the prediction is conservative for narrow shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from echo_sim.policies.base import DraftShape
+from echo_sim.policies.common import step_seconds
+from echo_sim.trees import LatticeBatch
+
+NO_DRAFT = DraftShape(depth=0, width=1)
+
+
+def level_profile(lattices: LatticeBatch, confidence: np.ndarray, level: int, slots: int) -> np.ndarray:
+    """float [slots]: mean over requests of the i-th largest ĉ at `level` (0-padded per request)."""
+    bs = lattices.batch_size
+    index = np.flatnonzero(lattices.depth == level)
+    values = confidence[index]
+    if len(index) == bs * slots:  # a beam has at most `slots` per level: every request is complete
+        table = values.reshape(bs, slots)
+    else:
+        rows = lattices.request_of_node()[index]
+        order = np.lexsort((-values, rows))
+        rows, values = rows[order], values[order]
+        starts = np.searchsorted(rows, np.arange(bs))
+        rank = np.arange(len(rows)) - starts[rows]
+        table = np.zeros((bs, slots))
+        keep = rank < slots
+        table[rows[keep], rank[keep]] = values[keep]
+    return -np.sort(-table, axis=1).mean(axis=0)
+
+
+def draft_levels(cost, batch_size: int, kv_tokens: int, width: int, depth: int) -> tuple[float, np.ndarray]:
+    """(level-1 seconds, seconds of one level 2…S for each width 1…k): T_draft(bs, S', k') is
+    first + (S' − 1)·per_level[k' − 1] (levels 2…S cost alike; module docstring)."""
+    first = cost.draft_time(batch_size, 1, 1, kv_tokens=kv_tokens)
+    if depth <= 1:
+        return first, np.zeros(width)
+    full = np.array([cost.draft_time(batch_size, depth, w, kv_tokens=kv_tokens) for w in range(1, width + 1)])
+    return first, (full - first) / (depth - 1)
+
+
+@dataclass
+class ShapeChooser:
+    """Online per-(k', level) ĉ profiles and the rate-maximising next shape (module docstring)."""
+
+    width: int
+    depth: int
+    beta: float = 0.1
+    hysteresis: float = 0.03
+    prefill_term: bool = True
+    profiles: dict = field(default_factory=dict)  # (k', level) -> float [slots]
+    current: DraftShape | None = None
+    _draft_cache: dict = field(default_factory=dict, repr=False)
+
+    @staticmethod
+    def slots(width: int, level: int) -> int:
+        return width if level == 1 else width * width
+
+    def observe(self, lattices: LatticeBatch, confidence: np.ndarray, drafted: DraftShape) -> None:
+        """Fold this step's ĉ profile of every drafted level into the EMA of its (k', level)."""
+        if drafted.depth <= 0 or lattices.batch_size == 0:
+            return
+        for level in range(1, min(drafted.depth, self.depth) + 1):
+            key = (drafted.width, level)
+            fresh = level_profile(lattices, confidence, level, self.slots(drafted.width, level))
+            old = self.profiles.get(key)
+            self.profiles[key] = fresh if old is None else (1 - self.beta) * old + self.beta * fresh
+
+    def _profile(self, width: int, level: int) -> np.ndarray | None:
+        own = self.profiles.get((width, level))
+        if own is not None:
+            return own
+        widest = self.profiles.get((self.width, level))
+        return None if widest is None else widest[: self.slots(width, level)]
+
+    def rates(self, batch_size: int, kv_tokens: int, prefill_seconds: float, cost, bucketing: bool
+              ) -> dict[DraftShape, float]:
+        """Predicted committed tokens per second of every shape with statistics, and of no drafting."""
+        sunk = prefill_seconds if self.prefill_term else 0.0
+        most = self.width + (self.depth - 1) * self.width * self.width  # nodes of the full shape
+        executed, eager = cost.executed_shape(batch_size * (1 + np.arange(most + 1)), batch_size, bucketing)
+        verify = step_seconds(cost, executed, eager, batch_size, kv_tokens) + sunk  # by nodes m per request
+        rates = {NO_DRAFT: batch_size / verify[0]}
+        first, per_level = self._draft_levels(cost, batch_size, kv_tokens)
+        for width in range(1, self.width + 1):
+            levels = [self._profile(width, level) for level in range(1, self.depth + 1)]
+            if levels[0] is None:
+                continue
+            merged = np.zeros(0)
+            for depth in range(1, self.depth + 1):
+                if levels[depth - 1] is None:
+                    break
+                merged = np.sort(np.concatenate((merged, levels[depth - 1])))[::-1]
+                gains = np.concatenate(([0.0], np.cumsum(merged)))
+                seconds = verify[: len(gains)] + first + (depth - 1) * per_level[width - 1]
+                rates[DraftShape(depth, width)] = float(np.max(batch_size * (1 + gains) / seconds))
+        return rates
+
+    def _draft_levels(self, cost, batch_size: int, kv_tokens: int) -> tuple[float, np.ndarray]:
+        """draft_levels, cached per cost model, batch size and ΣKV to 2 significant digits: the
+        prediction needs no more, and the roofline is not cheap."""
+        key = (id(cost), batch_size, float(f"{kv_tokens:.2g}"))
+        if key not in self._draft_cache:
+            self._draft_cache[key] = draft_levels(cost, batch_size, int(key[2]), self.width, self.depth)
+        return self._draft_cache[key]
+
+    def choose(self, rates: dict[DraftShape, float]) -> DraftShape:
+        """The best shape, unless the current one is within `hysteresis` of it."""
+        best = max(rates, key=lambda shape: (rates[shape], -shape.depth, -shape.width))
+        if self.current in rates and rates[best] <= rates[self.current] * (1 + self.hysteresis):
+            return self.current
+        self.current = best
+        return best

@@ -1,0 +1,245 @@
+"""What a narrower or shallower drafter grows, read from a stored k-wide lattice (TRACES.md
+"Lattice growth" with k' in place of k).
+
+The width-k' beam, depth S' (the generator's rule, echo_runtime.lattice):
+  level 1      the first k' of the root's stored children (the draft's top-k' in topk order);
+  level l + 1  each frontier node's first k' stored children; candidates are ordered
+               (frontier slot, child rank); the next frontier is the k' best candidates by
+               cumulative score, ties to the lower candidate index (a stable sort). Level 1's
+               frontier is its candidates in order.
+The stored lattice only holds the children of its own k-frontier. A k'-frontier node that the
+stored lattice did not expand has unknown children: they are absent (never invented) and the read
+is *inexact* from the next level on (`incomplete_level`). An optional expand gate leaves frontier
+nodes with a cumulative score below `expand_min_score` unexpanded on purpose (echo's gate=expand:
+not counted as inexact). Reads at k' >= k with no gate keep every stored node (the depth-only read).
+
+Two implementations that tests compare: `beam_keep_reference` (one lattice, any layout, a plain
+loop) and `UniformBeam.keep` (the generator's fixed layout, vectorised over a batch of positions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from echo_sim.trees import ROOT_PARENT, LatticeBatch
+
+
+@dataclass(frozen=True)
+class BeamKeep:
+    """Where a width-k', depth-S' read from a k-wide lattice is not exact, per lattice.
+
+    incomplete_level  int64 [bs]  first level whose candidates are partly unknown, 0 = exact
+    on_path_cut_level int64 [bs]  the level below an on-path frontier node that the stored lattice
+                                  did not expand (the target's path is lost there), 0 = never
+    """
+
+    incomplete_level: np.ndarray
+    on_path_cut_level: np.ndarray
+
+
+def beam_keep_reference(parent, depth, score, on_path, width: int, max_depth: int,
+                        expand_min_score: float = -np.inf) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """One lattice (local arrays in level order): (keep bool [m], expanded bool [m]: the frontier
+    nodes the drafter expands, incomplete level, on-path cut level) for a width-`width`,
+    depth-`max_depth` beam (module docstring)."""
+    m = len(parent)
+    children: dict[int, list[int]] = {}
+    for node in range(m):
+        children.setdefault(int(parent[node]), []).append(node)
+    stored_levels = set(int(d) for d in depth)
+    keep = np.zeros(m, dtype=bool)
+    expanded = np.zeros(m, dtype=bool)
+    incomplete = cut = 0
+    candidates = children.get(ROOT_PARENT, [])[:width]
+    for level in range(1, max_depth + 1):
+        keep[candidates] = True
+        if level == max_depth or not candidates:
+            break
+        if level == 1:
+            frontier = candidates
+        else:  # sorted() is stable: equal scores keep the lower candidate index first
+            frontier = sorted(candidates, key=lambda node: -float(score[node]))[:width]
+        grown = []
+        for node in frontier:
+            if float(score[node]) < expand_min_score:
+                continue
+            expanded[node] = True  # the drafter runs it, whether or not the stored lattice knows its children
+            below = children.get(node, [])
+            if not below and level + 1 in stored_levels:
+                incomplete = incomplete or level + 1
+                if on_path[node]:
+                    cut = cut or level + 1
+            grown += below[:width]
+        candidates = grown
+    return keep, expanded, incomplete, cut
+
+
+class UniformBeam:
+    """The beam over the generator's fixed layout (echo_runtime.lattice): M = k + (S-1)k² nodes per
+    lattice, level l >= 2 at k + (l-2)k² + p·k + c for stored frontier slot p and child rank c.
+
+    The ungated beam of a width depends only on the position, and a depth-S' beam is the depth-S
+    beam cut at S' (it is grown level by level), so it is grown once per width for every position
+    of the trace (`tables`, vectorised) and a read is a row gather. The expand gate needs no regrowth:
+    cumulative scores never increase along a path, so a node's ancestors all pass the gate iff its
+    parent does, and gated-out frontier nodes only remove their own children (module docstring).
+    `layout_ok(columns, k, S)` says whether a trace has this layout (else use the reference).
+    """
+
+    def __init__(self, columns: dict, width: int, depth: int):
+        self.width, self.depth, self.columns = width, depth, columns
+        k = width
+        parent = columns["parent"]
+        # stored frontier of level l (1 … S-1): the parent of child rank 0 of each slot p, [P, k]
+        self.stored_frontier = [parent[:, self.base(level + 1) + np.arange(k) * k] for level in range(1, depth)]
+        self.expanded = np.zeros(parent.shape, dtype=bool)  # [P, M]: the stored lattice expanded it
+        rows = np.arange(parent.shape[0])[:, None]
+        for frontier in self.stored_frontier:
+            self.expanded[rows, frontier] = True
+        self._tables: dict[int, BeamTable] = {}
+
+    def base(self, level: int) -> int:
+        """Column of the first node of `level` (>= 2) in a lattice."""
+        return self.width + (level - 2) * self.width * self.width
+
+    @staticmethod
+    def layout_ok(columns: dict, width: int, depth: int) -> bool:
+        k = width
+        parent = columns["parent"]
+        if k < 1 or depth < 1 or parent.shape[1] != k + (depth - 1) * k * k:
+            return False
+        if np.any(parent[:, :k] != ROOT_PARENT):
+            return False
+        for level in range(2, depth + 1):
+            base = k + (level - 2) * k * k
+            block = parent[:, base: base + k * k].reshape(-1, k, k)
+            if np.any(block != block[:, :, :1]):  # one parent per slot
+                return False
+            slots = np.sort(block[:, :, 0], axis=1)
+            lo = 0 if level == 2 else k + (level - 3) * k * k
+            if np.any(np.diff(slots, axis=1) <= 0) or np.any(slots < lo) or np.any(slots >= base):
+                return False  # distinct parents, all on the previous level
+        return True
+
+    def table(self, width: int) -> "BeamTable":
+        """The full-depth width-`width` beam of every position of the trace (grown once)."""
+        if width not in self._tables:
+            positions = self.columns["score"].shape[0]
+            parts = [self._grow(np.arange(lo, min(lo + 1024, positions)), width)
+                     for lo in range(0, positions, 1024)]
+            kept, frontier, lost = (np.concatenate(part) for part in zip(*parts))
+            self._tables[width] = BeamTable.build(self.columns, kept, frontier, lost, width, self.depth)
+        return self._tables[width]
+
+    def _grow(self, positions: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kept, frontier, lost) bool [bs, M]: grown nodes, frontier nodes of levels < S (the
+        drafter expands them), and those of them whose children the stored lattice lacks."""
+        bs, k = len(positions), self.width
+        score = self.columns["score"][positions]
+        rows = np.arange(bs)[:, None]
+        kept = np.zeros(score.shape, dtype=bool)
+        frontier_mask = np.zeros(score.shape, dtype=bool)
+        lost_mask = np.zeros(score.shape, dtype=bool)
+        kept[:, :width] = True
+        frontier = np.broadcast_to(np.arange(width), (bs, width))
+        valid = np.ones((bs, width), dtype=bool)
+        for level in range(1, self.depth):
+            match = frontier[:, :, None] == self.stored_frontier[level - 1][positions][:, None, :]
+            known = match.any(axis=2)
+            frontier_rows = np.broadcast_to(rows, frontier.shape)
+            frontier_mask[frontier_rows[valid], frontier[valid]] = True
+            lost = valid & ~known
+            lost_mask[frontier_rows[lost], frontier[lost]] = True
+            grow = valid & known
+            slot = np.argmax(match, axis=2)
+            candidates = (self.base(level + 1) + slot[:, :, None] * k + np.arange(width)).reshape(bs, -1)
+            present = np.repeat(grow, width, axis=1)
+            kept[np.broadcast_to(rows, candidates.shape)[present], candidates[present]] = True
+            ranked = np.where(present, -score[rows, candidates].astype(np.float64), np.inf)
+            order = np.argsort(ranked, axis=1, kind="stable")[:, :width]
+            frontier = np.take_along_axis(candidates, order, axis=1)
+            valid = np.take_along_axis(present, order, axis=1)
+        return kept, frontier_mask, lost_mask
+
+
+class BeamTable:
+    """One width k''s full-depth beam at every position, in a fixed padded layout [P, M'] with
+    M' = k' + (S-1)k'² (a lattice of the generator's shape at width k'): level l's kept nodes
+    first in their stored order, then `valid` False padding where the stored lattice lacked them.
+    A depth-d read is the first k' + (d-1)k'² columns, a row gather; padding, when a batch has
+    any, is squeezed out (compact).
+
+    columns   name -> [P, M'] the node columns (parent renumbered into this layout)
+    valid, frontier, lost   bool [P, M']  a kept node; a frontier node of a level < S (expanded by
+              the drafter); a frontier node whose children the stored lattice lacks
+    """
+
+    def __init__(self, columns: dict, valid, frontier, lost, width: int):
+        self.columns, self.valid, self.frontier, self.lost, self.width = columns, valid, frontier, lost, width
+
+    @classmethod
+    def build(cls, columns: dict, kept, frontier, lost, width: int, depth: int) -> "BeamTable":
+        positions, stored = kept.shape
+        level = columns["depth"]  # [P, M]
+        sizes = [width] + [width * width] * (depth - 1)
+        starts = np.concatenate(([0], np.cumsum(sizes)))
+        rank = np.cumsum(kept, axis=1) - 1  # rank among kept nodes, then per level:
+        before_level = np.stack([(kept & (level < d)).sum(axis=1) for d in range(1, depth + 1)], axis=1)
+        slot = starts[level - 1] + rank - np.take_along_axis(before_level, level - 1, axis=1)
+        row, column = np.nonzero(kept)
+        target = slot[row, column]  # column of each kept node in the padded layout
+        width_total = int(starts[-1])
+        out = {}
+        for name, values in columns.items():
+            padded = np.zeros((positions, width_total), dtype=values.dtype)
+            padded[row, target] = values[row, column]
+            out[name] = padded
+        stored_parent = columns["parent"][row, column]
+        out["parent"][row, target] = np.where(stored_parent == ROOT_PARENT, ROOT_PARENT,
+                                              slot[row, np.maximum(stored_parent, 0)])
+        out["depth"][:] = np.repeat(np.arange(1, depth + 1), sizes).astype(out["depth"].dtype)
+        masks = []
+        for mask in (kept, frontier, lost):
+            padded = np.zeros((positions, width_total), dtype=bool)
+            padded[row, target] = mask[row, column]
+            masks.append(padded)
+        return cls(out, *masks, width)
+
+    def read(self, positions: np.ndarray, depth: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+        """(columns, valid, frontier, lost), each [bs, m'] with m' = k' + (depth-1)k'²."""
+        m = self.width + (depth - 1) * self.width * self.width
+        take = lambda values: np.take(values, positions, axis=0)[:, :m]  # noqa: E731
+        return ({name: take(values) for name, values in self.columns.items()},
+                take(self.valid), take(self.frontier), take(self.lost))
+
+
+def keep_nodes(batch: LatticeBatch, keep: np.ndarray) -> LatticeBatch:
+    """The batch restricted to `keep` (closed under "parent of"), local parents renumbered."""
+    counts = np.bincount(batch.request_of_node()[keep], minlength=batch.batch_size)
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    new_global = np.cumsum(keep) - 1  # flat index of each kept node in the result
+    parent = batch.global_parent()[keep]
+    rows = np.repeat(np.arange(batch.batch_size), counts)
+    local_parent = np.where(parent == ROOT_PARENT, ROOT_PARENT,
+                            new_global[np.maximum(parent, 0)] - offsets[rows]).astype(batch.parent.dtype)
+    return replace(batch, offsets=offsets, token=batch.token[keep], parent=local_parent,
+                   depth=batch.depth[keep], cond_prob=batch.cond_prob[keep], score=batch.score[keep],
+                   on_path=batch.on_path[keep])
+
+
+def beam_batch_reference(batch: LatticeBatch, width: int, max_depth: int, expand_min_score: float = -np.inf
+                         ) -> tuple[LatticeBatch, np.ndarray, BeamKeep]:
+    """(lattices, expanded bool [n] over them, exactness) of the beam of every lattice of a batch,
+    one lattice at a time (beam_keep_reference)."""
+    keep = np.zeros(batch.num_nodes, dtype=bool)
+    expanded = np.zeros(batch.num_nodes, dtype=bool)
+    incomplete = np.zeros(batch.batch_size, dtype=np.int64)
+    cut = np.zeros(batch.batch_size, dtype=np.int64)
+    for row, (lo, hi) in enumerate(zip(batch.offsets[:-1], batch.offsets[1:])):
+        part = slice(lo, hi)
+        keep[part], expanded[part], incomplete[row], cut[row] = beam_keep_reference(
+            batch.parent[part], batch.depth[part], batch.score[part], batch.on_path[part], width, max_depth,
+            expand_min_score)
+    return keep_nodes(batch, keep), expanded[keep], BeamKeep(incomplete, cut)
