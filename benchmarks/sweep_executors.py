@@ -4,7 +4,7 @@
     python benchmarks/sweep_executors.py --seeds 0,1 --no-write
 
 The grid: all 8 policies x concurrency 1,2,4,8,16 x 5 seeds = 200 points, each a short simulation
-(--requests 40 on the shipped MT-Bench trace, h200 / llama-3.1-8b roofline) so the run fits a 2-core
+(--requests 40 on the shipped MT-Bench trace, the default h200 / llama-3.1-8b cost model) so the run fits a 2-core
 machine shared with others. Both executors get the same number of workers (--jobs): the local
 process pool, and a local Ray cluster of that many CPUs. Ray's start-up (cluster + working_dir
 upload + trace put) is timed apart from the sweep. Every point is computed fresh (a new --out per
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.node()} "
         f"({os.cpu_count()} cores, shared with other jobs), Python {platform.python_version()}, Ray {ray.__version__}",
         f"- grid: {len(points)} points (8 policies x concurrency 1,2,4,8,16 x seeds {options.seeds}), "
-        f"{options.requests} requests each, shipped MT-Bench trace, h200 / llama-3.1-8b roofline",
+        f"{options.requests} requests each, shipped MT-Bench trace, cost {local['cost_source'].iloc[0]}",
         f"- workers: {options.jobs} local processes vs a local Ray cluster of {options.jobs} CPUs",
         "",
         "| executor | wall time (s) | points/s |",
