@@ -53,21 +53,22 @@ def main() -> int:
            "defaults (max batch 256, prefill chunk 8192 on h200).", ""]
     for folder in sorted(p for p in RESULTS.iterdir() if (p / "summary.csv").exists()):
         summary = pd.read_csv(folder / "summary.csv")
-        if "echo" not in set(summary["policy"]) or "oracle" not in set(summary["policy"]):
+        if "oracle" not in set(summary["policy"]):  # the ablation folders are tabled below
             continue
         seeds = sorted(summary["seed"].unique())
         out += [f"## {folder.name} ({summary['cost_source'].iloc[0]}, {summary['requests'].iloc[0]} requests "
                 f"per point, seeds {', '.join(map(str, seeds))})", ""] + point_table(summary) + [""]
-    ablation = RESULTS / "ablation" / "summary.csv"
-    if ablation.exists():
-        table = pd.read_csv(ablation)
+    parts = [RESULTS / name / "summary.csv" for name in ("ablation_low", "ablation_high")]
+    if all(part.exists() for part in parts):
+        table = pd.concat([pd.read_csv(part) for part in parts])
         stats = table.groupby(["concurrency", "policy"])["output_tokens_per_s"].agg(["mean", lambda s: s.max() - s.min()])
         stats.columns = ["mean", "spread"]
         pivot = stats["mean"].unstack(0)
         spread = stats["spread"].unstack(0)
         out += ["## Ablation (echo variants; tokens/s, mean ± spread over seeds; ratio to echo)", "",
                 f"Preset {table['cost_source'].iloc[0]}, workload {table['workload'].iloc[0]}, "
-                f"{table['requests'].iloc[0]} requests per point, seeds {sorted(table['seed'].unique())}.", "",
+                f"{sorted(table['requests'].unique())} requests per point (C <= 16: the fewer), "
+                f"seeds {sorted(int(x) for x in table['seed'].unique())}.", "",
                 "| variant | " + " | ".join(f"C={c}" for c in pivot.columns) + " |",
                 "|---|" + "---:|" * len(pivot.columns)]
         for policy in pivot.index:
