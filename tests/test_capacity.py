@@ -44,9 +44,6 @@ class ConstantStep(TokenBucketGraphs):
         return 0.0
 
     def prefill_time(self, prefill_tokens, prefill_context=0, with_draft=True) -> float:
-        return 0.0
-
-    def prefill_time(self, prefill_tokens, prefill_context=0, with_draft=True) -> float:
         return 0.0  # prompts ride in the constant step
 
     def graph_bucket(self, verify_tokens):
