@@ -201,9 +201,9 @@ def machine() -> str:
             f"{load} at the end), Python {platform.python_version()}, numpy {np.__version__}")
 
 
-def vidur_revision(path: str) -> str:
+def vidur_revision(path: str, given: str | None) -> str:
     out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown (not a git checkout; see the command's --vidur)"
+    return given or out.stdout.strip() or "unknown (not a git checkout; give --vidur-revision)"
 
 
 def report(record: dict) -> str:
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vidur", help="path of a microsoft/vidur checkout (never vendored here)")
     parser.add_argument("--vidur-python", default=sys.executable, help="interpreter with Vidur's dependencies")
+    parser.add_argument("--vidur-revision", help="Vidur's commit, when --vidur is an exported tree, not a checkout")
     parser.add_argument("--requests", default="1000,10000")
     parser.add_argument("--policies", default="ar,echo")
     parser.add_argument("--pairs", type=int, default=2, help="paired runs per point")
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         points.append({"requests": requests, "runs": runs, "ratios": ratios})
     command = "python benchmarks/vs_vidur.py " + " ".join(argv if argv is not None else sys.argv[1:])
     record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command.strip(),
-              "machine": machine(), "vidur": f"microsoft/vidur {vidur_revision(str(vidur_dir))}, sarathi, "
+              "machine": machine(), "vidur": f"microsoft/vidur {vidur_revision(str(vidur_dir), args.vidur_revision)}, sarathi, "
               f"{VIDUR_DEVICE} / {VIDUR_MODEL}, linear-regression predictor (warm cache)",
               "stream": f"echo_sim.workload.build_stream, workload {args.workload}, seed {args.seed}, "
               f"{args.batch} concurrent (= batch cap), prefill chunk {args.chunk}",
