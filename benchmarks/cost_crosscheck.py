@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import markdown  # noqa: E402
 from profiling_data import (DATA, LINEAR_OPS, NETWORKS, bare_model, predict_whole_steps,  # noqa: E402
                             vidur_rows as vidur_measurements, whole_step_rows)
 
@@ -100,15 +101,6 @@ def achieved_rates(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub table (no extra dependency). Floats to `digits` places."""
-    def cell(x) -> str:
-        return f"{x:.{digits}f}" if isinstance(x, (float, np.floating)) else str(x)
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def decode_residuals(frame: pd.DataFrame) -> pd.DataFrame:
     """Measured − modelled time of single-request decode steps, per layer: what the roofline lacks."""
     single = frame[(frame.op == "decode") & (frame.bs == 1)]
@@ -160,9 +152,9 @@ def report(vidur: pd.DataFrame, splitwise: pd.DataFrame, distserve: pd.DataFrame
         "## Overall", "", markdown(error_summary(everything, ["source", "kind"])), "",
         "## Vidur: dense linears by token range (TP 1/2/4/8)", "", markdown(vidur_regimes(vidur)), "",
         "## Vidur: achieved rates of the measured TP-1 linears vs the preset rates", "",
-        markdown(achieved_rates(vidur), 1), "",
+        markdown(achieved_rates(vidur), "{:.1f}"), "",
         "## Single-request decode: time per layer the model does not explain", "",
-        markdown(decode_residuals(whole), 1), "",
+        markdown(decode_residuals(whole), "{:.1f}"), "",
         "## Splitwise and DistServe by model, device, TP and phase", "",
         markdown(error_summary(whole, ["source", "model", "device", "tp", "op"])), "",
     ])

@@ -35,6 +35,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import markdown  # noqa: E402
 from profiling_data import (LINEAR_OPS, NETWORKS, WHOLE_STEP_SOURCES, bare_model, fits_in_memory, predict_whole_steps,  # noqa: E402
                             vidur_rows, whole_step_rows)
 
@@ -44,7 +45,7 @@ from echo_sim.cost.roofline import NetworkCost, RooflineTerms  # noqa: E402
 
 BANDWIDTH_KNOTS = (22.0, 24.0, 26.0, 28.0)        # log2 weight bytes: 4 MB (TP-8 o_proj) .. 256 MB
 FLOPS_KNOTS = (30.0, 33.0, 36.0, 39.0, 42.0)     # log2 GEMM FLOPs: 1 GFLOP .. 4 TFLOP
-FRACTION_BOUNDS = (0.05, 1.3)
+FRACTION_BOUNDS = (0.05, 1.12)  # at most the datasheet: the presets are datasheet x 0.896 (A100, H100)
 US = 1e-6
 
 
@@ -69,11 +70,17 @@ def fit_gemm_curves(vidur: pd.DataFrame, device: str) -> dict:
     for tp, rows in part.groupby("tp"):
         table = rows.pivot(index="tokens", columns="op", values="measured_s")[list(LINEAR_OPS)]
         cases.append((int(tp), table.index.to_numpy(float), np.log(table.to_numpy())))
-    nb = len(BANDWIDTH_KNOTS)
+    # Knots inside the measured range only: beyond it the curves stay flat at the last fitted value.
+    shapes = [NetworkCost(NETWORKS[model], hw, tp, 2) for tp, _, _ in cases]
+    weights = np.log2(np.concatenate([n.linear_params * 2 for n in shapes]))
+    flops = np.log2(np.concatenate([2 * n.linear_params * tokens.max() for n, (_, tokens, _) in zip(shapes, cases)]))
+    bandwidth_knots = tuple(k for k in BANDWIDTH_KNOTS if weights.min() - 1 <= k <= weights.max() + 1)
+    flops_knots = tuple(k for k in FLOPS_KNOTS if k <= flops.max())
+    nb = len(bandwidth_knots)
 
     def unpack(x):
-        return dict(bandwidth_fraction=tuple(np.exp(x[:nb])), flops_fraction=tuple(np.exp(x[nb:-1])),
-                    gemm_floor_s=float(x[-1]) * US)
+        return dict(bandwidth_log2_bytes=bandwidth_knots, bandwidth_fraction=tuple(np.exp(x[:nb])),
+                    flops_log2=flops_knots, flops_fraction=tuple(np.exp(x[nb:-1])), gemm_floor_s=float(x[-1]) * US)
 
     def residuals(x):
         rates = _rates(**unpack(x))
@@ -82,7 +89,7 @@ def fit_gemm_curves(vidur: pd.DataFrame, device: str) -> dict:
         return np.concatenate([r.ravel() for r in out])
 
     lo, hi = np.log(FRACTION_BOUNDS)
-    x0 = np.r_[np.full(nb, np.log(0.8)), np.full(len(FLOPS_KNOTS), np.log(0.8)), 2.0]
+    x0 = np.r_[np.full(nb, np.log(0.8)), np.full(len(flops_knots), np.log(0.8)), 2.0]
     bounds = (np.r_[np.full(len(x0) - 1, lo), 0.0], np.r_[np.full(len(x0) - 1, hi), 30.0])
     return unpack(least_squares(residuals, x0, bounds=bounds, x_scale="jac").x)
 
@@ -250,14 +257,6 @@ def vidur_table(vidur: pd.DataFrame, stage1: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def markdown(frame: pd.DataFrame, digits: int = 3) -> str:
-    def cell(x) -> str:
-        return f"{x:.{digits}g}" if isinstance(x, (float, np.floating)) else str(x)
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- presets
 
 DERIVED = {
@@ -348,25 +347,25 @@ def report(predictions, folds, vidur_fit, stage1, shared, engines, command) -> s
         "whole-step source, so holding it out tests A100-fitted whole-step parameters on H100.", "",
         "## Headline", "", *headline(predictions), "",
         "## Held-out whole steps by source, phase and TP", "",
-        markdown(error_table(predictions, ["source", "op", "tp"])), "",
+        markdown(error_table(predictions, ["source", "op", "tp"]), "{:.3g}"), "",
         "## Held-out whole steps by phase and TP (all sources)", "",
-        markdown(error_table(predictions, ["op", "tp"])), "",
+        markdown(error_table(predictions, ["op", "tp"]), "{:.3g}"), "",
         "## Held-out whole steps by source and phase", "",
-        markdown(error_table(predictions, ["source", "op"])), "",
+        markdown(error_table(predictions, ["source", "op"]), "{:.3g}"), "",
         "## What each fold fits", "",
         "Vidur has single operators only (no whole steps): it fits the GEMM curves and element-wise terms "
         "in every fold and is never held out as a whole-step source. DistServe is A100 only. Each fold fits "
         "the shared whole-step parameters and one per-step overhead per training engine:", "",
-        markdown(pd.DataFrame(folds)), "",
+        markdown(pd.DataFrame(folds), "{:.3g}"), "",
         "## Stage 1 (Vidur): fitted curves per device", "",
-        f"Bandwidth fraction knots (log2 weight bytes): {BANDWIDTH_KNOTS}; FLOP fraction knots (log2 GEMM FLOPs): "
-        f"{FLOPS_KNOTS}; fractions of the hardware preset's ceilings.", "",
-        markdown(params), "",
+        "Knots: log2 weight bytes (bandwidth) and log2 GEMM FLOPs (FLOP rate), those inside each device's "
+        "measured range (flat beyond it); values: fractions of the hardware preset's ceilings.", "",
+        markdown(params, "{:.3g}"), "",
         "In-sample error on Vidur's operators (roofline = the preset roofline + one kernel floor):", "",
-        markdown(vidur_fit), "",
+        markdown(vidur_fit, "{:.3g}"), "",
         "## Fit on all sources (the shipped presets, echo_sim/presets/fitted/)", "",
-        markdown(pd.DataFrame([shared])), "",
-        markdown(pd.DataFrame([{"engine": s, **e} for s, e in engines.items()])), "",
+        markdown(pd.DataFrame([shared]), "{:.3g}"), "",
+        markdown(pd.DataFrame([{"engine": s, **e} for s, e in engines.items()]), "{:.3g}"), "",
     ])
 
 

@@ -37,7 +37,8 @@ from tqdm import tqdm
 from echo_runtime.draft_tree import grow_lattices
 from echo_runtime.forward import chain_row, next_token_logits, tree_forward
 from echo_runtime.kv_cache import KVCache
-from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair, software_versions
+from echo_runtime.pair import (Pair, add_pair_arguments, check_pair_args, hardware_label, load_pair,
+                               software_versions)
 from echo_runtime.timing import CLOCKS, Clock
 from echo_runtime.verify import build_tree
 
@@ -55,19 +56,20 @@ def _ints(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pair_arguments(parser)
     grid = parser.add_argument_group("grid")
-    grid.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8])
+    grid.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8], help="requests per timed forward")
     grid.add_argument("--tokens-per-request", type=_ints, default=[1, 4, 16],
                       help="v: verified tokens per request (root included)")
     grid.add_argument("--kv-lens", type=_ints, default=[128, 384], help="KV tokens per request")
-    grid.add_argument("--draft-depths", type=_ints, default=[2, 4, 6])
-    grid.add_argument("--draft-width", type=int, default=4)
+    grid.add_argument("--draft-depths", type=_ints, default=[2, 4, 6], help="draft levels S timed")
+    grid.add_argument("--draft-width", type=int, default=4, help="draft width k timed")
     grid.add_argument("--curve-tokens", type=_ints, default=list(range(1, 17)) + [20, 24, 28, 32, 40, 48, 56, 64, 96, 128],
                       help="verified tokens of extra bs = 1 points (at the first --kv-lens)")
-    grid.add_argument("--prefill-tokens", type=_ints, default=[32, 64, 128, 256, 512])
+    grid.add_argument("--prefill-tokens", type=_ints, default=[32, 64, 128, 256, 512],
+                      help="prompt chunk sizes timed")
     grid.add_argument("--max-batch-kv-tokens", type=int,
                       help="skip batch × KV-length combinations above this many cached tokens (GPU memory)")
-    grid.add_argument("--repeats", type=int, default=3)
-    grid.add_argument("--warmup", type=int, default=1)
+    grid.add_argument("--repeats", type=int, default=3, help="timed repeats per grid point (median kept)")
+    grid.add_argument("--warmup", type=int, default=1, help="untimed runs before each grid point")
     parser.add_argument("--fit", default="curve", choices=("curve", "linear"),
                         help="cost model form (echo_sim.cost.calibration_fit): measured token-count curves or lines")
     parser.add_argument("--clock", default="auto", choices=CLOCKS,
@@ -304,19 +306,32 @@ def canonical_command(args, out: Path) -> str:
 
 
 def default_out(hardware: str, model: str) -> Path:
-    return Path("traces") / "calibration" / f"{hardware}_{model}.json"
+    from echo_sim.paths import TRACES_DIR
+
+    return TRACES_DIR / "calibration" / f"{hardware}_{model}.json"
 
 
 def run(args: argparse.Namespace) -> int:
     from echo_sim.cost.calibration_file import write_calibration
     from echo_sim.cost.model import load_cost_model
 
+    from echo_sim.atomic import check_output_file
+
     if args.repeats < 1 or args.warmup < 0 or args.overhead_steps < 2:
         raise ValueError("--repeats must be >= 1, --warmup >= 0, --overhead-steps >= 2")
+    for name in ("batch_sizes", "tokens_per_request", "kv_lens", "draft_depths", "curve_tokens", "prefill_tokens"):
+        if min(getattr(args, name)) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: every value must be >= 1, got {getattr(args, name)}")
+    if args.draft_width < 1 or (args.max_batch_kv_tokens is not None and args.max_batch_kv_tokens < 1):
+        raise ValueError(f"--draft-width and --max-batch-kv-tokens must be >= 1, got {args.draft_width}, "
+                         f"{args.max_batch_kv_tokens}")
+    check_pair_args(args)
+    if args.out is not None:
+        check_output_file(args.out)  # before loading or measuring anything
     pair = load_pair(args)
     hardware = args.hardware or hardware_label(args.device)
     model = pair.target_label.split(" ")[0]
-    out = args.out or default_out(hardware, model)
+    out = check_output_file(args.out or default_out(hardware, model))
     pairs, shapes = grid_shapes(args)
     clock = Clock(pair.device, args.clock).kind
     setup = {"target": pair.target_label, "draft": pair.draft_label, "dtype": pair.dtype, "device": pair.device,

@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "calibrate": ("echo_runtime.calibrate", "time the runtime's forwards over a grid and write a calibration file"),
     "live": ("echo_runtime.live", "serve prompts with real speculative decoding; echo-sim run's metrics, measured"),
     "validate": ("echo_runtime.validate", "simulate and serve the same workload; the simulator's error in %"),
+    "fetch-models": ("echo_runtime.fetch_models", "download, assemble and sha256-check the Qwen2.5-Coder GGUF pair"),
 }
 
 

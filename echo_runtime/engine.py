@@ -25,7 +25,7 @@ import torch
 
 from echo_runtime.draft_tree import commit_draft, grow_lattices
 from echo_runtime.forward import chain_row, next_token_logits, tree_forward
-from echo_runtime.kv_cache import KVCache
+from echo_runtime.kv_cache import KVCache, check_memory
 from echo_runtime.timing import Clock
 from echo_runtime.verify import VerifyTree, build_tree
 from echo_sim.policies.base import DraftShape, Outcome, Selection, StepContext
@@ -105,7 +105,11 @@ class LiveEngine:
     # ---- the loop -------------------------------------------------------------------------
     def run(self, specs: list[RequestSpec], progress=None) -> RunRecord:
         capacity = self.config.capacity or self._default_capacity(specs)
-        slots = self.config.concurrency
+        # C closed-loop clients never hold more than the requests there are: one slot per request at most
+        slots = min(self.config.concurrency, len(specs))
+        needed = KVCache.nbytes(self.target.config, slots, capacity, self.dtype)
+        needed += KVCache.nbytes(self.draft.config, slots, capacity, self.dtype) if self.uses_draft else 0
+        check_memory(needed, self.device, f"the KV caches ({slots} slots x {capacity} tokens)")
         self.target_cache = KVCache.allocate(self.target.config, slots, capacity, self.dtype, self.device)
         self.draft_cache = (KVCache.allocate(self.draft.config, slots, capacity, self.dtype, self.device)
                             if self.uses_draft else None)

@@ -27,7 +27,38 @@ import torch
 
 
 class CacheCapacityError(ValueError):
-    """A request needs more KV storage than its slot holds."""
+    """A request needs more KV storage than its slot holds, or the caches more memory than there is."""
+
+
+def available_bytes(device) -> int | None:
+    """Memory a new allocation can take now: free GPU memory, or the host's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]  # an address-space limit (ulimit -v) binds first
+        if limit != resource.RLIM_INFINITY:
+            for line in open("/proc/self/status"):
+                if line.startswith("VmSize:"):
+                    room = limit - int(line.split()[1]) * 1024
+                    free = room if free is None else min(free, room)
+    except (OSError, ImportError, ValueError):
+        pass
+    return free  # None: unknown (not Linux), no check
+
+
+def check_memory(needed: int, device, what: str) -> None:
+    """CacheCapacityError before allocating `needed` bytes that the device does not have free."""
+    free = available_bytes(device)
+    if free is not None and needed > 0.9 * free:
+        raise CacheCapacityError(f"{what} needs {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is available "
+                                 f"on {torch.device(device).type}: lower --concurrency or the lengths")
 
 
 @dataclass
@@ -35,6 +66,13 @@ class KVCache:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     lengths: np.ndarray
+
+    @staticmethod
+    def nbytes(config, slots: int, capacity: int, dtype: torch.dtype) -> int:
+        """Bytes `allocate` would take (keys and values of every layer)."""
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        elements = 2 * config.num_hidden_layers * slots * config.num_key_value_heads * capacity * head_dim
+        return elements * torch.empty(0, dtype=dtype).element_size()
 
     @classmethod
     def allocate(cls, config, slots: int, capacity: int, dtype: torch.dtype, device) -> "KVCache":

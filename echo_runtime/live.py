@@ -24,6 +24,7 @@ from echo_runtime.engine import LiveEngine, RequestSpec, RunRecord, RuntimeConfi
 from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair
 from echo_runtime.signals import ModelSignals, TraceSignals
 from echo_runtime.timing import CLOCKS, Clock
+from echo_sim.cli.run import json_safe
 from echo_sim.metrics import RequestLog, compute_metrics
 from echo_sim.step import policy_drafts, step_frame
 
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, required=True, help="closed-loop clients")
     parser.add_argument("--prompts", type=Path, help="FastChat question.jsonl (first turn, chat template)")
     parser.add_argument("--limit", type=int, help="only the first N prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per prompt at most")
     parser.add_argument("--width", type=int, default=4, help="k: widest lattice the drafter grows")
     parser.add_argument("--depth", type=int, default=6, help="S: deepest lattice the drafter grows")
     parser.add_argument("--calibration", help="cost model the policies use (default: "
@@ -166,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
     from echo_sim.policies.registry import make_policy
 
     make_policy(args.policy)  # an unknown policy or knob fails before any model is loaded
+    for name in ("concurrency", "requests", "limit", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.trace is not None and not args.random_shape:
         raise ValueError("--trace replays acceptance for timing-only runs: use it with --random-shape")
     if args.random_shape and args.trace is None:
@@ -186,16 +191,13 @@ def run(args: argparse.Namespace) -> int:
     identity = {"arrival": "closed", "workload": str(args.prompts or args.trace), "hardware": hardware_label(args.device),
                 "model": pair.target_label, "acceptance_source": source, "torch_threads": args.threads}
     bar = tqdm(total=len(specs), desc=f"live {args.policy} C={args.concurrency}", unit="req")
-    metrics = serve(pair, args.policy, args.concurrency, specs, cost, signals, width, depth, identity,
-                    progress=lambda done: bar.update(done - bar.n), clock=args.clock)
-    bar.close()
+    try:
+        metrics = serve(pair, args.policy, args.concurrency, specs, cost, signals, width, depth, identity,
+                        progress=lambda done: bar.update(done - bar.n), clock=args.clock)
+    finally:
+        bar.close()  # an error message then starts on a line of its own
     print(json.dumps(json_safe(metrics)) if args.json else format_summary(metrics))
     return 0
-
-
-def json_safe(metrics: dict) -> dict:
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else
-            (v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
 
 
 def format_summary(metrics: dict) -> str:

@@ -84,9 +84,13 @@ def load_model(source: str, gguf_file: str | None = None, dtype: str = "float32"
 def _load_plain(folder: str, torch_dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as error:  # invalid config.json, missing or damaged files
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"{folder}: cannot load the model ({first})") from None
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer
 
 
@@ -117,10 +121,18 @@ def _gguf_cache_folder(gguf_path: Path, sha: str, cache_dir: Path) -> Path:
     meta_path = folder / "echo_cache.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("cache_format") == CACHE_FORMAT:
         return folder
+    _check_gguf_readable(gguf_path)  # a damaged file must not leave a cache folder behind
+    created = not cache_dir.exists()
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=cache_dir))
     try:
         _convert_gguf(gguf_path, staging)
+    except (OSError, ValueError, KeyError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        raise ModelLoadError(f"{gguf_path}: cannot convert the GGUF file ({error})") from None
+    try:
         (staging / "echo_cache.json").write_text(json.dumps(
             {"cache_format": CACHE_FORMAT, "gguf_file": gguf_path.name, "gguf_sha256": sha}, indent=1))
         if folder.exists():  # an older or broken cache layout
@@ -130,6 +142,18 @@ def _gguf_cache_folder(gguf_path: Path, sha: str, cache_dir: Path) -> Path:
         if staging.exists():
             shutil.rmtree(staging)
     return folder
+
+
+def _check_gguf_readable(gguf_path: Path) -> None:
+    """ModelLoadError unless the GGUF header, metadata and tensor table parse (truncated files fail here)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(gguf_path))
+    except Exception as error:  # the reader raises ValueError, struct.error, IndexError, ... on damage
+        raise ModelLoadError(f"{gguf_path}: not a readable GGUF file ({type(error).__name__}: {error})") from None
+    if "general.architecture" not in reader.fields:
+        raise ModelLoadError(f"{gguf_path}: not a model GGUF file (no general.architecture in its metadata)")
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:

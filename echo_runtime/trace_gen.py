@@ -46,11 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     select = parser.add_mutually_exclusive_group()
     select.add_argument("--limit", type=int, help="only the first N prompts")
     select.add_argument("--ids", nargs="+", help="only these question ids")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="greedy tokens decoded per prompt")
     parser.add_argument("--width", type=int, default=4, help="k: children per expanded node")
     parser.add_argument("--depth", type=int, default=6, help="S: lattice levels")
     parser.add_argument("--out", required=True, type=Path, help="trace file to write")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and activations")
     parser.add_argument("--target-batch", type=int, default=1,
                         help="prompts decoded together by the target (left-padded). 1 is exact and, with "
                              "MKL on AMD CPUs, fastest: small-batch GEMMs there are slower than B x GEMV")
@@ -64,7 +64,11 @@ def read_prompts(path: Path) -> list[Prompt]:
     if not path.is_file():
         raise TraceGenError(f"{path}: prompts file not found")
     prompts, seen = [], set()
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise TraceGenError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         prompt = _parse_question(line, f"{path}:{line_no}")
@@ -109,11 +113,21 @@ def chat_prompt_ids(tokenizer, text: str) -> np.ndarray:
     return np.asarray(tokenizer(wrapped, add_special_tokens=False)["input_ids"], dtype=np.int32)
 
 
+# End-of-text tokens a model may stop on besides its chat EOS: GGUF metadata records one EOS
+# (Qwen2.5: <|im_end|> 151645), but Qwen also ends a text with <|endoftext|> 151643.
+END_OF_TEXT_TOKENS = ("<|endoftext|>",)
+
+
 def eos_token_ids(loaded: LoadedModel) -> list[int]:
+    """Every id generation stops on: the generation config's, the tokenizer's EOS, and the
+    tokenizer's end-of-text tokens (END_OF_TEXT_TOKENS) where its vocabulary has them."""
     ids = loaded.model.generation_config.eos_token_id
     ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
-    if loaded.tokenizer.eos_token_id is not None:
-        ids.append(loaded.tokenizer.eos_token_id)
+    tokenizer = loaded.tokenizer
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[token] for token in END_OF_TEXT_TOKENS if token in vocab]
     return sorted(set(int(i) for i in ids))
 
 

@@ -25,16 +25,18 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from echo_runtime.engine import RequestSpec
 from echo_runtime.live import json_safe, policy_cost, serve
-from echo_runtime.pair import Pair, add_pair_arguments, hardware_label, load_pair
+from echo_runtime.pair import Pair, add_pair_arguments, check_pair_args, hardware_label, load_pair
 from echo_runtime.signals import ModelSignals
 from echo_runtime.timing import CLOCKS, Clock
-from echo_sim.atomic import write_text_atomic
+from echo_sim.atomic import prepare_folder, write_text_atomic
+from echo_sim.paths import TRACES_DIR
 
 COMPARED = (("throughput", "output_tokens_per_s"), ("mat", "mean_accepted_tokens"), ("tpot", "tpot_p50"))
 
@@ -53,19 +55,22 @@ def _csv(kind):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pair_arguments(parser)
-    parser.add_argument("--prompts", type=Path, default=Path("traces/prompts/mt_bench_question.jsonl"))
+    parser.add_argument("--prompts", type=Path, default=TRACES_DIR / "prompts" / "mt_bench_question.jsonl",
+                        help="FastChat question.jsonl (the shipped MT-Bench questions by default)")
     parser.add_argument("--limit", type=int, default=8, help="first N prompts (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--width", type=int, default=4)
-    parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--policies", type=_csv(str), default=["ar", "static", "echo"])
-    parser.add_argument("--concurrency", type=_csv(int), default=[1, 2, 4, 8])
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per prompt at most")
+    parser.add_argument("--width", type=int, default=4, help="k: widest lattice of the trace and the drafter")
+    parser.add_argument("--depth", type=int, default=6, help="S: deepest lattice of the trace and the drafter")
+    parser.add_argument("--policies", type=_csv(str), default=["ar", "static", "echo"], help="comma-separated policy specs")
+    parser.add_argument("--concurrency", type=_csv(int), default=[1, 2, 4, 8], help="comma-separated client counts")
     parser.add_argument("--calibration", help="calibration file (default traces/calibration/<hardware>_<model>.json)")
     parser.add_argument("--trace", type=Path, help="an existing trace of exactly these prompts (default: generate); "
                         "with --random-shape: the acceptance to replay")
     parser.add_argument("--requests-per-client", type=int,
                         help="with --random-shape: serve N × concurrency requests (default: the trace's count)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/validate_cpu"))
+    parser.add_argument("--out", type=Path, default=Path("validate-out"),
+                        help="results folder; rows already there are reused (resume) (default: %(default)s; "
+                             "the committed CPU result is benchmarks/results/validate_cpu)")
     parser.add_argument("--clock", default="auto", choices=CLOCKS,
                         help="must be the calibration's clock (auto: thread CPU time on a CPU, CUDA events on a GPU)")
     parser.add_argument("--json", action="store_true", help='print {"rows": [...]}')
@@ -258,7 +263,23 @@ def run(args: argparse.Namespace) -> int:
     if args.requests_per_client is not None and (not args.random_shape or args.requests_per_client < 1):
         raise ValueError("--requests-per-client N (N >= 1) goes with --random-shape")
     require_simulator()
-    args.out.mkdir(parents=True, exist_ok=True)
+    # Everything checkable is checked before OUT is created (bad input writes nothing).
+    for name in ("limit", "max_new_tokens", "width", "depth"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_pair_args(args)
+    if not args.random_shape and not args.prompts.is_file():
+        raise FileNotFoundError(f"--prompts {args.prompts}: no such file")
+    args.calibration = args.calibration or str(_default_calibration(args))
+    check_calibration_machine(args.calibration)
+    if args.trace is not None and not args.random_shape:  # a replayed trace's shape is checked after reading
+        check_trace(read_trace(args.trace), args)
+    prepare_folder(args.out)
+    points = [(p, c) for p in args.policies for c in args.concurrency]
+    done = sum(row_path(args.out, p, c).is_file() for p, c in points)
+    if done:
+        print(f"resuming: {done} of {len(points)} rows already measured in {args.out} "
+              "(delete them or choose another --out to measure again)", file=sys.stderr)
     trace_path = trace_for(args, args.out)  # before loading the pair: one copy of the models at a time
     gc.collect()
     trace = read_trace(trace_path)
@@ -266,9 +287,7 @@ def run(args: argparse.Namespace) -> int:
         args.width, args.depth = trace.width, trace.depth
     check_trace(trace, args)
     pair = load_pair(args)
-    args.calibration = args.calibration or str(_default_calibration(pair))
     cost = policy_cost(args, pair)
-    points = [(p, c) for p in args.policies for c in args.concurrency]
     rows = []
     for policy, concurrency in tqdm(points, desc="validate", unit="point"):
         path = row_path(args.out, policy, concurrency)
@@ -297,10 +316,23 @@ def require_simulator() -> None:
                          "(offline: the wheel from benchmarks/fetch_wheels.sh, docs/GPU.md)")
 
 
-def _default_calibration(pair: Pair) -> Path:
+def _default_calibration(args) -> Path:
     from echo_runtime.calibrate import default_out
+    from echo_runtime.pair import pair_labels
 
-    path = default_out(hardware_label(pair.device), pair.target_label.split(" ")[0])
+    path = default_out(hardware_label(args.device), pair_labels(args)[0].split(" ")[0])
     if not path.is_file():
         raise ValueError(f"no calibration file {path}: run `echo-run calibrate` first or pass --calibration")
     return path
+
+
+def check_calibration_machine(calibration: str) -> None:
+    """A calibration holds for the machine that measured it: say so when this is another one."""
+    from echo_runtime.pair import fingerprint_mismatch
+    from echo_sim.cost.calibration_file import load_calibration
+
+    mismatch = fingerprint_mismatch(load_calibration(calibration).software)
+    if mismatch:
+        print(f"warning: {calibration} may not describe this machine: {mismatch}. Simulated times hold for "
+              "the machine that was calibrated; run `echo-run calibrate` here first for a fair comparison",
+              file=sys.stderr)

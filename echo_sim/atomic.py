@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+"""Atomic file writes (a reader sees the old file or the new one, never half of one), and the
+checks that an output path is usable, made before a command does any work.
 
 The file gets the ordinary mode of a new file (0666 less the umask), not mkstemp's private 0600.
 """
@@ -37,3 +38,34 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+class OutputError(ValueError):
+    """The output folder cannot be used (a file, not writable, or in use by another sweep)."""
+
+
+def prepare_folder(out: str | Path, option: str = "--out") -> Path:
+    """Create `out` (and parents) or say in one line why it cannot be used."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{option} {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{option} {out}: cannot create the folder ({error.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {out}: the folder is not writable")
+    return out
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """An output file path that can be written: not a folder, its folder writable (or creatable)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: {folder} is not a writable folder")
+    return path

@@ -105,7 +105,8 @@ def measure(probe: Probe, trace=None, cost=None) -> dict:
     seen = steps[(steps["batch_size"] > 0) & (steps["end"] > arrival[first])
                  & (steps["start"] < window["finish"].max())]
     identity = {k: result.metrics[k] for k in ("policy", "workload", "seed", "arrival", "requests", "hardware",
-                                               "model", "acceptance_source", "cost_source")}
+                                               "model", "max_batch", "kv_capacity_tokens", "prefill_chunk",
+                                               "acceptance_source", "cost_source")}
     return {
         **identity, **latency_percentiles(window, seen), "key": probe.key, "load": probe.load,
         "rate": probe.config.rate, "measured_requests": end - first,

@@ -51,11 +51,12 @@ class SimConfig:
         cost=None                "fitted" or "roofline"; None: fitted where the hardware has a fitted
                                  profile (echo_sim/presets/fitted/: a100, h100, h200), else the
                                  roofline; must stay None with a calibration (it supersedes both)
-        prefill_mode="separate"  serving-engine knobs (echo_sim.cost.serving, docs/COST_MODEL.md):
-        verify_graphs="token-buckets"   a prefill chunk as its own forward (SGLang's EAGLE path) or
-        graph_tokens=16          "mixed" into the verify forward; verify graphs per token bucket or
-        moe_routing="uniform"    "per-batch-size" with graph_tokens per request (SGLang's EAGLE
-                                 graphs); MoE routing uniform or "gini:G". Recorded in every result
+        serving-engine knobs (echo_sim.cost.serving, docs/COST_MODEL.md; recorded in every result):
+        prefill_mode="separate"  a prefill chunk as its own forward (SGLang's EAGLE path), or "mixed"
+                                 into the verify forward
+        verify_graphs="token-buckets"   graphs per token bucket, or "per-batch-size" (SGLang's
+        graph_tokens=16          EAGLE verify graphs, graph_tokens per request)
+        moe_routing="uniform"    or "gini:G": expert load concentration
         seed=0                   workload sampling, trace mapping and arrivals derive from it only
         max_batch=256            running requests (prefilling + decoding); vLLM's long-standing
                                  default max_num_seqs, and the top of the default sweep

@@ -144,9 +144,11 @@ class Simulation:
     def _check_fits(self) -> None:
         worst = int(np.argmax(self._kv_need))
         if self._kv_need[worst] > self.kv_capacity:
+            trace_id = self.trace.request_ids[int(self.stream.trace_request[worst])]
             raise SimConfigError(
-                f"kv_capacity_tokens={self.kv_capacity} cannot hold request {worst} "
-                f"(prompt {self.stream.prompt_len[worst]} + output {self.stream.output_len[worst]} tokens)"
+                f"kv_capacity_tokens={self.kv_capacity} cannot hold simulated request {worst} (replaying "
+                f"trace request {trace_id!r}: prompt {self.stream.prompt_len[worst]} + output "
+                f"{self.stream.output_len[worst]} tokens)"
             )
 
     def _send(self, count: int) -> None:
@@ -378,11 +380,11 @@ class SimResult:
 def build_simulation(config: SimConfig, trace: TraceSet | None = None, policy=None, cost=None) -> Simulation:
     """A ready-to-run Simulation; trace, policy and cost default to what the config names."""
     config.validate_load()
-    config.validate_inputs(need_trace_file=trace is None)
     if trace is None:
-        from echo_sim.traces.format import read_trace
+        from echo_sim.trace_cache import trace_for  # read once per process (or the Ray worker's copy)
 
-        trace = read_trace(config.trace_path())
+        trace = trace_for(config)
+    config.validate_inputs(need_trace_file=False)
     if cost is None:
         cost = config.load_cost()
     if policy is None:

@@ -18,14 +18,10 @@ import os
 import sys
 from pathlib import Path
 
-from echo_sim.atomic import write_bytes_atomic, write_text_atomic
+from echo_sim.atomic import OutputError, prepare_folder, write_bytes_atomic, write_text_atomic
 
 FORMAT = 1  # bump when the point-file layout changes: older files are then set aside and recomputed
 LOCK_NAME = ".sweep.lock"
-
-
-class OutputError(ValueError):
-    """The output folder cannot be used (a file, not writable, or in use by another sweep)."""
 
 
 def canonical(value) -> str:
@@ -35,20 +31,6 @@ def canonical(value) -> str:
 
 def digest(record: dict) -> str:
     return hashlib.sha256(canonical(record).encode()).hexdigest()
-
-
-def prepare_folder(out: Path) -> Path:
-    """Create `out` (and parents) or say in one line why it cannot be used."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"--out {out}: cannot create the folder ({error.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"--out {out}: the folder is not writable")
-    return out
 
 
 class PointStore:

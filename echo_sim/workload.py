@@ -105,7 +105,16 @@ def read_workload(name: str, directory: Path | None = None) -> pd.DataFrame:
     path = (directory or WORKLOADS_DIR) / spec.file
     if not path.is_file():
         raise WorkloadError(f"workload {name!r}: file not found: {path}")
-    raw = pd.read_csv(path)
+    try:
+        raw = pd.read_csv(path, encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise WorkloadError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except pd.errors.EmptyDataError:
+        raise WorkloadError(f"{path}: empty file (expected a CSV header and rows)") from None
+    except (pd.errors.ParserError, ValueError, OverflowError) as error:
+        raise WorkloadError(f"{path}: not a readable CSV ({error})") from None
+    if raw.empty:
+        raise WorkloadError(f"{path}: header but no rows")
     table = pd.DataFrame({
         "prompt_len": _token_counts(raw, spec.prompt_column, path),
         "output_len": _token_counts(raw, spec.output_column, path),

@@ -102,3 +102,44 @@ def test_search_with_an_unmeetable_target_finds_no_capacity():
     (search,) = hand_search("tpot_p99=9ms", seeds=(0,), requests=300, min_load=1.0)
     assert search.passing is None and search.failing_reason == "tpot_p99"
     assert search.failing == pytest.approx(10.0 / 8)  # halved down to the lowest allowed rate
+
+
+def test_capacity_cli_writes_tables_resumes_and_rejects_bad_input(tmp_path, capsys):
+    from echo_sim.cli.main import main
+    from echo_sim.traces.format import write_trace
+
+    trace = tmp_path / "small.trace.npz"
+    write_trace(random_trace(np.random.default_rng(5), num_requests=5, output_len=(8, 16)), trace)
+    out = tmp_path / "out"
+    command = ["capacity", "--trace", str(trace), "--slo", "tpot_p99=8ms", "--policies", "ar,static-chain",
+               "--requests", "120", "--start", "64", "--tolerance", "0.1", "--jobs", "1", "--out", str(out)]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out / "capacity.csv")
+    assert set(table["policy"]) == {"ar", "static-chain"} and (table["passing"] < table["failing"]).all()
+    assert (out / "capacity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "capacity under tpot_p99<=8ms" in printed and "python -m sglang.launch_server" in printed
+    probes = sorted(p.name for p in (out / "points").glob("*.json"))
+    assert main(command) == 0  # resumed: every probe from its point file, nothing new
+    assert sorted(p.name for p in (out / "points").glob("*.json")) == probes
+    assert pd.read_csv(out / "capacity.csv").equals(table)
+    for bad in (["--slo", "tpot_p99=8"], ["--slo", "tpot_p99=8ms", "--arrival", "closed"],
+                ["--slo", "tpot_p99=8ms", "--warmup", "1.5"]):
+        fresh = tmp_path / "bad"
+        assert main(["capacity", "--trace", str(trace), *bad, "--out", str(fresh)]) == 2
+        assert not fresh.exists()
+
+
+def test_replay_is_searched_as_a_time_scale_and_reported_as_its_mean_rate():
+    from echo_sim.workload import build_stream, read_workload
+
+    native = capacity.native_replay_rate("azure-conv", 500)
+    recorded = read_workload("azure-conv")["arrival"].to_numpy()[:500]
+    assert native == pytest.approx(499 / (recorded[-1] - recorded[0]))
+    base = SimConfig(policy="ar", rate=1.0, arrival="replay", workload="azure-conv", requests=500)
+    config = capacity.probe_config(base, "echo", 0, 3.0, native)  # three times the recorded speed
+    stream = build_stream("azure-conv", 500, 0, np.array([10]), np.array([10]), "replay", config.rate)
+    assert stream.arrival == pytest.approx((recorded - recorded[0]) / 3.0)
+    search = capacity.Search("echo", 0, 1.0, 0.02, 0.1, 10.0, passing=3.0, failing=3.05)
+    row = capacity.capacity_table([search], native).iloc[0]
+    assert (row["time_scale"], row["capacity"], row["failing"]) == pytest.approx((3.0, 3 * native, 3.05 * native))

@@ -75,7 +75,7 @@ def test_throughput_table_matches_direct_simulation(quick):
     assert len(table) == len(loads) * len(policies) * len(nd.COST_SETTINGS)
     for hardware, model in nd.COST_SETTINGS:
         part = table[(table["hardware"] == hardware) & (table["model"] == model)]
-        assert set(part["cost_source"]) == {f"preset:{hardware}/{model}"}
+        assert set(part["cost_source"]) == {f"fitted:{hardware}/{model}"}  # the default cost model
         assert np.allclose(part[part["policy"] == "ar"]["speedup_vs_ar"], 1.0)
     config = SimConfig(policy="echo", concurrency=4, requests=quick.grid.requests, trace=str(quick.trace_file),
                        hardware="h200", model="qwen3-235b-a22b")

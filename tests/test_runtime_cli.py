@@ -75,7 +75,9 @@ def test_validate_outputs_are_greedy_and_mat_is_exact(pair_dir, calibration, cap
             "--max-new-tokens", "8", "--width", "3", "--depth", "3", "--policies", "ar,static,echo",
             "--concurrency", "1,2", "--calibration", str(calibration), "--out", str(out), "--json"]
     assert echo_run(argv) == 0
-    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    captured = capsys.readouterr()
+    assert "resuming" not in captured.err and "warning" not in captured.err  # fresh, calibrated here
+    rows = json.loads(captured.out.strip().splitlines()[-1])["rows"]
     assert [(r["policy"], r["concurrency"]) for r in rows] == [(p, c) for p in ("ar", "static", "echo") for c in (1, 2)]
     for row in rows:
         assert row["outputs_match_trace"], row
@@ -89,7 +91,9 @@ def test_validate_outputs_are_greedy_and_mat_is_exact(pair_dir, calibration, cap
     (out / "rows" / "ar_c1.json").write_text((out / "rows" / "ar_c1.json").read_text().replace(
         '"policy": "ar"', '"policy": "ar", "kept": true'))
     assert echo_run(argv) == 0  # resumes: finished rows are read back, not recomputed
-    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    captured = capsys.readouterr()
+    assert f"resuming: 6 of 6 rows already measured in {out}" in captured.err
+    rows = json.loads(captured.out.strip().splitlines()[-1])["rows"]
     assert rows[0].get("kept") is True
 
 

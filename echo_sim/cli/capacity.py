@@ -23,7 +23,7 @@ from tqdm import tqdm
 from echo_sim import capacity
 from echo_sim.atomic import write_text_atomic
 from echo_sim.cli import recommend
-from echo_sim.cli.execution import add_executor_arguments, executor_from_args
+from echo_sim.cli.execution import add_executor_arguments, open_executor
 from echo_sim.cli.run import add_simulation_arguments, config_from_args
 from echo_sim.cli.sweep import parse_list
 from echo_sim.points import PointStore, canonical
@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     seeds = parse_list(args.seeds, int, "seeds")
     base = base_config(args)
     capacity.check_settings(base, args.warmup, args.tolerance, args.start)
-    executor = executor_from_args(args, base)
     out = Path(args.out)
-    with PointStore.open(out) as store, tqdm(desc="capacity", unit="probe", file=sys.stderr) as bar:
+    with open_executor(args, base) as executor, PointStore.open(out) as store, \
+            tqdm(desc="capacity", unit="probe", file=sys.stderr) as bar:
         searches, native_rate = capacity.search_capacity(
             base, policies, seeds, targets, stored_evaluate(store, executor, bar),
             warmup=args.warmup, tolerance=args.tolerance, start=args.start)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     print(heading)
     print(format_table(summary, seeds_table, native_rate))
     print()
-    print(format_winner(summary, probes["model"].iloc[0], args.tolerance))
+    print(format_winner(summary, probes["model"].iloc[0], args.tolerance, seeds_table))
     print(f"\nwrote {out}/capacity.csv, probes.csv" + ("" if args.no_plots else ", capacity.png"), file=sys.stderr)
     return 0
 
@@ -112,7 +112,8 @@ def describe(base, targets, seeds, args, native_rate, probes: pd.DataFrame) -> s
             f"{arrivals}, {base.requests} requests per probe, warm-up {args.warmup:.0%} and drain "
             f"{capacity.OPEN_LOOP_TRIM:.0%} discarded, queue growth <= {capacity.UNSTABLE_GROWTH:.0%}, "
             f"seeds {','.join(map(str, seeds))}, tolerance {args.tolerance:.0%}\n"
-            f"acceptance: {first['acceptance_source']}; cost: {first['cost_source']}")
+            f"acceptance: {first['acceptance_source']}; cost: {first['cost_source']}; serving: max_batch "
+            f"{first['max_batch']}, KV cache {first['kv_capacity_tokens']} tokens, prefill chunk {first['prefill_chunk']} tokens")
 
 
 def format_table(summary: pd.DataFrame, seeds_table: pd.DataFrame, native_rate: float | None) -> str:
@@ -129,11 +130,20 @@ def format_table(summary: pd.DataFrame, seeds_table: pd.DataFrame, native_rate: 
     return pd.DataFrame(rows).to_string(index=False)
 
 
+def paired_note(seeds_table: pd.DataFrame, first: str, second: str) -> str:
+    """Seed by seed (every policy of a seed sees the same requests and arrivals): who is ahead."""
+    pivot = seeds_table.pivot(index="seed", columns="policy", values="capacity")
+    ahead = int((pivot[first] > pivot[second]).sum())
+    difference = pivot[first] - pivot[second]
+    return (f"per seed, {first} - {second} = {', '.join(f'{d:+.1f}' for d in difference)} req/s "
+            f"({first} ahead in {ahead} of {len(pivot)} seeds; informative only: the tie rule uses the seed spread)")
+
+
 def _num(value: float) -> str:
     return "none" if value != value else f"{value:.1f}"
 
 
-def format_winner(summary: pd.DataFrame, target: str, tolerance: float) -> str:
+def format_winner(summary: pd.DataFrame, target: str, tolerance: float, seeds_table: pd.DataFrame) -> str:
     """The realisable policy with the highest mean capacity, as an SGLang launch line. Every policy
     whose margin to it is within the seed spread of either side, or within the search tolerance,
     ties with it (and is listed too)."""
@@ -155,6 +165,8 @@ def format_winner(summary: pd.DataFrame, target: str, tolerance: float) -> str:
                 f"{max(best['spread'], runner['spread']):.1f} and tolerance {resolution:.1f})")
     else:
         head = f"winner: {best['policy']} ({best['capacity']:.1f} req/s; the only policy)"
-    lines = [head] + [f"  {row['policy']}: {recommend.launch_line(row['spec'], target)}"
-                      for _, row in tied.iterrows()]
+    lines = [head]
+    if len(ranked) > 1 and seeds_table["seed"].nunique() > 1:
+        lines.append("  " + paired_note(seeds_table, best["policy"], ranked.iloc[1]["policy"]))
+    lines += [f"  {row['policy']}: {recommend.launch_line(row['spec'], target)}" for _, row in tied.iterrows()]
     return "\n".join(lines)

@@ -20,26 +20,43 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser(prog: str, subcommands: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog)
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the text already states one)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" not in text and action.option_strings and action.default not in (None, argparse.SUPPRESS)
+                and action.nargs != 0):  # not for flags (store_true: off unless given)
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser(prog: str, subcommands: dict[str, tuple[str, str]], argv: list[str] | None = None
+                 ) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in argv has its module imported (`echo-run --help`
+    must not pay for importing torch)."""
+    parser = argparse.ArgumentParser(prog=prog, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    named = next((word for word in (sys.argv[1:] if argv is None else argv) if word in subcommands), None)
     for name, (module_name, help_text) in subcommands.items():
-        module = importlib.import_module(module_name)
-        escaped = help_text.replace("%", "%%")  # argparse formats help strings with %
-        sub_parser = sub.add_parser(name, help=escaped, description=escaped)
-        module.add_arguments(sub_parser)
-        sub_parser.set_defaults(handler=module.run)
+        # help= is %-formatted by argparse, description is printed as is
+        sub_parser = sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text,
+                                    formatter_class=HelpFormatter)
+        if name == named:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(handler=module.run)
     return parser
 
 
 def dispatch(prog: str, subcommands: dict[str, tuple[str, str]], argv: list[str] | None) -> int:
-    args = build_parser(prog, subcommands).parse_args(argv)
+    args = build_parser(prog, subcommands, argv).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except ValueError as error:  # user errors: one line, non-zero exit
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    except FileNotFoundError as error:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,6 +13,8 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
+
 from echo_sim.config import ARRIVAL_MODES, SimConfig, config_defaults
 from echo_sim.workload import WORKLOAD_NAMES
 
@@ -97,8 +99,11 @@ def run_with_baseline(config: SimConfig) -> dict:
     from echo_sim.policies.registry import make_policy
     from echo_sim.traces.format import read_trace
 
+    from echo_sim.preflight import check_point
+
     policy = make_policy(config.policy)  # an unknown policy fails before any simulation
     trace = read_trace(config.trace_path())
+    check_point(config, trace)
     metrics = dict(simulate(config, trace).metrics)
     if policy.name == "ar":
         baseline = {"output_tokens_per_s": metrics["output_tokens_per_s"], "sim_cpu_seconds": 0.0}
@@ -109,9 +114,16 @@ def run_with_baseline(config: SimConfig) -> dict:
     return metrics
 
 
-def json_safe(metrics: dict) -> dict:
-    """NaN and infinities become null, so the output is strict JSON."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+def json_safe(value):
+    """NaN and infinities become null (in nested dicts and lists too) and numpy scalars plain
+    numbers, so the output is strict JSON."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def format_summary(metrics: dict) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,58 +23,88 @@ from echo_sim.cli import recommend
 from echo_sim.atomic import write_bytes_atomic, write_text_atomic
 from echo_sim.executor import Executor, LocalExecutor
 from echo_sim.points import PointStore, canonical
+from echo_sim.preflight import check_point
+from echo_sim.traces.format import read_trace
 from echo_sim.config import SimConfig
 from echo_sim.engine import simulate
 from echo_sim.policies.registry import POLICY_NAMES, make_policy
+from echo_sim.cli.execution import add_executor_arguments, open_executor
 from echo_sim.cli.run import add_simulation_arguments, config_from_args
+from echo_sim.slo import LATENCY_FIELDS, attainment, format_slo, headroom, meets, parse_slo
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SUMMARY_FIELDS = (
-    "policy", "concurrency", "rate", "workload", "seed", "requests", "output_tokens_per_s",
-    "speedup_vs_ar", "mean_accepted_tokens", "verified_tokens_per_step", "waste", "ttft_p50",
-    "tpot_p50", "tpot_p99", "sim_cpu_seconds", "acceptance_source", "cost_source",
+    "policy", "concurrency", "rate", "workload", "hardware", "model", "seed", "requests",
+    "output_tokens_per_s", "speedup_vs_ar", "mean_accepted_tokens", "verified_tokens_per_step", "waste",
+    *LATENCY_FIELDS, "requests_per_s", "slo", "slo_attainment", "slo_goodput", "slo_headroom", "meets_slo",
+    "sim_cpu_seconds", "acceptance_source", "cost_source",
 )
+# Open-loop sweeps rank policies by SLO attainment; these targets unless --slo says otherwise.
+DEFAULT_OPEN_LOOP_SLO = "ttft_p90=1s,tpot_p99=50ms"
 
 
 def parse_list(text: str, kind, name: str) -> list:
+    """Comma-separated values, duplicates dropped (first occurrence kept: one row per point)."""
     try:
         values = [kind(item) for item in text.split(",") if item.strip()]
     except ValueError:
         raise ValueError(f"--{name}: cannot parse {text!r} as a comma-separated list of {kind.__name__}")
     if not values:
         raise ValueError(f"--{name}: empty list")
-    return values
+    return list(dict.fromkeys(values))
+
+
+def parse_policies(text: str) -> list[str]:
+    """Policy specs from one comma-separated list: 'ar,static:S=5,k=4,N=16' is two specs, since a
+    comma followed by `knob=value` (no ':') continues the previous spec's knobs."""
+    specs: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if specs and "=" in item and ":" not in item and ":" in specs[-1]:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    if not specs:
+        raise ValueError("--policies: empty list")
+    return list(dict.fromkeys(specs))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=",".join(POLICY_NAMES),
-                        help="comma-separated policy specs, e.g. 'ar,static,echo:budget=fixed' (default: all)")
+                        help="comma-separated policy specs; knobs follow their policy, e.g. "
+                             "'ar,static:S=5,k=4,N=16,echo:budget=fixed' (default: all)")
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)),
                       help="closed-loop client counts (default 1..256, powers of two)")
-    load.add_argument("--rates", default=None, help="open-loop Poisson arrival rates in requests/s instead")
-    parser.add_argument("--workloads", default=None, help="comma-separated workloads (default: --workload)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give error bars")
+    load.add_argument("--rates", default=None, help="open-loop Poisson arrival rates in requests/s, instead of --concurrency (default: none)")
+    parser.add_argument("--workloads", default=None, help="comma-separated workloads (default: the one --workload names)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give error bars (default: 0)")
     parser.add_argument("--out", default="sweep-out", help="output folder (default: sweep-out)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
-    parser.add_argument("--step-log", action="store_true", help="write per-step records to DIR/steps/")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--step-log", action="store_true", help="write per-step records to DIR/steps/ (default: off)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (default: plots are drawn)")
+    parser.add_argument("--slo", default=None,
+                        help="latency targets for SLO attainment, e.g. ttft_p90=1s,tpot_p99=50ms (default with "
+                             f"--rates: {DEFAULT_OPEN_LOOP_SLO}; open-loop sweeps recommend by attainment)")
+    add_executor_arguments(parser)
     add_simulation_arguments(parser, sweep=True)
 
 
 @dataclass(frozen=True)
 class GridPoint:
     config: SimConfig
+    slo: str | None = None  # canonical targets (slo.format_slo); attainment is computed with them
 
     @property
     def key(self) -> str:
-        text = json.dumps(asdict(self.config), sort_keys=True, default=str)
+        identity = asdict(self.config) if self.slo is None else {**asdict(self.config), "slo": self.slo}
+        text = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def build_grid(args: argparse.Namespace) -> list[GridPoint]:
     """Validate every input, then list the points (ar is always included: speedups need it)."""
-    policies = parse_list(args.policies, str, "policies")
+    policies = parse_policies(args.policies)
     for spec in policies:
         make_policy(spec)  # raises PolicyError listing the known names
     if "ar" not in policies:
@@ -87,8 +116,9 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
         loads = [("rate", rate) for rate in parse_list(args.rates, float, "rates")]
     else:
         loads = [("concurrency", c) for c in parse_list(args.concurrency, int, "concurrency")]
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    trace = read_trace(base.trace_path())  # once: every point replays the same trace
+    slo_text = args.slo or (DEFAULT_OPEN_LOOP_SLO if args.rates else None)
+    slo = format_slo(parse_slo(slo_text)) if slo_text else None
     points = []
     for workload in workloads:
         for seed in seeds:
@@ -96,8 +126,8 @@ def build_grid(args: argparse.Namespace) -> list[GridPoint]:
                 for spec in policies:
                     config = replace(base, policy=spec, workload=workload, seed=seed,
                                      step_log=args.step_log, **{field: value})
-                    config.validate()
-                    points.append(GridPoint(config))
+                    check_point(config, trace)  # everything a worker could fail on, before any write
+                    points.append(GridPoint(config, slo))
     return points
 
 
@@ -105,6 +135,11 @@ def compute_point(point: GridPoint) -> tuple[dict, bytes | None]:
     """Worker side (pure): the point's metrics record and, with --step-log, its steps as parquet."""
     result = simulate(point.config)
     record = dict(result.metrics, key=point.key, config=asdict(point.config))
+    if point.slo is not None:
+        targets = parse_slo(point.slo)
+        share = attainment(result.requests, targets)
+        record.update(slo=point.slo, slo_attainment=share, slo_goodput=record["requests_per_s"] * share,
+                      slo_headroom=headroom(record, targets), meets_slo=meets(record, targets))
     steps = None
     if point.config.step_log and result.steps is not None:
         steps = result.steps.to_parquet(index=False)
@@ -155,9 +190,12 @@ def write_outputs(table: pd.DataFrame, out: Path, plots: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     points = build_grid(args)  # all validation happens before anything is written
     out = Path(args.out)
-    table = tidy(run_grid(points, out, args.jobs))
+    with open_executor(args, points[0].config) as executor:
+        table = tidy(run_grid(points, out, executor=executor))
     write_outputs(table, out, plots=not args.no_plots)
     print(recommend.format_table(table))
+    print()
+    print(recommend.format_latency_table(table))
     print()
     print(recommend.format_recommendations(table))
     print(f"\nwrote {out}/results.parquet, summary.csv" + ("" if args.no_plots else ", plots"), file=sys.stderr)

@@ -194,7 +194,7 @@ def calibration_from_dict(data: Mapping, path: str) -> Calibration:
     if not isinstance(raw_points, list) or not raw_points:
         raise reader.fail("points", "must be a non-empty list")
     engine, overhead = reader.get(data, "engine", "engine"), reader.get(data, "overhead", "overhead")
-    return Calibration(
+    calibration = Calibration(
         path=path,
         hardware=reader.text(data, "hardware", "hardware"),
         model=reader.text(data, "model", "model"),
@@ -212,6 +212,13 @@ def calibration_from_dict(data: Mapping, path: str) -> Calibration:
         points=tuple(_point(reader, raw, i) for i, raw in enumerate(raw_points)),
         fit=_fit(reader, reader.get(data, "fit", "fit")),
     )
+    # Every rate the simulator reports divides by step time: a fit that costs a step 0 s is no fit.
+    smallest_step = (float(np.asarray(calibration.fit.verify.forward(1.0, 1, 0.0, 1.0)).sum())
+                     + calibration.step_overhead_s + calibration.per_request_overhead_s)
+    if not smallest_step > 0:
+        raise reader.fail("fit.verify", f"predicts {smallest_step} s for a one-token step of one request "
+                                        "(with overhead): a step must take time")
+    return calibration
 
 
 def load_calibration(path: str | Path) -> Calibration:

@@ -97,24 +97,104 @@ def plot_metric_vs_load(ax, table: pd.DataFrame, metric: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
+def facet_groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows) per combination of the facet columns that vary (workload, hardware, model):
+    one panel each, so curves are never averaged across workloads or cost settings."""
+    from echo_sim.cli.recommend import FACETS
+
+    varying = [c for c in FACETS if c in table and table[c].nunique() > 1]
+    if not varying:
+        return [("", table)]
+    return [(", ".join(f"{c} {v}" for c, v in zip(varying, keys if isinstance(keys, tuple) else (keys,))), part)
+            for keys, part in table.groupby(varying, sort=True)]
+
+
+def _wrapped_setting(table: pd.DataFrame) -> str:
+    return "\n".join(textwrap.fill(line, 110) for line in setting_title(table).splitlines())
+
+
 def metric_figure(table: pd.DataFrame, metric: str, title: str):
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    plot_metric_vs_load(ax, table, metric)
-    if metric == "speedup_vs_ar":
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-    setting = "\n".join(textwrap.fill(line, 110) for line in setting_title(table).splitlines())
-    ax.set_title(f"{title}\n{setting}", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    """One panel per facet (facet_groups), stacked; one legend."""
+    groups = facet_groups(table)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 5.5 * len(groups)), squeeze=False)
+    for index, (ax, (label, part)) in enumerate(zip(axes[:, 0], groups)):
+        plot_metric_vs_load(ax, part, metric)
+        if metric == "speedup_vs_ar":
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+        heading = f"{title}\n{_wrapped_setting(table)}" if index == 0 else ""
+        ax.set_title("\n".join(filter(None, [heading, label])), fontsize=9)
+    axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return fig
 
 
+# Open-loop sweeps: latency against arrival rate (p99 thick, p50 thin) and throughput-latency curves.
+LATENCY_PANELS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end latency"))
+THROUGHPUT_LATENCY_PANELS = (("tpot_p99", "TPOT p99"), ("ttft_p90", "TTFT p90"), ("e2e_p90", "end-to-end p90"))
+
+
+def _open_loop_figure(table: pd.DataFrame, panels, title: str, draw):
+    groups = facet_groups(table)
+    fig, axes = plt.subplots(len(groups), len(panels), figsize=(4.6 * len(panels), 4.2 * len(groups)),
+                             squeeze=False)
+    styles = policy_styles(table["policy"])
+    for row, (label, part) in enumerate(groups):
+        means = part.groupby(["policy", "rate"]).mean(numeric_only=True).reset_index()
+        for column, panel in enumerate(panels):
+            ax = axes[row, column]
+            for policy, style in styles.items():
+                line = means[means["policy"] == policy].sort_values("rate")
+                if len(line):
+                    draw(ax, line, panel, policy, style)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            if label:
+                ax.set_title(label, fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
+    fig.suptitle(f"{title}\n{_wrapped_setting(table)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def latency_vs_rate_figure(table: pd.DataFrame):
+    def draw(ax, line, panel, policy, style):
+        metric, name = panel
+        ax.plot(line["rate"], line[f"{metric}_p99"] * 1e3, marker="o", markersize=3, linewidth=1.6,
+                label=policy, **style)
+        ax.plot(line["rate"], line[f"{metric}_p50"] * 1e3, linewidth=0.8, alpha=0.6, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.set_xlabel("arrival rate (requests/s, log scale)")
+        ax.set_ylabel(f"{name} (ms)")
+    return _open_loop_figure(table, LATENCY_PANELS, "Latency vs arrival rate (mean over seeds; thick p99, "
+                             "thin p50; log scales)", draw)
+
+
+def throughput_latency_figure(table: pd.DataFrame):
+    def draw(ax, line, panel, policy, style):
+        metric, name = panel
+        ax.plot(line["output_tokens_per_s"], line[metric] * 1e3, marker="o", markersize=3, label=policy, **style)
+        ax.set_yscale("log")
+        ax.set_xlabel("output tokens/s (one point per arrival rate)")
+        ax.set_ylabel(f"{name} (ms, log scale)")
+    return _open_loop_figure(table, THROUGHPUT_LATENCY_PANELS, "Throughput vs latency (mean over seeds)", draw)
+
+
 def save_sweep_plots(table: pd.DataFrame, out: Path) -> list[Path]:
+    """Closed loop: throughput and speedup vs clients. Open loop: latency vs arrival rate and
+    throughput-latency curves. Either way one panel per workload / hardware / model."""
+    if load_column(table) == "rate":
+        figures = ((latency_vs_rate_figure(table), "latency_vs_rate.png"),
+                   (throughput_latency_figure(table), "throughput_vs_latency.png"))
+    else:
+        figures = ((metric_figure(table, "output_tokens_per_s", "Output throughput vs load"),
+                    "throughput_vs_concurrency.png"),
+                   (metric_figure(table, "speedup_vs_ar", "Speedup over autoregressive decoding vs load"),
+                    "speedup_vs_concurrency.png"))
     written = []
-    for metric, name, title in (
-        ("output_tokens_per_s", "throughput_vs_concurrency.png", "Output throughput vs load"),
-        ("speedup_vs_ar", "speedup_vs_concurrency.png", "Speedup over autoregressive decoding vs load"),
-    ):
-        fig = metric_figure(table, metric, title)
+    for fig, name in figures:
         written.append(save_figure(fig, Path(out) / name, dpi=120))  # bbox tight: nothing clipped
         plt.close(fig)
     return written

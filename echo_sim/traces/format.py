@@ -345,6 +345,8 @@ def validate_trace(trace: TraceSet, source: str | None = None) -> None:
     """Raise TraceError naming file, request, position and field of the first problem (vectorised)."""
     source = source or trace.path or "<in-memory trace>"
     _check_header(trace.header, source)
+    if len(trace.output_len) == 0:
+        raise TraceError(f"{source}: no requests (a trace needs at least one)")
     loc = _Locator(source, list(trace.request_ids))
     columns = {name: getattr(trace, name) for name in FILE_SCHEMA}
     _check_dtypes(trace, loc)
@@ -457,12 +459,17 @@ def read_trace(path: str | Path) -> TraceSet:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such trace file")
     source = str(path)
-    members = _load_members(path)
-    header = _parse_header(members, source)
-    columns = _file_columns(members, header, source)
-    _check_shapes(columns, header, _Locator(source, columns["request_ids"]))
-    _fill_absent(columns, header)
-    known = {f.name for f in fields(TraceSet)} - {"_cache"}
-    trace = TraceSet(header=header, path=source, **{k: v for k, v in columns.items() if k in known})
-    validate_trace(trace, source)
+    try:
+        members = _load_members(path)
+        header = _parse_header(members, source)
+        columns = _file_columns(members, header, source)
+        _check_shapes(columns, header, _Locator(source, columns["request_ids"]))
+        _fill_absent(columns, header)
+        known = {f.name for f in fields(TraceSet)} - {"_cache"}
+        trace = TraceSet(header=header, path=source, **{k: v for k, v in columns.items() if k in known})
+        validate_trace(trace, source)
+    except TraceError:
+        raise
+    except Exception as error:  # a corrupted archive can fail anywhere in zipfile / numpy (issue 15)
+        raise TraceError(f"{source}: not a readable trace file ({type(error).__name__}: {error})") from None
     return trace

@@ -38,9 +38,16 @@ def _acc_len(record: dict, proposer: str, where: str) -> np.ndarray:
     block = record.get(key)
     if not isinstance(block, dict) or "acc_len" not in block:
         raise SpecDecodeFormatError(f"{where}: field {key}.acc_len: missing")
-    values = np.asarray(block["acc_len"])
+    raw = block["acc_len"]
+    # JSON true/false are not counts (numpy would read them as 1/0); object dtype = beyond int64
+    if not isinstance(raw, list) or any(isinstance(v, bool) for v in raw):
+        raise SpecDecodeFormatError(f"{where}: field {key}.acc_len: must be a non-empty list of integers")
+    values = np.asarray(raw)
     if values.ndim != 1 or len(values) == 0 or values.dtype.kind not in "iu":
         raise SpecDecodeFormatError(f"{where}: field {key}.acc_len: must be a non-empty list of integers")
+    if values.max() > np.iinfo(np.int32).max:
+        raise SpecDecodeFormatError(f"{where}: field {key}.acc_len: {int(values.max())} at index "
+                                    f"{int(np.argmax(values))} does not fit the trace's int32")
     if values.min() < 1:
         raise SpecDecodeFormatError(f"{where}: field {key}.acc_len: values must be >= 1 "
                                     f"(got {int(values.min())} at index {int(np.argmin(values))})")

@@ -80,5 +80,10 @@ def format_text(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     summary = trace_summary(read_trace(args.path))
-    print(json.dumps(summary, indent=2) if args.json else format_text(summary))
+    if args.json:
+        from echo_sim.cli.run import json_safe
+
+        print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+    else:
+        print(format_text(summary))
     return 0
