@@ -86,14 +86,6 @@ class DecodeBatch:
         return DecodeBatch(*(np.concatenate(pair) for pair in zip(self.columns(), other.columns())))
 
 
-def nothing_drafted(batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fast path of on_path_acceptance + draft_tokens_per_request for node-less lattices (the
-    reference they must equal, dtypes included: tests/test_engine_fast_paths.py): nothing accepted,
-    no on-path depth, no draft token verified. Saves the ar baseline of every run two array passes."""
-    return (np.zeros(0, dtype=bool), np.zeros(batch_size, dtype=np.int32), np.zeros(batch_size, dtype=np.int64),
-            np.zeros(batch_size, dtype=np.int64))
-
-
 @dataclass(frozen=True)
 class DecodePlan:
     """What one step verifies and what it will commit (decided before the step's time passes).
@@ -251,13 +243,10 @@ class Simulation:
         kv_lens = batch.prompt_len + batch.position
         context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width)
         selection = self.policy.select(lattices, context)
-        if lattices.num_nodes == 0 and selection.chain is None:  # ar and depth-0 steps: nothing to walk
-            accepted, accepted_depth, oracle_depth, drafted = nothing_drafted(batch.size)
-        else:
-            accepted, accepted_depth, oracle_depth = on_path_acceptance(lattices, selection.nodes)
-            if selection.chain is not None:
-                accepted_depth = chain_accepted(lattices.spine_run, selection.chain)
-            drafted = selection.draft_tokens_per_request(lattices)
+        accepted, accepted_depth, oracle_depth = on_path_acceptance(lattices, selection.nodes)
+        if selection.chain is not None:
+            accepted_depth = chain_accepted(lattices.spine_run, selection.chain)
+        drafted = selection.draft_tokens_per_request(lattices)
         verify_tokens, attention_pairs = verify_shape(kv_lens, drafted, selection.padding)
         verify = dict(
             batch_size=batch.size,
