@@ -94,13 +94,13 @@ class Timed:
         return getattr(self._inner, name)
 
 
-def breakdown(policy: str, requests: int) -> dict:
+def breakdown(policy: str, requests: int, concurrency: int = CONCURRENCY) -> dict:
     """Where a step's CPU time goes: the policy (select, observe), the cost model (components),
     the engine (everything else). A separate run: the wrappers add a little time of their own."""
     from echo_sim.engine import build_simulation
 
     trace, _ = acceptance_trace()
-    config = SimConfig(policy=policy, concurrency=CONCURRENCY, requests=requests, workload="sharegpt")
+    config = SimConfig(policy=policy, concurrency=concurrency, requests=requests, workload="sharegpt")
     spent: dict = {}
     simulation = build_simulation(config, trace)
     simulation.policy = Timed(simulation.policy, ("select", "observe"), spent)
@@ -111,13 +111,15 @@ def breakdown(policy: str, requests: int) -> dict:
     steps = len(simulation.steps.records)
     parts = {f"policy.{k}" if k != "components" else "cost.components": v for k, v in spent.items()}
     parts["engine (rest)"] = total - sum(spent.values())
-    return {"policy": policy, "requests": requests, "steps": steps,
+    return {"policy": policy, "requests": requests, "concurrency": concurrency, "steps": steps,
+            "mean_batch_size": float(np.mean([r.batch_size for r in simulation.steps.records])),
             "us_per_step": {k: 1e6 * v / steps for k, v in parts.items()}}
 
 
-def run_point(policy: str, requests: int, mode: str = "--one") -> dict:
+def run_point(policy: str, requests: int, mode: str = "--one", concurrency: int = CONCURRENCY) -> dict:
     """measure() (or breakdown()) in a fresh interpreter, so peak memory is the point's own."""
-    out = subprocess.run([sys.executable, __file__, mode, policy, str(requests)], check=True,
+    extra = [] if mode == "--one" else [str(concurrency)]
+    out = subprocess.run([sys.executable, __file__, mode, policy, str(requests), *extra], check=True,
                          capture_output=True, text=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -134,7 +136,7 @@ def machine() -> str:
             f"Python {platform.python_version()}, numpy {np.__version__}")
 
 
-def report(points: list[dict], command: str, parts: dict | None) -> str:
+def report(points: list[dict], command: str, breakdowns: list[dict]) -> str:
     lines = [f"# Simulator speed ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})", "",
              f"Command: `{command}`  ", f"Machine: {machine()}  ",
              f"Acceptance trace: {points[0]['trace']}  ",
@@ -147,10 +149,11 @@ def report(points: list[dict], command: str, parts: dict | None) -> str:
                      f"{p['mean_batch_size']:.1f} | {p['mean_accepted_tokens']:.2f} | {p['peak_rss_bytes'] / 2**20:,.0f} |")
     lines += ["", f"Targets: >= {TARGET_REQUESTS_PER_CPU_S} requests per CPU-second for echo; peak memory < 2 GB; "
               "time linear in requests (compare requests / CPU-s across sizes)."]
-    if parts:
+    for parts in breakdowns:
         total = sum(parts["us_per_step"].values())
-        lines += ["", f"Where a step's CPU time goes ({parts['policy']}, {parts['requests']:,} requests, separate "
-                  "instrumented run):", "", "| part | µs / step | share |", "|---|---:|---:|"]
+        lines += ["", f"Where a step's CPU time goes ({parts['policy']}, {parts['requests']:,} requests, concurrency "
+                  f"{parts['concurrency']}, mean batch {parts['mean_batch_size']:.0f}, separate instrumented run):", "",
+                  "| part | µs / step | share |", "|---|---:|---:|"]
         lines += [f"| {name} | {us:.0f} | {us / total:.0%} |" for name, us in parts["us_per_step"].items()]
     return "\n".join(lines) + "\n"
 
@@ -160,13 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", default="1000,10000,100000")
     parser.add_argument("--policies", default="echo,ar")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
-    parser.add_argument("--breakdown", default="echo:10000", help="POLICY:REQUESTS to profile by part ('' = none)")
+    parser.add_argument("--breakdown", default="echo:10000:64,echo:10000:256",
+                        help="POLICY:REQUESTS[:CONCURRENCY],... to profile by part ('' = none)")
     parser.add_argument("--one", nargs=2, metavar=("POLICY", "REQUESTS"), help=argparse.SUPPRESS)
-    parser.add_argument("--parts", nargs=2, metavar=("POLICY", "REQUESTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--parts", nargs=3, metavar=("POLICY", "REQUESTS", "CONCURRENCY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one or args.parts:
-        name, count = args.one or args.parts
-        print(json.dumps((measure if args.one else breakdown)(name, int(count))))
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]))))
+        return 0
+    if args.parts:
+        print(json.dumps(breakdown(args.parts[0], int(args.parts[1]), int(args.parts[2]))))
         return 0
     points = []
     for requests in [int(n) for n in args.requests.split(",")]:
@@ -175,15 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             p = points[-1]
             print(f"{policy:>6} {requests:>7,} requests: {p['requests_per_cpu_second']:8,.0f} req/CPU-s, "
                   f"{p['ms_per_step']:.3f} ms/step, peak {p['peak_rss_bytes'] / 2**20:,.0f} MB", flush=True)
-    parts = None
-    if args.breakdown:
-        name, _, count = args.breakdown.partition(":")
-        parts = run_point(name, int(count), "--parts")
+    breakdowns = []
+    for spec in filter(None, args.breakdown.split(",")):
+        name, count, *concurrency = spec.split(":")
+        breakdowns.append(run_point(name, int(count), "--parts", int(concurrency[0]) if concurrency else CONCURRENCY))
     command = "python benchmarks/sim_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(points, command.strip(), parts)
+    text = report(points, command.strip(), breakdowns)
     print(text)
     if not args.no_write:
-        record = {"machine": machine(), "command": command.strip(), "points": points, "breakdown": parts}
+        record = {"machine": machine(), "command": command.strip(), "points": points, "breakdown": breakdowns}
         write_text_atomic(RESULTS / "sim_speed.json", json.dumps(record, indent=1))
         write_text_atomic(RESULTS / "sim_speed.md", text)
     return 0

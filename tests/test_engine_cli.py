@@ -40,12 +40,15 @@ def test_run_json_has_the_fields_and_the_ar_speedup(trace_path, capsys):
     ar = simulate(SimConfig(policy="ar", concurrency=3, requests=12, seed=4, trace=trace_path), trace)
     assert out["output_tokens_per_s"] == pytest.approx(echo)
     assert out["speedup_vs_ar"] == pytest.approx(echo / ar.metrics["output_tokens_per_s"])
+    # the policy's own CPU time and the ar baseline's, separately (two simulations ran)
+    assert out["sim_cpu_seconds"] > 0 and out["baseline_sim_cpu_seconds"] > 0
 
 
 def test_run_text_summary(trace_path, capsys):
     assert main(["run", "--policy", "ar", "--rate", "50", "--requests", "5", "--trace", trace_path]) == 0
     text = capsys.readouterr().out
     assert "speedup vs ar" in text and "1.000x" in text and "poisson arrivals at 50.0 req/s" in text
+    assert "ar baseline sim CPU    0.00 s" in text  # ar is its own baseline: no second simulation
 
 
 @pytest.mark.parametrize("argv, message", [
