@@ -47,6 +47,12 @@ class LinearCost:
     def draft_time(self, batch_size, depth, width, kv_tokens=0):
         return 0.002 * depth
 
+    def ragged_draft_time(self, batch_size, level_tokens, kv_tokens=0):
+        return 0.002 * len(level_tokens)
+
+    def prefill_time(self, prefill_tokens, prefill_context=0, with_draft=True):
+        return 0.0
+
     def step_time(self, shape):
         return float(self.verify_time(shape.verify_tokens, shape.batch_size, shape.kv_tokens)) + \
             self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width)
