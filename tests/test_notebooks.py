@@ -140,7 +140,7 @@ def test_ablation_change_and_best_policy_by_hand():
     change = nd.ablation_change(ablations)[4]
     assert change[("h200", "m", "gate off")] == pytest.approx(-50.0)
     assert change[("h200", "m", "calibration off")] == pytest.approx(25.0)
-    assert change[("h200", "m", "adaptive depth off")] == pytest.approx(10.0)
+    assert change[("h200", "m", "shape adaptation off")] == pytest.approx(10.0)
     table = pd.DataFrame({"hardware": "h200", "model": "m", "concurrency": 8,
                           "policy": ["ar", "static", "echo", "oracle"],
                           "output_tokens_per_s": [100.0, 150.0, 180.0, 400.0]})

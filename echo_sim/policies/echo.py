@@ -139,20 +139,15 @@ class EchoPolicy(KnobbedPolicy):
         self.steps += 1
         if not self.shape or deciding or self.probing or probing or context.draft.depth == 0:
             self.draft = self._next_shape(lattices.batch_size, context, full)
-        # a width-1 draft is a chain: its selection is a path from the root, replayed from the spine
-        chain = np.bincount(lattices.request_of_node()[nodes], minlength=lattices.batch_size) \
-            if context.draft.width == 1 and context.draft.depth > 0 else None
-        return Selection(nodes=nodes, chain=chain, padding=padding, eager=eager, budget=budget,
-                         draft_level_tokens=levels)
+        # a width-1 shape is verified as a 1-wide tree of lattice nodes (the k'=1 beam read), as
+        # the runtime drafts and verifies it
+        return Selection(nodes=nodes, padding=padding, eager=eager, budget=budget, draft_level_tokens=levels)
 
     def observe(self, outcome: Outcome) -> None:
         if not self.calibration:
             return
-        verified, accepted = outcome.selection.nodes, outcome.accepted
-        if outcome.selection.chain is not None:  # the spine's acceptance: the first a_r nodes of the path
-            lattices = outcome.lattices
-            accepted = lattices.depth <= outcome.accepted_depth[lattices.request_of_node()]
-        self.curve.observe(outcome.lattices.score[verified], accepted[verified])
+        verified = outcome.selection.nodes
+        self.curve.observe(outcome.lattices.score[verified], outcome.accepted[verified])
 
     def _confidence(self, lattices: LatticeBatch) -> np.ndarray:
         """float64 [n]: ĉ, non-increasing along every path: the curve is non-decreasing in the

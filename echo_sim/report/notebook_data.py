@@ -49,7 +49,7 @@ ABLATIONS = {
     "echo:calibration=off": "calibration off",
     "echo:budget=fixed": "fixed budget B = bs·(N−1)",
     "echo:bucketing=off": "bucketing off",
-    "echo:adaptive_depth=off": "adaptive depth off",
+    "echo:shape=off": "shape adaptation off",
 }
 MAX_BUDGET_STEPS = 1500  # steady-state steps kept per load for the B-vs-batch-size scatter
 MAX_EXTENT_STEPS = 300  # steady-state steps kept per load for the per-request depth/width pictures
