@@ -223,13 +223,7 @@ class BucketCost(LinearCost):
     graph_buckets = (1, 2, 4, 8, 16, 32, 64)
 
 
-ECHO_RUNTIME_GAP = pytest.mark.xfail(strict=True, reason=(
-    "open (issue 10): the runtime's trace replay (echo_runtime.signals.TraceSignals) does not read "
-    "narrower widths beam-exact and the runtime passes no StepContext.prefill_seconds/frontier, so "
-    "elastic echo's shape choices diverge from the simulator's"))
-
-
-@pytest.mark.parametrize("name", ["static", pytest.param("echo", marks=ECHO_RUNTIME_GAP), "static-chain", "goodput"])
+@pytest.mark.parametrize("name", ["static", "echo", "static-chain", "goodput"])
 def test_trace_replay_runtime_takes_the_simulators_steps(name):
     """Timing-only mode (random weights, acceptance from a trace) against echo_sim.engine on the
     same trace, workload and policy: every step verifies, accepts and commits the same tokens."""
