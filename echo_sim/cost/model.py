@@ -129,6 +129,7 @@ class CostModel:
         self._description = {"source": source, **description}
         self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
         self._last_ragged = (None, 0.0)
+        self._last_prefill = (None, 0.0)  # the engine asks for the step's prefill before components() does
 
     def describe(self) -> dict:
         """What a result record stores about its cost source: source, hardware, model, dtype, tp, cost model."""
@@ -210,7 +211,10 @@ class CostModel:
         (target, plus the draft's prefill of the same chunk when `with_draft`), as its own forward."""
         if prefill_tokens < 0 or prefill_context < 0:
             raise CostModelError(f"prefill_time: negative tokens ({prefill_tokens}, {prefill_context})")
-        return float(self.terms.prefill(prefill_tokens, prefill_context, with_draft))
+        key = (prefill_tokens, prefill_context, with_draft)
+        if self._last_prefill[0] != key:
+            self._last_prefill = (key, float(self.terms.prefill(prefill_tokens, prefill_context, with_draft)))
+        return self._last_prefill[1]
 
     def components(self, shape: StepShape) -> dict[str, float]:
         """Seconds of prefill, draft, verify and overhead (scheduler + launch) for one step."""
