@@ -128,7 +128,7 @@ class CostModel:
         self.prefill_chunk_tokens = int(prefill_chunk_tokens)
         self._description = {"source": source, **description}
         self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
-        self._last_ragged = (None, 0.0)
+        self._last_ragged = (None, 0.0, 0.0)
         self._last_prefill = (None, 0.0)  # the engine asks for the step's prefill before components() does
 
     def describe(self) -> dict:
@@ -192,18 +192,21 @@ class CostModel:
         tokens = np.asarray(level_tokens, dtype=float)
         if batch_size < 1 or len(tokens) == 0 or tokens.min() <= 0:
             raise CostModelError(f"ragged_draft_time: impossible shape bs={batch_size} levels={tokens.tolist()}")
-        key = (batch_size, tuple(tokens.tolist()), kv_tokens)
-        if self._last_ragged[0] == key:
-            return self._last_ragged[1]
-        depth, widths = len(tokens), tokens / batch_size
-        first = float(self.terms.draft(batch_size, 1, 1, kv_tokens))
-        if isinstance(self.terms, RooflineTerms):  # its draft takes one width per level: one forward
-            seconds = float(self.terms.draft(batch_size, depth, widths, kv_tokens))
-        else:  # a calibration's levels 2…S cost alike: each level is what it adds at its width
-            seconds = first + sum(float(self.terms.draft(batch_size, 2, w, kv_tokens)) - first for w in widths[1:])
+        # Level 1 runs bs tokens here; its catch-up tokens are added below. The policy's budget
+        # (without catch-up) and the engine's charge (with it) ask in one step: one computation.
+        key = (batch_size, tuple(tokens[1:].tolist()), kv_tokens)
+        if self._last_ragged[0] != key:
+            depth, widths = len(tokens), tokens / batch_size
+            first = float(self.terms.draft(batch_size, 1, 1, kv_tokens))
+            if isinstance(self.terms, RooflineTerms):  # its draft takes one width per level: one forward
+                seconds = float(self.terms.draft(batch_size, depth, widths, kv_tokens))  # level 1: bs
+            else:  # a calibration's levels 2…S cost alike: each level is what it adds at its width
+                seconds = first + sum(float(self.terms.draft(batch_size, 2, w, kv_tokens)) - first
+                                      for w in widths[1:])
+            self._last_ragged = (key, seconds, first)
+        _, seconds, first = self._last_ragged
         if tokens[0] != batch_size:  # catch-up tokens ride in level 1's forward
             seconds += float(self.terms.draft(int(tokens[0]), 1, 1, kv_tokens)) - first
-        self._last_ragged = (key, seconds)
         return seconds
 
     def prefill_time(self, prefill_tokens: int, prefill_context: int = 0, with_draft: bool = True) -> float:
