@@ -58,8 +58,8 @@ class LinearCost(TokenBucketGraphs):
         return float(self.verify_time(shape.verify_tokens, shape.batch_size, shape.kv_tokens)) + \
             self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width)
 
-    def components(self, shape):
-        return {"verify": self.step_time(shape)}
+    def components(self, shape, draft_seconds=None):
+        return {"verify": self.step_time(shape), **({} if draft_seconds is None else {"draft": draft_seconds})}
 
     def graph_bucket(self, verify_tokens):
         return None

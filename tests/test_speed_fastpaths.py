@@ -23,3 +23,32 @@ def test_executed_one_equals_the_vector_rule(mode, bucketing, batch_size, values
         one_tokens, one_eager = graphs.executed(np.array([v]), batch_size, bucketing)
         assert one_tokens.dtype == tokens.dtype and one_eager.dtype == eager.dtype
         assert (int(one_tokens[0]), bool(one_eager[0])) == (int(t), bool(e))
+
+
+COSTS = {name: load_cost_model(hardware, model, cost=mode) for name, (hardware, model, mode) in {
+    "h200-fitted": ("h200", "llama-3.1-8b", None), "h200-roofline": ("h200", "llama-3.1-8b", "roofline"),
+    "a100-qwen3-8b": ("a100", "qwen3-8b", None), "h200-moe": ("h200", "qwen3-235b-a22b", None)}.items()}
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(sorted(COSTS)), st.integers(1, 300), st.integers(1, 7), st.integers(1, 4),
+       st.integers(0, 2_000_000), st.integers(0, 500), st.booleans(), st.data())
+def test_plain_float_draft_equals_the_vector_draft(name, bs, depth, width, kv, catch_up, ragged, data):
+    terms = COSTS[name].terms
+    if ragged:  # ragged_draft_time's widths: a float per level
+        width = np.array([1.0] + [data.draw(st.integers(1, bs * 16)) / bs for _ in range(depth - 1)])
+    extend = bs + catch_up if catch_up else None
+    vector = terms._draft_vector(bs, depth, width, kv, extend)  # also tabulates the counts
+    assert terms.draft(bs, depth, width, kv, extend) == vector
+    floats = terms._draft_floats(bs, depth, width, kv, extend)
+    assert floats == vector or (ragged and floats is None)  # None: a level's count is not integral
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(sorted(COSTS)), st.integers(1, 9000), st.integers(1, 300), st.integers(0, 2_000_000))
+def test_plain_float_verify_equals_the_vector_forward(name, tokens, bs, kv):
+    terms = COSTS[name].terms
+    pairs = np.array([tokens * (kv + tokens) / bs])
+    vector = terms.target.forward(np.array([float(tokens)]), kv, pairs, np.array([float(tokens)]))
+    assert terms.verify_forward(np.array([float(tokens)]), bs, kv, pairs).tolist() == vector.tolist()
+    assert terms.target.forward_floats([float(tokens)], kv, pairs.tolist()) == vector.tolist()

@@ -219,8 +219,10 @@ class CostModel:
             self._last_prefill = (key, float(self.terms.prefill(prefill_tokens, prefill_context, with_draft)))
         return self._last_prefill[1]
 
-    def components(self, shape: StepShape) -> dict[str, float]:
-        """Seconds of prefill, draft, verify and overhead (scheduler + launch) for one step."""
+    def components(self, shape: StepShape, draft_seconds: float | None = None) -> dict[str, float]:
+        """Seconds of prefill, draft, verify and overhead (scheduler + launch) for one step;
+        `draft_seconds`, when given, is the draft's time in place of the uniform shape's (a ragged
+        draft, charged by ragged_draft_time)."""
         mixed = self.knobs.prefill_mode == "mixed" and shape.batch_size > 0 and shape.prefill_tokens > 0
         parts = {"prefill": 0.0 if mixed else self.prefill_time(shape.prefill_tokens, shape.prefill_context,
                                                                  shape.prefill_draft),
@@ -230,8 +232,8 @@ class CostModel:
         requested = np.array([float(shape.verify_tokens)])
         tokens, eager_mask = self._run_tokens(requested, shape.batch_size, shape.eager or mixed)
         pairs = shape.attention_pairs * tokens / requested  # padding costs like the real tokens
-        parts["draft"] = self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width,
-                                         shape.kv_tokens, shape.draft_extend_tokens)
+        parts["draft"] = draft_seconds if draft_seconds is not None else self.draft_time(
+            shape.batch_size, shape.draft_depth, shape.draft_width, shape.kv_tokens, shape.draft_extend_tokens)
         if mixed:  # one forward over the verify tokens and the chunk; the draft extends over the chunk too
             parts["verify"] = float(self.terms.mixed_forward(tokens[0], shape.batch_size, shape.kv_tokens, pairs[0],
                                                              shape.prefill_tokens, shape.prefill_context))
