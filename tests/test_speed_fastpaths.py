@@ -45,10 +45,12 @@ def test_plain_float_draft_equals_the_vector_draft(name, bs, depth, width, kv, c
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.sampled_from(sorted(COSTS)), st.integers(1, 9000), st.integers(1, 300), st.integers(0, 2_000_000))
-def test_plain_float_verify_equals_the_vector_forward(name, tokens, bs, kv):
+@given(st.sampled_from(sorted(COSTS)), st.lists(st.integers(1, 9000), min_size=1, max_size=40),
+       st.integers(1, 300), st.integers(0, 2_000_000))
+def test_plain_float_verify_equals_the_vector_forward(name, candidates, bs, kv):
     terms = COSTS[name].terms
-    pairs = np.array([tokens * (kv + tokens) / bs])
-    vector = terms.target.forward(np.array([float(tokens)]), kv, pairs, np.array([float(tokens)]))
-    assert terms.verify_forward(np.array([float(tokens)]), bs, kv, pairs).tolist() == vector.tolist()
-    assert terms.target.forward_floats([float(tokens)], kv, pairs.tolist()) == vector.tolist()
+    tokens = np.array(candidates, dtype=float)
+    pairs = tokens * (kv + tokens) / bs
+    vector = terms.target.forward(tokens, kv, pairs, tokens)  # also tabulates the counts
+    assert terms.verify_forward(tokens, bs, kv, pairs).tolist() == vector.tolist()
+    assert terms.target.forward_floats(tokens.tolist(), kv, pairs.tolist()) == vector.tolist()

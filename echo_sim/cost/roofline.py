@@ -32,6 +32,7 @@ from echo_sim.cost.routing import ExpertRouting, UNIFORM
 
 EXTRA_KERNELS = 4  # per forward outside the layers: embedding, final norm, LM head, argmax
 TABLE_LIMIT = 1 << 17  # token counts tabulated at most (verify and draft forwards stay far below)
+FEW = 32  # up to this many forwards, plain floats beat numpy's per-call overhead (NetworkCost.forward_floats)
 SHORT_SUM = 7  # numpy sums a float64 array of up to 7 values left to right (pairwise from 8 on)
 
 
@@ -291,10 +292,12 @@ class RooflineTerms:
 
     def verify_forward(self, tokens, batch_size: int, kv_tokens: float, pairs):
         """Seconds [n] of the target forward over `tokens` [n] (every token needs logits)."""
-        if np.size(tokens) == 1:  # a step's own verify: plain floats (NetworkCost.forward_floats)
-            seconds = self.target.forward_floats([float(np.ravel(tokens)[0])], kv_tokens, [float(np.ravel(pairs)[0])])
+        if np.size(tokens) <= FEW and np.ndim(kv_tokens) == 0:  # a step's verify, a few candidates: plain floats
+            tokens = np.asarray(tokens, dtype=float)
+            seconds = self.target.forward_floats(tokens.ravel().tolist(), kv_tokens,
+                                                 np.broadcast_to(np.asarray(pairs, dtype=float), tokens.shape).ravel().tolist())
             if seconds is not None:
-                return np.array(seconds)
+                return np.array(seconds).reshape(np.atleast_1d(tokens).shape)
         return self.target.forward(tokens, kv_tokens, pairs, tokens)
 
     def launch(self, eager):
