@@ -63,7 +63,8 @@ class GraphCapture:
     def executed(self, verify_tokens, batch_size: int, bucketing: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(tokens the forward runs int64, eager bool) for candidate V values. Shape: [n] -> [n], [n].
         V = 0 (an empty step) runs nothing and is not eager."""
-        v = np.atleast_1d(np.asarray(verify_tokens, dtype=np.int64))
+        one = isinstance(verify_tokens, np.ndarray) and verify_tokens.shape == (1,) and verify_tokens.dtype.kind in "iu"
+        v = verify_tokens if one else np.atleast_1d(np.asarray(verify_tokens, dtype=np.int64))
         if v.shape == (1,):  # most callers ask about one V: the same rule in plain ints (tested equal)
             tokens, eager = self.executed_one(int(v[0]), batch_size, bucketing)
             return np.array([tokens], dtype=np.int64), np.array([eager])
