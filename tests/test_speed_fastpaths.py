@@ -54,3 +54,19 @@ def test_plain_float_verify_equals_the_vector_forward(name, candidates, bs, kv):
     vector = terms.target.forward(tokens, kv, pairs, tokens)  # also tabulates the counts
     assert terms.verify_forward(tokens, bs, kv, pairs).tolist() == vector.tolist()
     assert terms.target.forward_floats(tokens.tolist(), kv, pairs.tolist()) == vector.tolist()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**16), st.integers(1, 4), st.integers(1, 6), st.integers(1, 256), st.booleans())
+def test_depth_rates_equal_the_reference(seed, width, depth, bs, ties):
+    from echo_sim.policies.shape import depth_rates, depth_rates_reference
+
+    rng = np.random.default_rng(seed)
+    levels = [rng.random(width if level == 1 else width * width) ** level for level in range(1, depth + 1)]
+    if ties:  # equal values across levels and zeros (nodes not drafted)
+        levels = [np.round(level, 1) for level in levels]
+    most = width + (depth - 1) * width * width
+    cost = COSTS["h200-fitted"]
+    verify = cost.verify_time(bs * (1 + np.arange(most + 1)), bs, 1000 * bs) + rng.random() * 1e-3
+    first, per_level = rng.random() * 1e-3, rng.random() * 1e-3
+    assert depth_rates(levels, verify, first, per_level, bs) == depth_rates_reference(levels, verify, first, per_level, bs)
