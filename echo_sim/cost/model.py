@@ -38,7 +38,8 @@ Additions beyond the contract: `draft_time(..., kv_tokens=0, extend_tokens=None)
 attention reads the cached context too: pass ΣKV when known; level 1 extends over the tokens
 committed since the draft last ran), `ragged_draft_time(batch_size, level_tokens, kv_tokens)` (a
 draft whose levels run different token counts: echo's expand gate, catch-up after steps without
-drafting), `prefill_time`, `describe()`, `serving_knobs()`, `executed_shape` (THE graph-bucket
+drafting), `components(shape, draft_seconds=None)` (the engine passes a ragged draft's seconds in
+place of the uniform shape's), `prefill_time`, `describe()`, `serving_knobs()`, `executed_shape` (THE graph-bucket
 rule, echo_sim.cost.graphs), `kv_capacity_tokens`, `prefill_chunk_tokens`,
 `load_cost_model(..., tp=None, cost=None, knobs=None)`; `hardware`/`model` default to None,
 meaning h200 / llama-3.1-8b for presets and "whatever the file says" with a calibration. `cost`:
