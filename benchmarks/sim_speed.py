@@ -6,7 +6,7 @@
     python benchmarks/sim_speed.py --baseline /tmp/before   # ... run beside this one, point by point
 
 Workload: ShareGPT prompt/output lengths (traces/workloads), closed loop at concurrency 256,
-h200 / llama-3.1-8b roofline. Acceptance: the shipped MT-Bench trace (traces/mt_bench*.trace.npz)
+h200 / llama-3.1-8b with the default cost model (fitted). Acceptance: the shipped MT-Bench trace (traces/mt_bench*.trace.npz)
 when present, else a synthetic trace built here with the real lattice layout (k + (S-1)k² = 84
 nodes per position for k=4, S=6, the frontier rule of TRACES.md, a calibrated random draft); the
 result records which. Every (policy, requests) point runs in a fresh process, so its peak memory
@@ -179,7 +179,7 @@ def report(points: list[dict], command: str, breakdowns: list[dict]) -> str:
     lines = [f"# Simulator speed ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})", "",
              f"Command: `{command}`  ", f"Machine: {machine()}  ",
              f"Acceptance trace: {points[0]['trace']}  ",
-             f"Workload: ShareGPT lengths, closed loop, concurrency {CONCURRENCY}, h200 / llama-3.1-8b roofline", "",
+             f"Workload: ShareGPT lengths, closed loop, concurrency {CONCURRENCY}, h200 / llama-3.1-8b, default (fitted) cost model", "",
              "| policy | requests | sim CPU s | requests / CPU-s | steps | ms / step | mean batch | MAT | peak RSS MB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in points:
