@@ -162,7 +162,7 @@ def figure(points: pd.DataFrame, path: Path) -> None:
     settings = setting_order(stats)
     policies = sorted(stats.policy.unique())
     colours = {p: plt.cm.tab10(i % 10) for i, p in enumerate(policies)}
-    fig, axes = plt.subplots(1, len(CONCURRENCY), figsize=(4 * len(CONCURRENCY), 4.2), sharey=True)
+    fig, axes = plt.subplots(1, len(CONCURRENCY), figsize=(4 * len(CONCURRENCY), 4.6), sharey=True)
     for ax, concurrency in zip(axes, CONCURRENCY):
         part = stats[stats.concurrency == concurrency]
         best = part.groupby("setting")["mean"].max()
@@ -176,10 +176,11 @@ def figure(points: pd.DataFrame, path: Path) -> None:
         ax.axhline(1.0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("output tokens/s ÷ best policy of the setting")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(policies), fontsize=8)
     fig.suptitle("Policy throughput across serving-engine knobs (bars: seed spread; crossings: rankings that flip)",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -196,8 +197,10 @@ def findings(pairs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     for concurrency, part in pairs.groupby("concurrency"):
         winner = table[(table.setting == default) & (table.concurrency == concurrency)].winner.iloc[0]
         beaten = []
-        for _, row in part[part.pair.str.contains(winner, regex=False)].iterrows():
+        for _, row in part.iterrows():
             a, b = row.pair.split(" vs ")
+            if winner not in (a, b):
+                continue
             other, losing = (b, "<") if a == winner else (a, ">")
             beaten += [f"{other} under {SHORT.get(s, s)}" for s in setting_order(table) if row.get(s) == losing]
         counts = part.verdict.value_counts()
@@ -209,6 +212,11 @@ def findings(pairs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
                      + f". Pairs: {counts.get('robust', 0)} robust, {counts.get('robust up to ties', 0)} robust up to "
                      f"ties, {counts.get('tie', 0)} tied everywhere, {counts.get('flips', 0)} flip"
                      + (": " + "; ".join(flips) if flips else "") + ".")
+    reversed_by = {s: sum(((pairs[default] == ">") & (pairs[s] == "<")) | ((pairs[default] == "<") & (pairs[s] == ">")))
+                   for s in setting_order(table)[1:]}
+    lines.append(f"- Pairs whose order a setting reverses against the default (both beyond the seed spread; of "
+                 f"{len(pairs)} pairs over all loads): " + ", ".join(f"{SHORT.get(s, s)} {n}" for s, n in reversed_by.items())
+                 + ".")
     return lines
 
 

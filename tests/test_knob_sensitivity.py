@@ -46,4 +46,12 @@ def test_a_reversed_pair_flips_a_gap_within_the_seed_spread_is_a_tie():
     assert table.set_index("setting").loc[DEFAULT, "tie"]
     assert table.set_index("setting").loc[ROOFLINE, "winner"] == "b"
     finding = ks.findings(ks.pair_orders(data), table)[0]
-    assert "default winner a is beaten beyond the seed spread by b under roofline" in finding
+    assert "default winner a is beaten beyond the seed spread by b under roofline." in finding
+
+
+def test_a_policy_whose_name_contains_the_winners_is_not_the_winner():
+    ks = knob_sensitivity()
+    data = points({(DEFAULT, "echo"): (100, 100), (DEFAULT, "echo:gate=off"): (90, 90), (DEFAULT, "ar"): (50, 50),
+                   (ROOFLINE, "echo"): (100, 100), (ROOFLINE, "echo:gate=off"): (80, 80), (ROOFLINE, "ar"): (70, 70)})
+    finding = ks.findings(ks.pair_orders(data), ks.winners(data))[0]
+    assert "default winner echo is never beaten" in finding, finding
