@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_modules import load_benchmark  # noqa: E402
 
 
 def knob_sensitivity():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("knob_sensitivity", REPO / "benchmarks/knob_sensitivity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("knob_sensitivity")
 
 
 DEFAULT, ROOFLINE = "default (fitted, separate prefill, token buckets)", "cost roofline"
