@@ -2,14 +2,20 @@
 
     python benchmarks/sim_speed.py                       # 1k, 10k, 100k requests; echo and ar
     python benchmarks/sim_speed.py --requests 10000 --policies echo --no-write
+    git archive 2f48db3 | tar -x -C /tmp/before          # the code before a speed change ...
+    python benchmarks/sim_speed.py --baseline /tmp/before   # ... run beside this one, point by point
 
 Workload: ShareGPT prompt/output lengths (traces/workloads), closed loop at concurrency 256,
-h200 / llama-3.1-8b roofline. Acceptance: the shipped MT-Bench trace (traces/mt_bench*.trace.npz)
+h200 / llama-3.1-8b with the default cost model (fitted). Acceptance: the shipped MT-Bench trace (traces/mt_bench*.trace.npz)
 when present, else a synthetic trace built here with the real lattice layout (k + (S-1)k² = 84
 nodes per position for k=4, S=6, the frontier rule of TRACES.md, a calibrated random draft); the
 result records which. Every (policy, requests) point runs in a fresh process, so its peak memory
 (ru_maxrss) is its own. CPU time is that of the simulation (engine + metrics: `sim_cpu_seconds`),
 without building or loading the trace; the setup time is reported beside it.
+With --baseline DIR (a tree of the code before a change, with its own benchmarks/sim_speed.py),
+every point and profile runs there and here alternately, each in a fresh process, so a shared
+machine's load hits both alike: the report gives both rates, their ratio, and whether the two
+simulations agree (steps, mean batch, MAT, throughput: a speed change must not move them).
 Results: benchmarks/results/sim_speed.json and .md (machine, command, date), written atomically.
 """
 
@@ -116,12 +122,45 @@ def breakdown(policy: str, requests: int, concurrency: int = CONCURRENCY) -> dic
             "us_per_step": {k: 1e6 * v / steps for k, v in parts.items()}}
 
 
-def run_point(policy: str, requests: int, mode: str = "--one", concurrency: int = CONCURRENCY) -> dict:
-    """measure() (or breakdown()) in a fresh interpreter, so peak memory is the point's own."""
+def run_point(policy: str, requests: int, mode: str = "--one", concurrency: int = CONCURRENCY,
+              tree: Path = REPO) -> dict:
+    """measure() (or breakdown()) in a fresh interpreter, so peak memory is the point's own; `tree`:
+    the code to measure (this one, or a --baseline tree with its own copy of this script)."""
     extra = [] if mode == "--one" else [str(concurrency)]
-    out = subprocess.run([sys.executable, __file__, mode, policy, str(requests), *extra], check=True,
-                         capture_output=True, text=True, cwd=REPO)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, str(tree / "benchmarks" / "sim_speed.py"), mode, policy, str(requests),
+                          *extra], check=True, capture_output=True, text=True, cwd=tree, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SAME_FIELDS = ("steps", "mean_batch_size", "mean_accepted_tokens", "output_tokens_per_s")
+
+
+def baseline_report(points: list[dict], before: list[dict], breakdowns: list[dict], before_parts: list[dict],
+                    baseline: str) -> str:
+    """The before/after tables of a --baseline run."""
+    lines = ["", f"Before/after: the same points run with the code in {baseline} (before) and this tree (after), "
+             "alternately, each in a fresh process.", "",
+             "| policy | requests | before req / CPU-s | after req / CPU-s | speedup | before ms / step | "
+             "after ms / step | peak RSS MB after | same steps, batch, MAT, tok/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for after, old in zip(points, before):
+        same = all(after[k] == old[k] for k in SAME_FIELDS)
+        lines.append(f"| {after['policy']} | {after['requests']:,} | {old['requests_per_cpu_second']:,.0f} | "
+                     f"{after['requests_per_cpu_second']:,.0f} | "
+                     f"{after['requests_per_cpu_second'] / old['requests_per_cpu_second']:.2f}x | "
+                     f"{old['ms_per_step']:.3f} | {after['ms_per_step']:.3f} | {after['peak_rss_bytes'] / 2**20:,.0f} | "
+                     f"{'yes' if same else 'NO'} |")
+    for after, old in zip(breakdowns, before_parts):
+        lines += ["", f"Per part, µs per step ({after['policy']}, {after['requests']:,} requests, concurrency "
+                  f"{after['concurrency']}, mean batch {after['mean_batch_size']:.0f}; instrumented runs):", "",
+                  "| part | before | after | speedup |", "|---|---:|---:|---:|"]
+        for name in old["us_per_step"]:
+            b, a = old["us_per_step"][name], after["us_per_step"].get(name, float("nan"))
+            lines.append(f"| {name} | {b:.0f} | {a:.0f} | {b / a:.1f}x |")
+        b, a = sum(old["us_per_step"].values()), sum(after["us_per_step"].values())
+        lines.append(f"| step (all parts) | {b:.0f} | {a:.0f} | {b / a:.1f}x |")
+    return "\n".join(lines) + "\n"
 
 
 def machine() -> str:
@@ -140,7 +179,7 @@ def report(points: list[dict], command: str, breakdowns: list[dict]) -> str:
     lines = [f"# Simulator speed ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})", "",
              f"Command: `{command}`  ", f"Machine: {machine()}  ",
              f"Acceptance trace: {points[0]['trace']}  ",
-             f"Workload: ShareGPT lengths, closed loop, concurrency {CONCURRENCY}, h200 / llama-3.1-8b roofline", "",
+             f"Workload: ShareGPT lengths, closed loop, concurrency {CONCURRENCY}, h200 / llama-3.1-8b, default (fitted) cost model", "",
              "| policy | requests | sim CPU s | requests / CPU-s | steps | ms / step | mean batch | MAT | peak RSS MB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in points:
@@ -165,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     parser.add_argument("--breakdown", default="echo:10000:64,echo:10000:256",
                         help="POLICY:REQUESTS[:CONCURRENCY],... to profile by part ('' = none)")
+    parser.add_argument("--baseline", help="a tree of the code before a change: run every point there too")
     parser.add_argument("--one", nargs=2, metavar=("POLICY", "REQUESTS"), help=argparse.SUPPRESS)
     parser.add_argument("--parts", nargs=3, metavar=("POLICY", "REQUESTS", "CONCURRENCY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -174,22 +214,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.parts:
         print(json.dumps(breakdown(args.parts[0], int(args.parts[1]), int(args.parts[2]))))
         return 0
-    points = []
+    baseline = Path(args.baseline).resolve() if args.baseline else None
+    if baseline is not None and not (baseline / "benchmarks" / "sim_speed.py").is_file():
+        parser.error(f"--baseline: {args.baseline!r} has no benchmarks/sim_speed.py")
+    points, before = [], []
     for requests in [int(n) for n in args.requests.split(",")]:
         for policy in args.policies.split(","):
+            if baseline is not None:
+                before.append(run_point(policy, requests, tree=baseline))
             points.append(run_point(policy, requests))
             p = points[-1]
             print(f"{policy:>6} {requests:>7,} requests: {p['requests_per_cpu_second']:8,.0f} req/CPU-s, "
-                  f"{p['ms_per_step']:.3f} ms/step, peak {p['peak_rss_bytes'] / 2**20:,.0f} MB", flush=True)
-    breakdowns = []
+                  f"{p['ms_per_step']:.3f} ms/step, peak {p['peak_rss_bytes'] / 2**20:,.0f} MB"
+                  + (f" (before: {before[-1]['requests_per_cpu_second']:,.0f} req/CPU-s)" if before else ""), flush=True)
+    breakdowns, before_parts = [], []
     for spec in filter(None, args.breakdown.split(",")):
         name, count, *concurrency = spec.split(":")
-        breakdowns.append(run_point(name, int(count), "--parts", int(concurrency[0]) if concurrency else CONCURRENCY))
+        level = int(concurrency[0]) if concurrency else CONCURRENCY
+        if baseline is not None:
+            before_parts.append(run_point(name, int(count), "--parts", level, tree=baseline))
+        breakdowns.append(run_point(name, int(count), "--parts", level))
     command = "python benchmarks/sim_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(points, command.strip(), breakdowns)
+    if baseline is not None:
+        text += baseline_report(points, before, breakdowns, before_parts, args.baseline)
     print(text)
     if not args.no_write:
-        record = {"machine": machine(), "command": command.strip(), "points": points, "breakdown": breakdowns}
+        record = {"machine": machine(), "command": command.strip(), "points": points, "breakdown": breakdowns,
+                  **({"baseline": args.baseline, "before": before, "before_breakdown": before_parts} if baseline else {})}
         write_text_atomic(RESULTS / "sim_speed.json", json.dumps(record, indent=1))
         write_text_atomic(RESULTS / "sim_speed.md", text)
     return 0

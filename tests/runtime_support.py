@@ -58,8 +58,8 @@ class LinearCost(TokenBucketGraphs):
         return float(self.verify_time(shape.verify_tokens, shape.batch_size, shape.kv_tokens)) + \
             self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width)
 
-    def components(self, shape):
-        return {"verify": self.step_time(shape)}
+    def components(self, shape, draft_seconds=None):
+        return {"verify": self.step_time(shape), **({} if draft_seconds is None else {"draft": draft_seconds})}
 
     def graph_bucket(self, verify_tokens):
         return None
@@ -81,10 +81,11 @@ class CheapDraftCost(LinearCost):
     def prefill_time(self, prefill_tokens, prefill_context=0, with_draft=True):
         return 0.0004 * prefill_tokens
 
-    def components(self, shape):
+    def components(self, shape, draft_seconds=None):
         return {"prefill": self.prefill_time(shape.prefill_tokens),
                 "verify": float(self.verify_time(shape.verify_tokens, shape.batch_size, shape.kv_tokens)),
-                "draft": self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width)}
+                "draft": self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width)
+                if draft_seconds is None else draft_seconds}
 
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}<|im_end|>{% endfor %}"

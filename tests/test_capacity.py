@@ -31,8 +31,8 @@ class ConstantStep(TokenBucketGraphs):
     def step_time(self, shape) -> float:
         return STEP_S
 
-    def components(self, shape) -> dict:
-        return {"overhead": STEP_S}
+    def components(self, shape, draft_seconds=None) -> dict:
+        return {"overhead": STEP_S, **({} if draft_seconds is None else {"draft": draft_seconds})}
 
     def verify_time(self, verify_tokens, batch_size, kv_tokens, eager=False):
         return np.full(np.shape(verify_tokens), STEP_S)

@@ -40,9 +40,10 @@ class ConstantCost(TokenBucketGraphs):
     def step_time(self, shape) -> float:
         return sum(self.components(shape).values())
 
-    def components(self, shape) -> dict:
+    def components(self, shape, draft_seconds=None) -> dict:
         self.shapes.append(shape)
-        return {"overhead": 1.0, "prefill": self.per_prefill_token * shape.prefill_tokens}
+        return {"overhead": 1.0, "prefill": self.per_prefill_token * shape.prefill_tokens,
+                **({} if draft_seconds is None else {"draft": draft_seconds})}
 
     def verify_time(self, verify_tokens, batch_size, kv_tokens, eager=False):
         return np.ones(np.shape(verify_tokens))

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echo_sim.traces.reader import LatticeReader, on_path_acceptance
+from echo_sim.traces.reader import FEW_ON_PATH, LatticeReader, _walk_few, on_path_acceptance
 from echo_sim.testing import random_trace
 from echo_sim.trees import LatticeBatch, accepted_nodes, propagate_all
 
@@ -72,3 +72,32 @@ def test_on_path_acceptance_walks_levels_when_on_path_is_not_one_chain():
     assert accepted_depth.tolist() == [2, 1] and oracle.tolist() == [2, 2]
     reference, reference_depth = accepted_nodes(lattices, selected)
     assert np.array_equal(accepted, reference) and np.array_equal(accepted_depth, reference_depth)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**16), st.integers(1, 3), st.integers(1, 4), st.floats(0.0, 1.0), st.booleans(),
+       st.integers(1, 4), st.booleans())
+def test_small_batch_loop_equals_the_vectorised_walk(seed, width, depth, density, closed, bs, two_chains):
+    """on_path_acceptance takes a plain loop up to FEW_ON_PATH on-path nodes and the vectorised walk
+    above: both equal accepted_nodes, also where on-path nodes are not one chain per lattice."""
+    trace = random_trace(np.random.default_rng(seed), num_requests=2, width=width, depth=depth, agreement=0.9)
+    rng = np.random.default_rng(seed + 1)
+    lattices = trace.lattice_batch(rng.integers(0, trace.num_positions, bs))
+    if two_chains:  # mark extra nodes on-path: several on-path nodes per level
+        lattices = replace(lattices, on_path=lattices.on_path | (rng.random(lattices.num_nodes) < 0.3))
+    selected = rng.random(lattices.num_nodes) < density
+    if closed:
+        selected = propagate_all(lattices, selected)
+    index = np.flatnonzero(lattices.on_path)
+    few = (np.zeros(lattices.num_nodes, bool), np.zeros(bs, np.int32), np.zeros(bs, np.int64))
+    _walk_few(lattices, index, selected, *few)
+    reference, reference_depth = accepted_nodes(lattices, selected)
+    assert np.array_equal(few[0], reference) and np.array_equal(few[1], reference_depth)
+    deepest = np.zeros(bs, np.int64)  # on-path depth: the deepest on-path node of each lattice
+    np.maximum.at(deepest, lattices.request_of_node()[index], lattices.depth[index])
+    assert np.array_equal(few[2], deepest)
+    if not two_chains:  # one chain per lattice: what the oracle accepts
+        assert np.array_equal(few[2], accepted_nodes(lattices, np.ones(lattices.num_nodes, bool))[1])
+    vectorised = on_path_acceptance(lattices, selected) if len(index) > FEW_ON_PATH else None
+    if vectorised is not None:
+        assert all(np.array_equal(a, b) for a, b in zip(vectorised, few))

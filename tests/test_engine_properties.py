@@ -154,9 +154,9 @@ class ShapeRecorder:
     def __getattr__(self, name):
         return getattr(self.cost, name)
 
-    def components(self, shape):
+    def components(self, shape, draft_seconds=None):
         self.shapes.append(shape)
-        return self.cost.components(shape)
+        return self.cost.components(shape, draft_seconds)
 
 
 def test_step_durations_are_the_cost_models_step_time():

@@ -17,6 +17,7 @@ bucketing=False (a policy that does not pad): V runs as is, eagerly unless V equ
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,12 +63,34 @@ class GraphCapture:
     def executed(self, verify_tokens, batch_size: int, bucketing: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(tokens the forward runs int64, eager bool) for candidate V values. Shape: [n] -> [n], [n].
         V = 0 (an empty step) runs nothing and is not eager."""
-        v = np.atleast_1d(np.asarray(verify_tokens, dtype=np.int64))
+        one = isinstance(verify_tokens, np.ndarray) and verify_tokens.shape == (1,) and verify_tokens.dtype.kind in "iu"
+        v = verify_tokens if one else np.atleast_1d(np.asarray(verify_tokens, dtype=np.int64))
+        if v.shape == (1,):  # most callers ask about one V: the same rule in plain ints (tested equal)
+            tokens, eager = self.executed_one(int(v[0]), batch_size, bucketing)
+            return np.array([tokens], dtype=np.int64), np.array([eager])
         graph = np.where(v == 0, 0, self._graph_tokens(v, batch_size))  # 0 where no graph holds V
         fits = (graph > 0) | (v == 0)
         if bucketing:
             return np.where(graph > 0, graph, v), ~fits
         return v.copy(), ~(fits & ((graph == v) | (v == 0)))
+
+    def executed_one(self, v: int, batch_size: int, bucketing: bool = True) -> tuple[int, bool]:
+        """executed() of one V, without arrays: (tokens the forward runs, eager)."""
+        graph = 0 if v == 0 else self._graph_tokens_one(v, batch_size)
+        fits = graph > 0 or v == 0
+        if bucketing:
+            return (graph if graph > 0 else v), not fits
+        return v, not (fits and (graph == v or v == 0))
+
+    def _graph_tokens_one(self, v: int, batch_size: int) -> int:
+        """_graph_tokens of one V (0 where no graph holds it)."""
+        if self.mode == "token-buckets":
+            slot = bisect.bisect_left(self.token_buckets, v)
+            return self.token_buckets[slot] if slot < len(self.token_buckets) else 0
+        b = next((b for b in self.batch_sizes if b >= batch_size), None)
+        if b is None:
+            return 0
+        return b if v <= b else (b * self.tokens_per_request if v <= b * self.tokens_per_request else 0)
 
     def _graph_tokens(self, v: np.ndarray, batch_size: int) -> np.ndarray:
         if self.mode == "token-buckets":

@@ -38,7 +38,8 @@ Additions beyond the contract: `draft_time(..., kv_tokens=0, extend_tokens=None)
 attention reads the cached context too: pass ΣKV when known; level 1 extends over the tokens
 committed since the draft last ran), `ragged_draft_time(batch_size, level_tokens, kv_tokens)` (a
 draft whose levels run different token counts: echo's expand gate, catch-up after steps without
-drafting), `prefill_time`, `describe()`, `serving_knobs()`, `executed_shape` (THE graph-bucket
+drafting), `components(shape, draft_seconds=None)` (the engine passes a ragged draft's seconds in
+place of the uniform shape's), `prefill_time`, `describe()`, `serving_knobs()`, `executed_shape` (THE graph-bucket
 rule, echo_sim.cost.graphs), `kv_capacity_tokens`, `prefill_chunk_tokens`,
 `load_cost_model(..., tp=None, cost=None, knobs=None)`; `hardware`/`model` default to None,
 meaning h200 / llama-3.1-8b for presets and "whatever the file says" with a calibration. `cost`:
@@ -128,7 +129,7 @@ class CostModel:
         self.prefill_chunk_tokens = int(prefill_chunk_tokens)
         self._description = {"source": source, **description}
         self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
-        self._last_ragged = (None, 0.0)
+        self._last_ragged = (None, 0.0, 0.0)
         self._last_prefill = (None, 0.0)  # the engine asks for the step's prefill before components() does
 
     def describe(self) -> dict:
@@ -192,18 +193,21 @@ class CostModel:
         tokens = np.asarray(level_tokens, dtype=float)
         if batch_size < 1 or len(tokens) == 0 or tokens.min() <= 0:
             raise CostModelError(f"ragged_draft_time: impossible shape bs={batch_size} levels={tokens.tolist()}")
-        key = (batch_size, tuple(tokens.tolist()), kv_tokens)
-        if self._last_ragged[0] == key:
-            return self._last_ragged[1]
-        depth, widths = len(tokens), tokens / batch_size
-        first = float(self.terms.draft(batch_size, 1, 1, kv_tokens))
-        if isinstance(self.terms, RooflineTerms):  # its draft takes one width per level: one forward
-            seconds = float(self.terms.draft(batch_size, depth, widths, kv_tokens))
-        else:  # a calibration's levels 2…S cost alike: each level is what it adds at its width
-            seconds = first + sum(float(self.terms.draft(batch_size, 2, w, kv_tokens)) - first for w in widths[1:])
+        # Level 1 runs bs tokens here; its catch-up tokens are added below. The policy's budget
+        # (without catch-up) and the engine's charge (with it) ask in one step: one computation.
+        key = (batch_size, tuple(tokens[1:].tolist()), kv_tokens)
+        if self._last_ragged[0] != key:
+            depth, widths = len(tokens), tokens / batch_size
+            first = float(self.terms.draft(batch_size, 1, 1, kv_tokens))
+            if isinstance(self.terms, RooflineTerms):  # its draft takes one width per level: one forward
+                seconds = float(self.terms.draft(batch_size, depth, widths, kv_tokens))  # level 1: bs
+            else:  # a calibration's levels 2…S cost alike: each level is what it adds at its width
+                seconds = first + sum(float(self.terms.draft(batch_size, 2, w, kv_tokens)) - first
+                                      for w in widths[1:])
+            self._last_ragged = (key, seconds, first)
+        _, seconds, first = self._last_ragged
         if tokens[0] != batch_size:  # catch-up tokens ride in level 1's forward
             seconds += float(self.terms.draft(int(tokens[0]), 1, 1, kv_tokens)) - first
-        self._last_ragged = (key, seconds)
         return seconds
 
     def prefill_time(self, prefill_tokens: int, prefill_context: int = 0, with_draft: bool = True) -> float:
@@ -216,8 +220,10 @@ class CostModel:
             self._last_prefill = (key, float(self.terms.prefill(prefill_tokens, prefill_context, with_draft)))
         return self._last_prefill[1]
 
-    def components(self, shape: StepShape) -> dict[str, float]:
-        """Seconds of prefill, draft, verify and overhead (scheduler + launch) for one step."""
+    def components(self, shape: StepShape, draft_seconds: float | None = None) -> dict[str, float]:
+        """Seconds of prefill, draft, verify and overhead (scheduler + launch) for one step;
+        `draft_seconds`, when given, is the draft's time in place of the uniform shape's (a ragged
+        draft, charged by ragged_draft_time)."""
         mixed = self.knobs.prefill_mode == "mixed" and shape.batch_size > 0 and shape.prefill_tokens > 0
         parts = {"prefill": 0.0 if mixed else self.prefill_time(shape.prefill_tokens, shape.prefill_context,
                                                                  shape.prefill_draft),
@@ -227,8 +233,8 @@ class CostModel:
         requested = np.array([float(shape.verify_tokens)])
         tokens, eager_mask = self._run_tokens(requested, shape.batch_size, shape.eager or mixed)
         pairs = shape.attention_pairs * tokens / requested  # padding costs like the real tokens
-        parts["draft"] = self.draft_time(shape.batch_size, shape.draft_depth, shape.draft_width,
-                                         shape.kv_tokens, shape.draft_extend_tokens)
+        parts["draft"] = draft_seconds if draft_seconds is not None else self.draft_time(
+            shape.batch_size, shape.draft_depth, shape.draft_width, shape.kv_tokens, shape.draft_extend_tokens)
         if mixed:  # one forward over the verify tokens and the chunk; the draft extends over the chunk too
             parts["verify"] = float(self.terms.mixed_forward(tokens[0], shape.batch_size, shape.kv_tokens, pairs[0],
                                                              shape.prefill_tokens, shape.prefill_context))

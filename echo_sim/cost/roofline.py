@@ -32,6 +32,8 @@ from echo_sim.cost.routing import ExpertRouting, UNIFORM
 
 EXTRA_KERNELS = 4  # per forward outside the layers: embedding, final norm, LM head, argmax
 TABLE_LIMIT = 1 << 17  # token counts tabulated at most (verify and draft forwards stay far below)
+FEW = 32  # up to this many forwards, plain floats beat numpy's per-call overhead (NetworkCost.forward_floats)
+SHORT_SUM = 7  # numpy sums a float64 array of up to 7 values left to right (pairwise from 8 on)
 
 
 class TokenTable:
@@ -45,6 +47,7 @@ class TokenTable:
     def __init__(self, function):
         self.function = function
         self.values = np.zeros(0)
+        self.floats: list[float] = []  # self.values as plain floats (the plain-float forward reads them)
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
         index = tokens.astype(np.int64)
@@ -54,7 +57,13 @@ class TokenTable:
         if top >= len(self.values):
             size = max(1024, 1 << top.bit_length())
             self.values = self.function(np.arange(size, dtype=float))
+            self.floats = self.values.tolist()
         return self.values[index]
+
+    def holds(self, counts: list[float]) -> bool:
+        """Every count is tabulated already (integral, 0 <= count < size): `floats` answers them."""
+        size = len(self.floats)
+        return all(c.is_integer() and 0 <= c < size for c in counts)
 
 
 class NetworkCost:
@@ -214,12 +223,49 @@ class NetworkCost:
     def forward(self, tokens, kv_tokens, pairs, logits_tokens, with_input_fc=False):
         """Seconds [n]: the sum of `breakdown` (up to rounding), without launch overhead."""
         tokens = np.atleast_1d(np.asarray(tokens, dtype=float))
-        logits = np.broadcast_to(np.asarray(logits_tokens, dtype=float), tokens.shape)
+        logits = np.asarray(logits_tokens, dtype=float)
+        if logits.shape != tokens.shape:
+            logits = np.broadcast_to(logits, tokens.shape)
         total = (self._token_terms(tokens) + self._logits(logits)
                  + self.net.num_layers * self._attention(tokens, kv_tokens, pairs))
         if self.net.input_fc_size:
             total = total + np.where(with_input_fc, self._input_fc(tokens), 0.0)
         return np.where(tokens > 0, total, 0.0)
+
+    def forward_floats(self, tokens: list[float], kv_tokens: float, pairs: list[float],
+                       with_input_fc: list[bool] | None = None) -> list[float] | None:
+        """forward(tokens, kv_tokens, pairs, tokens, with_input_fc) for a few forwards (every token
+        needs logits) in plain floats: the same IEEE operations in the same order, several times
+        faster than numpy on a handful of values (tests compare the two). None when a count is not
+        tabulated yet (the caller then takes forward, which tabulates it)."""
+        terms, logits, fc = self._token_terms, self._logits, self._input_fc
+        if not (terms.holds(tokens) and logits.holds(tokens)):
+            return None
+        use_fc = bool(self.net.input_fc_size)
+        if use_fc and not fc.holds(tokens):
+            return None
+        layers, kv = self.net.num_layers, float(kv_tokens)
+        flops_rate, bytes_rate = self._attention_rates()
+        per_pair, kv_bytes, qo_bytes = self.attention_flops_per_pair, self.kv_bytes_per_token, self.qo_bytes_per_token
+        out = []
+        for i, t in enumerate(tokens):
+            if t <= 0:
+                out.append(0.0)
+                continue
+            n = int(t)
+            attention = max(per_pair * pairs[i] / flops_rate, ((kv + t) * kv_bytes + t * qo_bytes) / bytes_rate)
+            total = terms.floats[n] + logits.floats[n] + layers * attention
+            if use_fc:
+                total = total + (fc.floats[n] if with_input_fc is not None and with_input_fc[i] else 0.0)
+            out.append(total)
+        return out
+
+    def _attention_rates(self) -> tuple[float, float]:
+        """(FLOP/s, bytes/s) the attention term divides by (_attention)."""
+        if self.rates is None:
+            return self.hw.matmul_flops_per_s, self.hw.memory_bytes_per_s
+        return (self.hw.matmul_flops_per_s * self.rates.attention_flops_fraction,
+                self.hw.memory_bytes_per_s * self.rates.attention_bandwidth_fraction)
 
     def weight_bytes(self) -> float:
         """Weights held by one GPU (all experts, embedding and LM head)."""
@@ -246,6 +292,12 @@ class RooflineTerms:
 
     def verify_forward(self, tokens, batch_size: int, kv_tokens: float, pairs):
         """Seconds [n] of the target forward over `tokens` [n] (every token needs logits)."""
+        if np.size(tokens) <= FEW and np.ndim(kv_tokens) == 0:  # a step's verify, a few candidates: plain floats
+            tokens = np.asarray(tokens, dtype=float)
+            seconds = self.target.forward_floats(tokens.ravel().tolist(), kv_tokens,
+                                                 np.broadcast_to(np.asarray(pairs, dtype=float), tokens.shape).ravel().tolist())
+            if seconds is not None:
+                return np.array(seconds).reshape(np.atleast_1d(tokens).shape)
         return self.target.forward(tokens, kv_tokens, pairs, tokens)
 
     def launch(self, eager):
@@ -271,11 +323,34 @@ class RooflineTerms:
             return 0.0
         if self.draft_net is None:
             raise CostModelError(f"model preset {self.model.name!r} has no draft")
+        if depth <= SHORT_SUM:
+            seconds = self._draft_floats(batch_size, depth, width, kv_tokens, extend_tokens)
+            if seconds is not None:
+                return seconds
+        return self._draft_vector(batch_size, depth, width, kv_tokens, extend_tokens)
+
+    def _draft_vector(self, batch_size: int, depth: int, width, kv_tokens: float, extend_tokens) -> float:
+        """draft() over numpy arrays of levels: the reference of _draft_floats."""
         level = np.arange(1, depth + 1, dtype=float)
         tokens = np.where(level == 1, extend_tokens or batch_size, batch_size * width).astype(float)
         pairs = tokens * (kv_tokens / batch_size + level)
         seconds = self.draft_net.forward(tokens, kv_tokens, pairs, tokens, with_input_fc=level == 1)
         return float(seconds.sum() + depth * self.hw.graph_launch_s)
+
+    def _draft_floats(self, batch_size: int, depth: int, width, kv_tokens: float, extend_tokens) -> float | None:
+        """draft() in plain floats (NetworkCost.forward_floats); None when a count is not tabulated.
+        Levels are summed left to right, as numpy sums arrays of up to SHORT_SUM values."""
+        widths = np.broadcast_to(width, (depth,)).tolist() if np.ndim(width) else [width] * depth
+        tokens = [float(extend_tokens or batch_size)] + [float(batch_size * w) for w in widths[1:]]
+        share = kv_tokens / batch_size
+        pairs = [t * (share + float(level)) for level, t in enumerate(tokens, start=1)]
+        seconds = self.draft_net.forward_floats(tokens, kv_tokens, pairs, [True] + [False] * (depth - 1))
+        if seconds is None:
+            return None
+        total = seconds[0]
+        for value in seconds[1:]:
+            total += value
+        return float(total + depth * self.hw.graph_launch_s)
 
     def draft_prefill(self, tokens: int, context: int) -> float:
         """The draft's forward over a prompt chunk, without launch costs (0 without a draft)."""

@@ -102,6 +102,8 @@ class Selection:
         """int64 [bs]: n_r, the verified draft tokens of each request (roots excluded)."""
         if self.chain is not None:
             return np.asarray(self.chain, dtype=np.int64)
+        if lattices.num_nodes == 0:  # nothing drafted (ar, depth 0): no per-node pass
+            return np.zeros(lattices.batch_size, dtype=np.intp)
         return np.bincount(lattices.request_of_node()[self.nodes], minlength=lattices.batch_size)
 
 

@@ -38,14 +38,24 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
         gains = np.concatenate(([0.0], np.cumsum(values)))
         budgets = np.arange(window + 1)
         executed, eager = cost.executed_shape(batch_size + budgets, batch_size, bucketing)
+        if bucketing:  # every B of one executed shape has the same rate: rate each shape once
+            budgets = _first_of_runs(executed)
+            executed, eager = executed[budgets], eager[budgets]
         filled = np.minimum(executed - batch_size, window)
         seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + draft_seconds
         rates = (batch_size + gains[filled]) / seconds
         best = int(np.argmax(rates))
         if window == eligible or not _beyond_may_win(values, gains[-1], rates[best], batch_size, kv_tokens,
                                                      draft_seconds, cost, eligible):
-            return int(executed[best] - batch_size) if bucketing else best
+            return int(executed[best] - batch_size) if bucketing else int(budgets[best])
         window = min(eligible, 2 * window)
+
+
+def _first_of_runs(values: np.ndarray) -> np.ndarray:
+    """int [runs]: the index of the first element of each run of equal values. The executed shape
+    never decreases with B, so its runs are its distinct shapes, and the first best rate over all B
+    (np.argmax) is the first best over the runs' first elements."""
+    return np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
 
 
 def _beyond_may_win(values, window_gain, best_rate, batch_size, kv_tokens, draft_seconds, cost, eligible) -> bool:

@@ -61,6 +61,37 @@ def draft_levels(cost, batch_size: int, kv_tokens: int, width: int, depth: int) 
     return first, (full - first) / (depth - 1)
 
 
+def depth_rates(levels: list[np.ndarray], verify: np.ndarray, first: float, per_level: float,
+                batch_size: int) -> list[float]:
+    """The predicted rate of depths 1…len(levels) of one width (module docstring): depth d merges
+    the profiles of levels 1…d, best first, and takes the best m. All depths in one 2-D pass: row
+    d holds the levels <= d (the rest -inf, sorted last), so its cumulative sums over the first n_d
+    columns are the merged profile's, summed in the same order (depth_rates_reference, tested equal)."""
+    sizes = np.cumsum([len(level) for level in levels])
+    values = np.concatenate(levels)
+    level_of = np.repeat(np.arange(len(levels)), [len(level) for level in levels])
+    table = np.where(level_of[None, :] <= np.arange(len(levels))[:, None], values[None, :], -np.inf)
+    ordered = np.sort(table, axis=1)[:, ::-1]
+    gains = np.zeros((len(levels), len(values) + 1))
+    np.cumsum(np.where(np.isfinite(ordered), ordered, 0.0), axis=1, out=gains[:, 1:])
+    seconds = (verify[: len(values) + 1] + first) + (np.arange(len(levels)) * per_level)[:, None]
+    rates = batch_size * (1 + gains) / seconds
+    rates[np.arange(len(values) + 1)[None, :] > sizes[:, None]] = -np.inf  # beyond depth d's nodes
+    return rates.max(axis=1).tolist()
+
+
+def depth_rates_reference(levels: list[np.ndarray], verify: np.ndarray, first: float, per_level: float,
+                          batch_size: int) -> list[float]:
+    """depth_rates one depth at a time (the plain reading of the module docstring)."""
+    out, merged = [], np.zeros(0)
+    for depth, level in enumerate(levels, start=1):
+        merged = np.sort(np.concatenate((merged, level)))[::-1]
+        gains = np.concatenate(([0.0], np.cumsum(merged)))
+        seconds = verify[: len(gains)] + first + (depth - 1) * per_level
+        out.append(float(np.max(batch_size * (1 + gains) / seconds)))
+    return out
+
+
 @dataclass
 class ShapeChooser:
     """Online per-(k', level) ĉ profiles and the rate-maximising next shape (module docstring)."""
@@ -106,16 +137,11 @@ class ShapeChooser:
         first, per_level = self._draft_levels(cost, batch_size, kv_tokens)
         for width in range(1, self.width + 1):
             levels = [self._profile(width, level) for level in range(1, self.depth + 1)]
-            if levels[0] is None:
-                continue
-            merged = np.zeros(0)
-            for depth in range(1, self.depth + 1):
-                if levels[depth - 1] is None:
-                    break
-                merged = np.sort(np.concatenate((merged, levels[depth - 1])))[::-1]
-                gains = np.concatenate(([0.0], np.cumsum(merged)))
-                seconds = verify[: len(gains)] + first + (depth - 1) * per_level[width - 1]
-                rates[DraftShape(depth, width)] = float(np.max(batch_size * (1 + gains) / seconds))
+            known = next((i for i, level in enumerate(levels) if level is None), len(levels))
+            if known:
+                for depth, rate in enumerate(depth_rates(levels[:known], verify, first, per_level[width - 1],
+                                                         batch_size), start=1):
+                    rates[DraftShape(depth, width)] = rate
         return rates
 
     def _draft_levels(self, cost, batch_size: int, kv_tokens: int) -> tuple[float, np.ndarray]:

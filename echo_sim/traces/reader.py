@@ -11,7 +11,8 @@
   width >= the trace's k and no expand gate it is the depth-only read, bit for bit.
 - on_path_acceptance(lattices, selected) == trees.accepted_nodes(lattices, selected), plus the
   on-path depth (what `oracle` accepts). Accepted nodes are on-path by definition, so the walk
-  visits only on-path nodes (a few per request) instead of propagating over every node.
+  visits only on-path nodes (a few per request) instead of propagating over every node; up to
+  FEW_ON_PATH of them (small batches) in a plain loop (_walk_few), else vectorised.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from echo_sim.traces.format import TraceSet
 from echo_sim.trees import ROOT_PARENT, LatticeBatch
 
 NODE_COLUMNS = ("token", "parent", "depth", "cond_prob", "score", "on_path")
+FEW_ON_PATH = 24  # up to this many on-path nodes in a batch, a plain loop beats the vectorised walk
 
 
 class LatticeReader:
@@ -148,6 +150,9 @@ def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np
     index = np.flatnonzero(lattices.on_path)
     if len(index) == 0:
         return accepted, accepted_depth, on_path_depth
+    if len(index) <= FEW_ON_PATH:
+        _walk_few(lattices, index, selected, accepted, accepted_depth, on_path_depth)
+        return accepted, accepted_depth, on_path_depth
     rows = np.searchsorted(lattices.offsets, index, side="right") - 1
     depth = lattices.depth[index]
     last = np.flatnonzero(np.append(rows[1:] != rows[:-1], True))  # level order: deepest is last
@@ -165,6 +170,27 @@ def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np
         end = np.flatnonzero(np.append(rows_hit[1:] != rows_hit[:-1], True))
         accepted_depth[rows_hit[end]] = depth_hit[end]
     return accepted, accepted_depth, on_path_depth
+
+
+def _walk_few(lattices, index, selected, accepted, accepted_depth, on_path_depth) -> None:
+    """on_path_acceptance for a few on-path nodes (small batches), one plain loop in flat order:
+    level order puts a parent before its children, so a node is accepted iff it is selected and
+    its parent is the root or accepted (an off-path parent never is). Fills the outputs in place."""
+    offsets = lattices.offsets.tolist()
+    nodes = index.tolist()
+    parents = lattices.parent[index].tolist()
+    depths = lattices.depth[index].tolist()
+    chosen = selected[index].tolist()
+    accepted_nodes_ = set()
+    row = 0
+    for node, parent, depth, pick in zip(nodes, parents, depths, chosen):
+        while offsets[row + 1] <= node:
+            row += 1
+        on_path_depth[row] = max(on_path_depth[row], depth)
+        if pick and (parent == ROOT_PARENT or parent + offsets[row] in accepted_nodes_):
+            accepted_nodes_.add(node)
+            accepted_depth[row] = max(accepted_depth[row], depth)
+    accepted[list(accepted_nodes_)] = True
 
 
 def _walk_levels(lattices, index, rows, depth, selected) -> np.ndarray:
