@@ -8,7 +8,6 @@ written out by hand, the engine's own step log.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -26,15 +25,14 @@ from echo_sim.cost.serving import ServingKnobs
 from echo_sim.engine import simulate
 from echo_sim.testing import random_trace
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_modules import load_benchmark  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def profiling_data():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("profiling_data", REPO / "benchmarks/profiling_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("profiling_data")
 
 
 # ---------------------------------------------------------------- fitted profiles
