@@ -38,6 +38,8 @@ SUMMARY_FIELDS = (
     "output_tokens_per_s", "speedup_vs_ar", "mean_accepted_tokens", "verified_tokens_per_step", "waste",
     *LATENCY_FIELDS, "requests_per_s", "slo", "slo_attainment", "slo_goodput", "slo_headroom", "meets_slo",
     "sim_cpu_seconds", "acceptance_source", "cost_source",
+    # the serving-engine knobs that move rankings (docs/COST_MODEL.md): recorded beside the cost source
+    "cost_model", "prefill_mode", "verify_graphs", "moe_routing", "draft_extend",
 )
 # Open-loop sweeps rank policies by SLO attainment; these targets unless --slo says otherwise.
 DEFAULT_OPEN_LOOP_SLO = "ttft_p90=1s,tpot_p99=50ms"
