@@ -69,14 +69,15 @@ def test_echo_selection_is_prefix_closed_gated_and_budgeted(spec, seed, bs, step
     for step in range(steps):  # later steps run on a calibration curve that has seen outcomes
         lattices = build(seed + step, bs, width=3, depth=4)
         curve = policy.curve(lattices.score) if policy.calibration else lattices.score.astype(float)
+        expand_threshold = 0.0 if policy.probing else min(policy.tau, policy.cut)  # before this step
         selection, _ = run_step(policy, lattices, context(lattices, cost))
     nodes = selection.nodes
     assert is_prefix_closed(lattices, nodes)
     if policy.gate == "select":  # nothing below τ, nor under a node below τ
         eligible = gated_in(lattices, curve, policy.tau)
-    elif policy.gate == "expand":  # nothing under a frontier node below τ (it was not expanded)
+    elif policy.gate == "expand":  # nothing under a frontier node below min(τ, ĉ_cut): not expanded
         parent = lattices.global_parent()
-        expanded = has_child(lattices) & (curve >= policy.tau)
+        expanded = has_child(lattices) & (curve >= expand_threshold)
         eligible = (parent < 0) | expanded[np.maximum(parent, 0)]
         eligible = np.array([all(eligible[a] for a in ancestors_and_self(lattices, i))
                              for i in range(lattices.num_nodes)], dtype=bool)
@@ -132,11 +133,33 @@ def test_expand_gate_drafts_no_children_of_a_frontier_node_below_tau():
     # drafted; node 3 (child of 0) is. Levels: the roots, then the 1 node expanded at level 1.
     lattices = lattice([[(-1, 0.5, True), (-1, 0.05, False), (1, 0.05, False), (0, 0.45, True)]])
     policy = make_policy("echo:tau=0.2,calibration=off,budget=fixed,bucketing=off,probe=0")
+    policy.cut = 1.0  # the previous step's budget verified nothing below 1: τ is the threshold
     selection = policy.select(lattices, context(lattices))
     assert list(np.flatnonzero(selection.nodes)) == [0, 1, 3]
     assert selection.draft_level_tokens == (1, 1)
     probe = make_policy("echo:tau=0.2,calibration=off,budget=fixed,bucketing=off")  # step 0 probes, ungated
+    probe.cut = 1.0
     assert list(np.flatnonzero(probe.select(lattices, context(lattices)).nodes)) == [0, 1, 2, 3]
+
+
+def test_expand_threshold_is_the_budget_cut_capped_by_tau():
+    # scores: roots 0.6, 0.3, 0.1; children 0.5 (of 0), 0.25 (of 1), 0.08 (of 2)
+    lattices = lattice([[(-1, 0.6, True), (-1, 0.3, False), (-1, 0.1, False),
+                         (0, 0.5, True), (1, 0.25, False), (2, 0.08, False)]])
+    spec = "echo:tau=0.2,calibration=off,budget=fixed,bucketing=off,probe=0,shape=off"
+    everything = make_policy(spec + ",N=7")  # the budget verifies every node: nothing to prune next
+    everything.select(lattices, context(lattices))
+    assert everything.cut == 0.0
+    assert everything.select(lattices, context(lattices)).nodes.all()  # node 2 (0.1 < τ) expanded too
+    tight = make_policy(spec + ",N=3")  # B = 2 verifies 0.6, 0.5: ĉ_cut = 0.5, the threshold min(τ, 0.5)
+    assert list(np.flatnonzero(tight.select(lattices, context(lattices)).nodes)) == [0, 3]
+    assert tight.cut == 0.5
+    again = make_policy(spec + ",N=7")
+    again.cut = 0.5  # τ = 0.2 caps it: node 1 (0.3 >= τ) is expanded, node 2 (0.1) is not
+    assert list(np.flatnonzero(again.select(lattices, context(lattices)).nodes)) == [0, 1, 2, 3, 4]
+    loose = make_policy(spec.replace("tau=0.2", "tau=1.0") + ",N=7")
+    loose.cut = 0.09  # below τ the cut rules: node 2 (0.1 >= 0.09) is expanded
+    assert loose.select(lattices, context(lattices)).nodes.all()
 
 
 def brute_force_budget(confidence, bs, cost, draft_seconds, bucketing):

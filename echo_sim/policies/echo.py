@@ -11,8 +11,14 @@ One step, top to bottom (every part has an off switch for ablations):
                its counts per step); non-increasing along every path by construction (a monotone
                curve of a score that never increases along a path); calibration=off: ĉ = raw score.
 2. gate        on ĉ, threshold τ (`tau`, SGLang's --speculative-echo-threshold):
-               expand (default)  a frontier node with ĉ < τ is not expanded: its children are never
-                                 drafted (not eligible), the draft is ragged and charged per level
+               expand (default)  a frontier node with ĉ < min(τ, ĉ_cut) is not expanded: its children
+                                 are never drafted (not eligible). ĉ_cut follows the cost objective: the
+                                 smallest ĉ the previous step's budget verified when it left eligible
+                                 nodes out, else 0 (children never beat their parent's ĉ, so below
+                                 ĉ_cut they would not be verified; at low load, where verification is
+                                 memory-bound, the budget takes everything and nothing is pruned).
+                                 τ caps the threshold: a node with ĉ >= τ is always expanded.
+                                 The draft is ragged and charged per level
                                  by the nodes expanded (the level's tokens padded to the smallest
                                  captured graph bucket, one graph replay per level);
                select            every node is drafted; nodes with ĉ < τ (and their subtrees) are
@@ -74,6 +80,14 @@ def level_tokens(lattices: LatticeBatch, expanded: np.ndarray, depth: int, cost)
     return tuple(tokens)
 
 
+def verify_cut(confidence: np.ndarray, selected: np.ndarray, eligible: np.ndarray) -> float:
+    """ĉ_cut: the smallest ĉ verified when the budget left an eligible node out (the largest
+    eligible ĉ when it verified none), 0 when every eligible node was verified."""
+    if not np.any(eligible & ~selected):
+        return 0.0
+    return float(confidence[selected].min() if selected.any() else confidence[eligible].max())
+
+
 @dataclass
 class EchoPolicy(KnobbedPolicy):
     """Elastic, gated, calibrated, budgeted super-tree selection (steps in the module docstring)."""
@@ -81,8 +95,8 @@ class EchoPolicy(KnobbedPolicy):
     name: ClassVar[str] = "echo"
     note: ClassVar[str] = (
         "SGLang's ECHO (PR #33295) exposes only --speculative-echo-threshold, here on the calibrated "
-        "scale ĉ (the probability a node is on-path), not on raw draft scores; the elastic shape, the "
-        "expand gate, calibration and its decay, the goodput budget with its prefill term, bucketing "
+        "scale ĉ (the probability a node is on-path), not on raw draft scores, and as the expand gate's "
+        "ceiling (it prunes below min(τ, the budget's cut)); the elastic shape, the expand gate's cut, calibration and its decay, the goodput budget with its prefill term, bucketing "
         "and probing are this toolkit's reading and have no flags (num-steps/topk give the largest shape)"
     )
     tau: float = 0.2
@@ -103,6 +117,7 @@ class EchoPolicy(KnobbedPolicy):
     chooser: ShapeChooser | None = field(init=False, default=None, repr=False)
     trace_shape: DraftShape | None = field(init=False, default=None, repr=False)
     steps: int = field(init=False, default=0, repr=False)
+    cut: float = field(init=False, default=0.0, repr=False)  # ĉ_cut of the expand gate (docstring step 2)
 
     def __post_init__(self) -> None:
         check_range(self.name, "tau", self.tau, 0.0, 1.0)
@@ -136,6 +151,7 @@ class EchoPolicy(KnobbedPolicy):
         budget = self._budget(confidence[eligible], lattices.batch_size, context, levels)
         fill, padding, eager = self._fit_bucket(budget, int(eligible.sum()), lattices.batch_size, context)
         nodes = supertree_select(lattices, confidence, confidence, -np.inf, fill, eligible=eligible)
+        self.cut = verify_cut(confidence, nodes, eligible)
         self.steps += 1
         if not self.shape or deciding or self.probing or probing or context.draft.depth == 0:
             self.draft = self._next_shape(lattices.batch_size, context, full)
@@ -173,13 +189,13 @@ class EchoPolicy(KnobbedPolicy):
     def drafter_expands(self, lattices: LatticeBatch, frontier: np.ndarray,
                         confidence: np.ndarray | None = None) -> np.ndarray:
         """bool [n]: the `frontier` nodes the drafter expands this step: gate=expand keeps those
-        with ĉ >= τ, probe steps and the other gates all of them. The one expand rule: _gate
+        with ĉ >= min(τ, ĉ_cut) (docstring step 2), probe steps and the other gates all of them. The one expand rule: _gate
         applies it to the simulator's beam frontier, the runtime's drafter to each level it grows
         (before select: ĉ changes only in observe, so both see the same curve)."""
         if self.gate != "expand" or self.probing:
             return frontier
         confidence = self._confidence(lattices) if confidence is None else confidence
-        return frontier & (confidence >= self.tau)
+        return frontier & (confidence >= min(self.tau, self.cut))
 
     def _budget(self, eligible_confidence: np.ndarray, bs: int, context: StepContext, levels) -> int:
         if self.budget == "fixed":
