@@ -5,7 +5,8 @@ is not cached yet, ending with the root); the root's top-k tokens are the level-
 pending tokens join the draft's prefix. Level l+1: one forward over the k frontier nodes of every
 request (tree mask over the draft scratch); each gets its top-k children (k² candidates, all kept
 in the lattice); the k candidates with the highest cumulative score form the next frontier.
-Forwards: 1 over ≤ 2·bs tokens + (S − 1) over bs·k tokens, what COST_MODEL.md's T_draft counts.
+Forwards: 1 over the pending tokens (bs, plus any catch-up) + (S − 1) over bs·k tokens, what
+COST_MODEL.md's T_draft counts.
 
 An expand rule (echo's expand gate) may keep frontier nodes from being forwarded: their children
 are never drafted, a level's forward runs only the expanded nodes (ragged levels), and growth

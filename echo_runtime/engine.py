@@ -255,7 +255,10 @@ class LiveEngine:
                  frontier: np.ndarray | None, catch_up: int) -> StepContext:
         """What echo_sim.engine hands the policy: T_prefill of the step's prefill chunk (the
         admitted prompts, with the draft's prefill when the policy drafts), the drafter's frontier,
-        the level-1 catch-up tokens."""
+        the tokens level 1 really ran beyond one per request. (That last one differs from the
+        simulator's after a drafting step: the runtime keeps the draft K/V of the accepted nodes it
+        forwarded and re-runs only the others, the simulator charges every accepted token, as
+        SGLang's EAGLE draft extend does. No policy reads it.)"""
         kv = np.array([len(q.prompt) + q.position for q in running], dtype=np.int64)
         prefill_seconds = self.cost.prefill_time(record.prefill_tokens, record.prefill_context, self.uses_draft)
         return StepContext(batch_size=len(running), kv_lens=kv, cost=self.cost, draft=shape,

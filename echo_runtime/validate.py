@@ -154,11 +154,18 @@ def error_pct(simulated: float, measured: float) -> float:
     return float((simulated - measured) / measured * 100.0) if measured else float("nan")
 
 
-def validation_row(policy: str, concurrency: int, simulated: dict, measured: dict, outputs_match: bool) -> dict:
+def validation_row(policy: str, concurrency: int, simulated: dict, measured: dict, outputs_match: bool,
+                   request_steps: int = 0) -> dict:
+    """One table row. `request_steps`: the simulation's Σ decode steps over requests, to turn its
+    inexact-read shares back into counts: a narrower draft (k' < k) read from the trace's k-wide
+    lattice is inexact where the stored lattice never expanded a k'-frontier node; only there (an
+    on-path cut: the target's path runs into such a node) can the simulated MAT differ from live."""
     row = {"policy": policy, "concurrency": concurrency, "outputs_match_trace": outputs_match}
     for short, key in COMPARED:
         row[f"{short}_simulated"], row[f"{short}_measured"] = simulated[key], measured[key]
         row[f"{short}_error_pct"] = error_pct(simulated[key], measured[key])
+    for share in ("inexact_read_share", "on_path_cut_share"):
+        row[share.replace("share", "count")] = int(round(simulated.get(share, 0.0) * request_steps))
     row["steps_simulated"], row["steps_measured"] = simulated["steps"], measured["steps"]
     row["clock"], row["wall_seconds_measured"] = measured["clock"], measured["wall_seconds"]
     row["seconds_simulated"], row["seconds_measured"] = simulated["simulated_seconds"], measured["simulated_seconds"]
@@ -179,7 +186,8 @@ def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost,
     requests = request_count(trace, args, concurrency)
     config = SimConfig(policy=policy, concurrency=concurrency, requests=requests, trace=str(trace_path),
                        workload="trace", calibration=calibration, hardware=file.hardware, model=file.model, seed=0)
-    simulated = simulate(config, trace).metrics
+    result = simulate(config, trace)
+    simulated, request_steps = result.metrics, int(result.requests["decode_steps"].sum())
     if pair.random_weights:
         specs, signals, expected = replay_workload(trace, pair, requests)
         source, workload_name = f"trace:{trace_path}", str(trace_path)
@@ -191,7 +199,7 @@ def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost,
                 "acceptance_source": source, "workload": workload_name}
     measured = serve(pair, policy, concurrency, specs, cost, signals, args.width, args.depth, identity,
                      outputs=outputs, clock=args.clock, steps_out=steps)
-    row = validation_row(policy, concurrency, simulated, measured, outputs == expected)
+    row = validation_row(policy, concurrency, simulated, measured, outputs == expected, request_steps)
     row.update(cost_model_errors(steps[0]))
     return row, steps[0]
 
@@ -236,15 +244,16 @@ def row_path(out: Path, policy: str, concurrency: int) -> Path:
 
 def format_table(rows: list[dict]) -> str:
     head = ("| policy | C | tok/s sim | tok/s live | err % | MAT sim | MAT live | err % | TPOT p50 sim (s) "
-            "| TPOT p50 live (s) | err % | step-time model err % | greedy = trace |")
-    lines = [head, "|" + "---|" * 13]
+            "| TPOT p50 live (s) | err % | step-time model err % | greedy = trace | inexact reads (on-path cuts) |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(
             f"| {r['policy']} | {r['concurrency']} | {r['throughput_simulated']:.3f} | {r['throughput_measured']:.3f} "
             f"| {r['throughput_error_pct']:+.1f} | {r['mat_simulated']:.3f} | {r['mat_measured']:.3f} "
             f"| {r['mat_error_pct']:+.1f} | {r['tpot_simulated']:.3f} | {r['tpot_measured']:.3f} "
             f"| {r['tpot_error_pct']:+.1f} | {r.get('step_time_model_error_pct', float('nan')):+.1f} "
-            f"| {'yes' if r['outputs_match_trace'] else 'NO'} |")
+            f"| {'yes' if r['outputs_match_trace'] else 'NO'} "
+            f"| {r.get('inexact_read_count', '—')} ({r.get('on_path_cut_count', '—')}) |")
     return "\n".join(lines)
 
 

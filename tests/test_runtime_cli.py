@@ -84,8 +84,9 @@ def test_validate_outputs_are_greedy_and_mat_is_exact(pair_dir, calibration, cap
         assert row["mat_error_pct"] == 0.0, row
         assert np.isfinite(row["throughput_error_pct"]) and np.isfinite(row["tpot_error_pct"])
         assert np.isfinite(row["step_time_model_error_pct"]) and row["verify_seconds_measured"] > 0
+        assert row["on_path_cut_count"] <= row["inexact_read_count"]  # counted; MAT above is exact anyway
     steps = (out / "rows" / "echo_c2.steps.csv").read_text().splitlines()
-    assert "predicted_verify" in steps[0] and "verify_s" in steps[0] and len(steps) > 2
+    assert "predicted_verify" in steps[0] and "verify_s" in steps[0] and "draft_levels" in steps[0] and len(steps) > 2
     assert any(r["mat_measured"] > 1.2 for r in rows)  # speculation accepted tokens
     assert (out / "validation.md").read_text().startswith("| policy |")
     (out / "rows" / "ar_c1.json").write_text((out / "rows" / "ar_c1.json").read_text().replace(
