@@ -53,7 +53,7 @@ def main() -> int:
            "and date in COMMANDS.md). tokens/s = steady-state output tokens/s, mean over seeds ± (max − min); a "
            "margin within the larger spread is a tie. Best baseline: the highest mean among "
            f"{', '.join(BASELINES)}. Acceptance: {', '.join(sorted(every['acceptance_source'].unique()))} "
-           "(Qwen2.5-Coder 0.5B → 1.5B, k=4, S=6); cost: "
+           "(k=4, S=6); cost: "
            f"{', '.join(sorted(every['cost_source'].unique()))}; closed loop; engine knobs: the defaults "
            "(h200: max batch 256, prefill chunk 8192, prefill separate, verify graphs token-buckets, "
            "MoE routing uniform).", ""]
