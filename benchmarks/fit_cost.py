@@ -10,17 +10,21 @@ the simulator's own code. Two stages:
    Llama-2-7B, TP 1-8): the achieved-bandwidth curve (vs weight bytes), the achieved-FLOP curve
    (vs GEMM FLOPs) and the GEMM floor, by least squares on log time; the element-wise ops' per-layer
    time and bandwidth fraction, by a line through their sum.
-2. Whole steps (Splitwise, DistServe's two engines): attention FLOP and bandwidth fractions,
-   all-reduce latency (base + per log2 TP), eager per-layer host time (shared by all sources), and
-   each serving engine's own per-step overhead (one parameter per source), on log time.
+2. Whole steps (Splitwise, DistServe's two engines), on log time: the attention FLOP and bandwidth
+   fractions (shared: the GPU's attention kernels), and per serving engine (six numbers each): its
+   per-step and per-request host time (DistServe's own decode fits have the same a + c·bs form),
+   eager per-layer host time, all-reduce latency (base + per log2 TP: each engine's own NCCL
+   path) and its GEMM efficiency in whole steps relative to Vidur's isolated GEMMs (a factor on the
+   FLOP curve: at equal shapes DistServe's C++ engine prefills ~1.5x faster than its vLLM rows,
+   so compute-bound time is not the GPU's alone).
 
 Hold-out: for each whole-step source, stage 2 is fitted on the other two (stage 1 always uses
 Vidur, which has no whole steps), and the held-out source is predicted (a) with the mean of the
-training engines' per-step overheads (nothing from the held-out source) and (b) with only its own
-per-step overhead fitted on it (one number). The roofline preset model (what the simulator charged
+training engines' numbers (nothing from the held-out source) and (b) with its own six engine
+numbers fitted on it (the shared GPU parameters from the other sources). The roofline preset model (what the simulator charged
 before) is scored on the same rows. The shipped presets (echo_sim/presets/fitted) are the fit on
 all sources: a100 and h100 from their own Vidur curves, h200 = the h100 curves on the h200
-preset's ceilings.
+preset's ceilings; the engine numbers (eager, all-reduce, GEMM efficiency) are DistServe's own engine's.
 """
 
 from __future__ import annotations
@@ -116,9 +120,11 @@ def fit_stage1(vidur: pd.DataFrame) -> dict[str, dict]:
 
 # Shared by every engine (the GPU and its libraries) vs each serving engine's own host overhead.
 SHARED = ("attention_flops_fraction", "attention_bandwidth_fraction")
-# Per step, per layer (eager host time), per all-reduce (base + per log2 TP): the all-reduce is the
-# engine's own (NCCL through Ray workers, NCCL from C++, custom kernels), so it is not shared.
-ENGINE = ("step_s", "eager_layer_s", "allreduce_base_s", "allreduce_per_log2_tp_s")
+# Per step, per request, per layer (eager host time), per all-reduce (base + per log2 TP), and the
+# engine's GEMM efficiency in whole steps: the all-reduce is the engine's own (NCCL through Ray
+# workers, NCCL from C++, custom kernels) and so are its kernels and host loop, so none is shared.
+ENGINE = ("step_s", "request_s", "eager_layer_s", "allreduce_base_s", "allreduce_per_log2_tp_s", "gemm_flops_scale")
+IN_RATES = ("eager_layer_s", "allreduce_base_s", "allreduce_per_log2_tp_s")  # the rest is applied below
 ATTENTION_BOUNDS = (0.2, 1.3)  # FlashAttention-class kernels: 20-100+ % of the tensor-core ceiling
 
 
@@ -130,25 +136,32 @@ def terms_factory(rates_by_device: dict[str, FittedRates] | None):
 
 
 def rates_for(stage1: dict[str, dict], shared: dict, engine: dict) -> dict[str, FittedRates]:
-    """Per device: Vidur curves + shared whole-step parameters + one engine's host overheads."""
-    own = {k: engine[k] for k in ENGINE[1:]}
-    return {device: _rates(**values, **shared, **own) for device, values in stage1.items()}
+    """Per device: Vidur curves (the FLOP curve times the engine's GEMM efficiency, at most the
+    datasheet) + shared whole-step parameters + one engine's host overheads."""
+    own = {k: engine[k] for k in IN_RATES}
+    out = {}
+    for device, values in stage1.items():
+        flops = tuple(min(f * engine["gemm_flops_scale"], FRACTION_BOUNDS[1]) for f in values["flops_fraction"])
+        out[device] = _rates(**{**values, "flops_fraction": flops}, **shared, **own)
+    return out
 
 
 def fitted_steps(rows: pd.DataFrame, stage1: dict[str, dict], shared: dict, engines: dict[str, dict]) -> np.ndarray:
     """Seconds per whole-step row through the simulator's roofline with fitted rates: forward +
-    eager launches (these engines ran eagerly) + the engine's per-step overhead."""
+    eager launches (these engines ran eagerly) + the engine's per-step and per-request host time."""
     out = np.zeros(len(rows))
     for source, index in rows.groupby("source").groups.items():
         engine = engines[source]
         parts = predict_whole_steps(rows.loc[index], terms_factory(rates_for(stage1, shared, engine)))
-        out[rows.index.get_indexer(index)] = (parts.forward_s + parts.eager_launch_s).to_numpy() + engine["step_s"]
+        out[rows.index.get_indexer(index)] = (parts.forward_s + parts.eager_launch_s).to_numpy() + engine["step_s"] \
+            + engine["request_s"] * rows.loc[index].bs.to_numpy()
     return out
 
 
-ENGINE_SCALE = (1e-3, US, US, US)           # fitted in ms, us, us, us
-ENGINE_UPPER = (50.0, 2000.0, 2000.0, 2000.0)
-ENGINE_START = (1.0, 50.0, 20.0, 5.0)
+ENGINE_SCALE = (1e-3, US, US, US, US, 1.0)   # fitted in ms, us, us, us, us, 1
+ENGINE_LOWER = (0.0, 0.0, 0.0, 0.0, 0.0, 0.3)
+ENGINE_UPPER = (50.0, 2000.0, 2000.0, 2000.0, 2000.0, 1.5)
+ENGINE_START = (1.0, 20.0, 50.0, 20.0, 5.0, 0.8)
 
 
 def _engine(x) -> dict:
@@ -171,7 +184,7 @@ def fit_stage2(rows: pd.DataFrame, stage1: dict[str, dict]) -> tuple[dict, dict[
 
     lo, hi = np.log(ATTENTION_BOUNDS)
     x0 = np.r_[np.log(0.6), np.log(0.7), np.tile(ENGINE_START, len(sources))]
-    bounds = (np.r_[lo, lo, np.zeros(n * len(sources))], np.r_[hi, hi, np.tile(ENGINE_UPPER, len(sources))])
+    bounds = (np.r_[lo, lo, np.tile(ENGINE_LOWER, len(sources))], np.r_[hi, hi, np.tile(ENGINE_UPPER, len(sources))])
     return unpack(least_squares(residuals, x0, bounds=bounds, x_scale="jac").x)
 
 
@@ -180,11 +193,11 @@ def mean_engine(engines: dict[str, dict]) -> dict:
 
 
 def fit_engine_only(rows: pd.DataFrame, stage1: dict[str, dict], shared: dict) -> dict:
-    """One source's own engine overheads (step, layer, all-reduce) with everything else frozen."""
+    """One source's own engine numbers (ENGINE) with everything else frozen."""
     source = rows.source.iloc[0]
     measured = np.log(rows.measured_s.to_numpy())
     fit = least_squares(lambda x: np.log(fitted_steps(rows, stage1, shared, {source: _engine(x)})) - measured,
-                        ENGINE_START, bounds=(np.zeros(len(ENGINE)), ENGINE_UPPER), x_scale="jac")
+                        ENGINE_START, bounds=(ENGINE_LOWER, ENGINE_UPPER), x_scale="jac")
     return _engine(fit.x)
 
 
@@ -262,7 +275,7 @@ def vidur_table(vidur: pd.DataFrame, stage1: dict[str, dict]) -> pd.DataFrame:
 DERIVED = {
     "matmul_flops_per_s, memory_bytes_per_s": "the hardware preset's ceilings (echo_sim/presets/hardware); the curves are fractions of them",
     "graph_launch_s, kernel_floor_s (LM head, embedding, argmax)": "the hardware preset's estimates: every engine in the data ran eagerly",
-    "scheduler_step_s, scheduler_per_request_s": "the hardware preset's estimates for the simulated engine (SGLang): each measured engine has its own per-step overhead (fit_cost.md), none is SGLang",
+    "scheduler_step_s, scheduler_per_request_s": "the hardware preset's estimates for the simulated engine (SGLang): each measured engine has its own per-step and per-request host time (fit_cost.md, measured_engines), none is SGLang",
     "link_bytes_per_s": "the hardware preset's (datasheet); only the all-reduce latency is fitted",
 }
 
@@ -277,7 +290,7 @@ def write_presets(folder: Path, stage1: dict[str, dict], shared: dict, engines: 
     engine = engines[PRESET_ENGINE]
     for device, source_device in (("a100", "a100"), ("h100", "h100"), ("h200", "h100")):
         derived = dict(DERIVED)
-        derived["eager_layer_s, allreduce_base_s, allreduce_per_log2_tp_s"] = (
+        derived["eager_layer_s, allreduce_base_s, allreduce_per_log2_tp_s, the flops_fraction factor"] = (
             f"fitted for the {PRESET_ENGINE} engine (C++, the least host overhead among the measured engines; "
             "the others' are under measured_engines): a choice, since SGLang is not in the data")
         if device != source_device:
@@ -289,8 +302,9 @@ def write_presets(folder: Path, stage1: dict[str, dict], shared: dict, engines: 
             fitted=[f"{n} (Vidur {source_device.upper()} linears / element-wise ops)" for n in
                     ("bandwidth_fraction", "flops_fraction", "gemm_floor_s", "elementwise_layer_s", "elementwise_fraction")]
             + [f"{n} (whole steps: Splitwise A100/H100, DistServe A100 x 2 engines)" for n in SHARED]
-            + [f"{n} (whole steps of {PRESET_ENGINE})" for n in ENGINE[1:]],
-            derived=derived, command=command, extra={"measured_engines": engines})
+            + [f"{n} (whole steps of {PRESET_ENGINE})" for n in IN_RATES]
+            + [f"flops_fraction x {engine['gemm_flops_scale']:.3f}: {PRESET_ENGINE}'s GEMM efficiency in whole steps"],
+            derived=derived, command=command, extra={"engine": PRESET_ENGINE, "measured_engines": engines})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,9 +354,10 @@ def report(predictions, folds, vidur_fit, stage1, shared, engines, command) -> s
         "Module docstring of `benchmarks/fit_cost.py`: model and procedure.", "",
         "Error = predicted / measured − 1 over whole steps of the held-out source. Columns: the roofline "
         "presets as the simulator charged them before (decode with one graph replay, or eager; prefill eager; "
-        "+ the presets' scheduler overhead); the fitted model with the held-out engine's per-step overhead "
+        "+ the presets' scheduler overhead); the fitted model with the held-out engine's numbers "
         "taken as the training engines' mean (nothing from the held-out source), or fitted on the held-out "
-        "source alone (one number per source; every other parameter from the other sources). "
+        "source alone (its six engine numbers: per-step, per-request, eager per-layer, all-reduce base and per "
+        "log2 TP, GEMM efficiency; the shared GPU parameters from the other sources). "
         "DistServe rows are DistServe's own fitted curves, not raw measurements; Splitwise is the only H100 "
         "whole-step source, so holding it out tests A100-fitted whole-step parameters on H100.", "",
         "## Headline", "", *headline(predictions), "",
@@ -355,7 +370,7 @@ def report(predictions, folds, vidur_fit, stage1, shared, engines, command) -> s
         "## What each fold fits", "",
         "Vidur has single operators only (no whole steps): it fits the GEMM curves and element-wise terms "
         "in every fold and is never held out as a whole-step source. DistServe is A100 only. Each fold fits "
-        "the shared whole-step parameters and one per-step overhead per training engine:", "",
+        "the shared whole-step parameters and six engine numbers per training engine:", "",
         markdown(pd.DataFrame(folds), "{:.3g}"), "",
         "## Stage 1 (Vidur): fitted curves per device", "",
         "Knots: log2 weight bytes (bandwidth) and log2 GEMM FLOPs (FLOP rate), those inside each device's "

@@ -38,7 +38,7 @@ from echo_runtime.draft_tree import grow_lattices
 from echo_runtime.forward import chain_row, next_token_logits, tree_forward
 from echo_runtime.kv_cache import KVCache
 from echo_runtime.pair import (Pair, add_pair_arguments, check_pair_args, hardware_label, load_pair,
-                               software_versions)
+                               machine_fingerprint, software_versions)
 from echo_runtime.timing import CLOCKS, Clock
 from echo_runtime.verify import build_tree
 
@@ -194,6 +194,8 @@ def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> 
     Each KV length has its own cache (slots × capacity of that group), all of them views of one
     storage per model as large as the largest group (shared_caches)."""
     todo = [s for s in shapes if len(log.done.get(s.key, [])) < args.repeats]
+    if not todo:  # a resumed log that is already complete
+        return
     rng = np.random.default_rng(0)
     clock = Clock(pair.device, args.clock)
     target_groups, draft_groups = {}, {}
@@ -336,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
     clock = Clock(pair.device, args.clock).kind
     setup = {"target": pair.target_label, "draft": pair.draft_label, "dtype": pair.dtype, "device": pair.device,
              "hardware": hardware, "order": "rounds", "warmup": args.warmup, "clock": clock,
-             "threads": args.threads}
+             "threads": args.threads, "machine": machine_fingerprint()}  # never resume another machine's log
     log = MeasurementLog(out.with_name(out.name + ".measurements.jsonl"), setup)
     measure_grid(pair, args, shapes, log)
     fields = dict(points=points_from(pairs, log, args.repeats), hardware=hardware, model=model,

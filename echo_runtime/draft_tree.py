@@ -7,6 +7,13 @@ request (tree mask over the draft scratch); each gets its top-k children (k² ca
 in the lattice); the k candidates with the highest cumulative score form the next frontier.
 Forwards: 1 over ≤ 2·bs tokens + (S − 1) over bs·k tokens, what COST_MODEL.md's T_draft counts.
 
+An expand rule (echo's expand gate) may keep frontier nodes from being forwarded: their children
+are never drafted, a level's forward runs only the expanded nodes (ragged levels), and growth
+stops at the first level where no request expands anything. Since a score never increases along
+a path, the candidates the gate lets through are the same as in the ungated beam: the expanded
+nodes are the ungated beam's frontier nodes that pass the gate, what the simulator's reader and
+echo's gate keep (echo_sim.policies.echo.EchoPolicy.drafter_expands).
+
 Node order inside a lattice: level by level; inside a level, candidates in (frontier node, child
 rank) order, frontier nodes best first (score desc, ties to the earlier candidate).
 """
@@ -134,10 +141,13 @@ def _next_frontier(scores: np.ndarray, width: int) -> np.ndarray:
 
 
 def grow_lattices(draft, cache: KVCache, slots: np.ndarray, pending: list[np.ndarray],
-                  width: int, depth: int, on_level=None) -> list[Lattice]:
+                  width: int, depth: int, on_level=None, expand=None) -> list[Lattice]:
     """Grow one lattice per request (depth S >= 1, width k >= 1); pending tokens join the prefix.
 
-    `on_level(level, tokens)` is called after each level's forward (timing hooks)."""
+    `on_level(level, tokens)` is called after each level's forward (timing hooks).
+    `expand(lattices, frontiers) -> masks`: the expand rule, called before each level >= 2 with
+    the lattices grown so far and each request's frontier (local node indices, best first); returns
+    a bool mask per frontier of the nodes to forward (None: forward every frontier node)."""
     root_positions = cache.lengths[slots] + np.array([len(p) for p in pending]) - 1
     hidden = tree_forward(draft, cache, [chain_row(int(s), p, int(cache.lengths[s]))
                                          for s, p in zip(slots, pending)])
@@ -151,13 +161,19 @@ def grow_lattices(draft, cache: KVCache, slots: np.ndarray, pending: list[np.nda
     for r, lat in enumerate(growing):
         frontiers.append(lat.add_level(tokens[r], [ROOT_PARENT] * width, 1, probs[r], probs[r]))
     for level in range(2, depth + 1):
-        rows = [lat.frontier_row(int(s), f, int(p))
-                for lat, s, f, p in zip(growing, slots, frontiers, root_positions)]
+        if expand is not None:
+            masks = expand([lat.freeze() for lat in growing], frontiers)
+            frontiers = [f[np.asarray(m, dtype=bool)] for f, m in zip(frontiers, masks)]
+        if not any(len(f) for f in frontiers):  # the gate stopped every request's growth
+            break
+        grow = [r for r, f in enumerate(frontiers) if len(f)]
+        rows = [growing[r].frontier_row(int(slots[r]), frontiers[r], int(root_positions[r])) for r in grow]
         tokens, probs = _top_children(draft, tree_forward(draft, cache, rows), width)
         if on_level:
             on_level(level, int(sum(len(f) for f in frontiers)))
         start = 0
-        for r, (lat, frontier) in enumerate(zip(growing, frontiers)):
+        for r in grow:
+            lat, frontier = growing[r], frontiers[r]
             block = slice(start, start + len(frontier))
             start += len(frontier)
             parent_scores = np.asarray([lat.score[n] for n in frontier], dtype=np.float32)

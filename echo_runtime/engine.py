@@ -183,13 +183,18 @@ class LiveEngine:
     def _decode(self, running: list[LiveRequest], watch, record: StepRecord) -> None:
         shape = self._draft_shape()
         slots = np.array([q.slot for q in running], dtype=np.int64)
-        grown = None
+        grown, levels = None, []
+        pending = [q.draft_pending for q in running]
         if shape.depth > 0:
-            grown = grow_lattices(self.draft, self.draft_cache, slots, [q.draft_pending for q in running],
-                                  shape.width, shape.depth)
+            rule = getattr(self.policy, "drafter_expands", None)  # echo's expand gate
+            expand = self.signals.expand_rule(rule, running, shape) if rule is not None and shape.depth > 1 else None
+            grown = grow_lattices(self.draft, self.draft_cache, slots, pending, shape.width, shape.depth,
+                                  on_level=lambda level, tokens: levels.append(tokens), expand=expand)
         watch.mark("draft")
-        lattices = self.signals.lattices(running, grown, shape)
-        selection = self.policy.select(lattices, self._context(running, shape))
+        record.draft_levels = tuple(levels)
+        lattices, frontier = self.signals.lattices(running, grown, shape)
+        catch_up = int(sum(len(p) for p in pending)) - len(running) if shape.depth > 0 else 0
+        selection = self.policy.select(lattices, self._context(running, shape, record, frontier, catch_up))
         watch.mark("select")
         trees = self._verify_trees(running, lattices, grown, selection, shape)
         rows = [tree.row(q.slot, len(q.prompt) + q.position - 1) for q, tree in zip(running, trees)]
@@ -246,10 +251,16 @@ class LiveEngine:
         """The policy's shape as executed on the configured lattice (echo_sim.step.executed_draft)."""
         return executed_draft(self.policy.draft, self.config.depth, self.config.width)
 
-    def _context(self, running: list[LiveRequest], shape: DraftShape) -> StepContext:
+    def _context(self, running: list[LiveRequest], shape: DraftShape, record: StepRecord,
+                 frontier: np.ndarray | None, catch_up: int) -> StepContext:
+        """What echo_sim.engine hands the policy: T_prefill of the step's prefill chunk (the
+        admitted prompts, with the draft's prefill when the policy drafts), the drafter's frontier,
+        the level-1 catch-up tokens."""
         kv = np.array([len(q.prompt) + q.position for q in running], dtype=np.int64)
+        prefill_seconds = self.cost.prefill_time(record.prefill_tokens, record.prefill_context, self.uses_draft)
         return StepContext(batch_size=len(running), kv_lens=kv, cost=self.cost, draft=shape,
-                           trace_depth=self.config.depth, trace_width=self.config.width)
+                           trace_depth=self.config.depth, trace_width=self.config.width,
+                           prefill_seconds=prefill_seconds, frontier=frontier, catch_up=catch_up)
 
     def _verify_trees(self, running, lattices: LatticeBatch, grown, selection: Selection,
                       shape: DraftShape) -> list[VerifyTree]:

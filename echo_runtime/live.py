@@ -69,22 +69,27 @@ def record_frames(record: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
     return log.frame(), step_frame(record.steps)
 
 
-def predicted_components(steps: pd.DataFrame, cost, drafts: bool) -> pd.DataFrame:
+def predicted_components(steps: pd.DataFrame, cost, drafts: bool, draft_levels: list[tuple] | None = None
+                         ) -> pd.DataFrame:
     """The cost model's prefill/draft/verify/overhead seconds for every measured step's shape.
 
     What the simulator would charge for exactly the steps the runtime took (same batch, V, KV,
-    draft shape, prefill chunk; `drafts`: the policy runs a draft model, which prefills too): its
-    gap to the measured laps is the cost model's own error."""
+    draft shape, prefill chunk; `drafts`: the policy runs a draft model, which prefills too; the
+    draft by the tokens each level's forward really ran, `draft_levels`, when given, as the
+    simulator charges ragged drafts): its gap to the measured laps is the cost model's own error."""
     from echo_sim.cost.model import StepShape
 
     rows = []
-    for step in steps.itertuples():
+    for index, step in enumerate(steps.itertuples()):
         decode = step.batch_size > 0
         shape = StepShape(batch_size=int(step.batch_size), verify_tokens=int(step.verify_tokens),
                           kv_tokens=int(step.kv_tokens) if decode else 0, attention_pairs=int(step.attention_pairs),
                           draft_depth=int(step.draft_depth), draft_width=int(step.draft_width),
                           prefill_tokens=int(step.prefill_tokens), eager=bool(step.eager), prefill_draft=drafts)
-        rows.append(cost.components(shape))
+        parts = cost.components(shape)
+        if decode and draft_levels and draft_levels[index]:
+            parts["draft"] = cost.ragged_draft_time(shape.batch_size, draft_levels[index], shape.kv_tokens)
+        rows.append(parts)
     return pd.DataFrame.from_records(rows).add_prefix("predicted_").set_index(steps.index)
 
 
@@ -157,7 +162,9 @@ def serve(pair: Pair, policy_spec: str, concurrency: int, specs: list[RequestSpe
     metrics["wall_seconds"] = float(sum(step.laps["wall_s"] for step in record.steps))
     if steps_out is not None:
         _, steps = record_frames(record)
-        steps_out.append(pd.concat([steps, predicted_components(steps, cost, drafts)], axis=1))
+        levels = [step.draft_levels for step in record.steps]
+        steps["draft_levels"] = ["+".join(map(str, tokens)) for tokens in levels]  # ragged under echo's gate
+        steps_out.append(pd.concat([steps, predicted_components(steps, cost, drafts, levels)], axis=1))
     return metrics
 
 

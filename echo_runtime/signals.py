@@ -8,14 +8,16 @@
   (TRACES.md replay semantics), exactly as in the simulator.
 
 Both give the engine, per request, the lattice arrays to build the verified tree from and the
-accepted verify-local path plus bonus token; the engine does the rest identically.
+accepted verify-local path plus bonus token; the engine does the rest identically. Both also give
+the drafter its expand rule (the policy's `drafter_expands`, echo's expand gate) and the policy
+the frontier the drafter expanded (StepContext.frontier).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from echo_runtime.draft_tree import Lattice, empty_lattice, lattice_batch
+from echo_runtime.draft_tree import NOT_FORWARDED, Lattice, empty_lattice, lattice_batch
 from echo_runtime.verify import VerifyTree, walk_all
 from echo_runtime.vocab import fold_token_ids
 from echo_sim.policies.base import DraftShape, Selection
@@ -40,10 +42,25 @@ class ModelSignals:
     def first_token(self, request, argmax: int) -> int:
         return argmax
 
-    def lattices(self, requests, grown: list[Lattice] | None, shape: DraftShape) -> LatticeBatch:
+    def expand_rule(self, rule, requests, shape: DraftShape):
+        """grow_lattices' expand rule from the policy's drafter_expands: asked on the lattices
+        grown so far, with each request's current frontier marked."""
+        def expand(grown: list[Lattice], frontiers: list[np.ndarray]) -> list[np.ndarray]:
+            batch = lattice_batch(grown)
+            index = [batch.offsets[r] + f for r, f in enumerate(frontiers)]
+            frontier = np.zeros(batch.num_nodes, dtype=bool)
+            frontier[np.concatenate(index)] = True
+            expanded = rule(batch, frontier)
+            return [expanded[i] for i in index]
+        return expand
+
+    def lattices(self, requests, grown: list[Lattice] | None, shape: DraftShape
+                 ) -> tuple[LatticeBatch, np.ndarray | None]:
+        """(the grown lattices, bool [n] the nodes the drafter forwarded, i.e. expanded)."""
         if grown is None:  # no drafting this step (ar)
-            grown = [empty_lattice() for _ in requests]
-        return lattice_batch(grown)
+            return lattice_batch([empty_lattice() for _ in requests]), None
+        frontier = np.concatenate([lat.scratch != NOT_FORWARDED for lat in grown] or [np.zeros(0, dtype=bool)])
+        return lattice_batch(grown), frontier
 
     def node_arrays(self, lattices: LatticeBatch, row: int, grown, chain: bool):
         return _local_arrays(lattices, row)
@@ -88,14 +105,32 @@ class TraceSignals:
         return np.array([int(self.trace.position_offsets[self.trace_request(q)]) + q.position
                          for q in requests], dtype=np.int64)
 
-    def lattices(self, requests, grown, shape: DraftShape) -> LatticeBatch:
+    def _read(self, requests, shape: DraftShape):
         """The trace's lattices as a drafter of this shape grows them: the simulator's beam read
         (echo_sim.traces.reader), so both engines see the same nodes."""
         positions = self._global_positions(requests)
+        return self.reader.read_beam(positions, min(shape.depth, self.trace.depth), min(shape.width, self.trace.width))
+
+    def expand_rule(self, rule, requests, shape: DraftShape):
+        """The drafter forwards, per request and level, as many frontier nodes as the policy
+        expands in the trace's lattice (the simulator's draft cost), its best ones."""
+        read = self._read(requests, shape)
+        expanded = rule(read.lattices, read.frontier)
+        rows = read.lattices.request_of_node()[expanded]
+        counts = np.zeros((len(requests), shape.depth + 1), dtype=np.int64)
+        np.add.at(counts, (rows, read.lattices.depth[expanded]), 1)
+
+        def expand(grown: list[Lattice], frontiers: list[np.ndarray]) -> list[np.ndarray]:
+            return [np.arange(len(f)) < counts[r, lat.depth[f[0]]] if len(f) else np.zeros(0, dtype=bool)
+                    for r, (lat, f) in enumerate(zip(grown, frontiers))]
+        return expand
+
+    def lattices(self, requests, grown, shape: DraftShape) -> tuple[LatticeBatch, np.ndarray | None]:
+        """(the trace's lattices for this shape, bool [n] the nodes its drafter expanded)."""
         if shape.depth <= 0:
-            return empty_lattices(self.trace.spine_run[positions])
-        return self.reader.read_beam(positions, min(shape.depth, self.trace.depth),
-                                     min(shape.width, self.trace.width)).lattices
+            return empty_lattices(self.trace.spine_run[self._global_positions(requests)]), None
+        read = self._read(requests, shape)
+        return read.lattices, read.frontier
 
     def node_arrays(self, lattices: LatticeBatch, row: int, grown: list[Lattice], chain: bool):
         if chain:  # a chain verifies the drafter's own chain (tokens only matter for timing)

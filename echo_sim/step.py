@@ -76,6 +76,8 @@ class StepRecord:
     oracle_depth    Σ the oracle's accepted depth at the same positions (simulator only; 0 live)
     laps            measured seconds per phase ("prefill_s", "draft_s", …, "wall_s"); runtime only
     rows            (request index, position before the step) per decoding request; runtime only
+    draft_levels    tokens of each draft forward the drafter ran (level 1 with its catch-up tokens,
+                    then the expanded frontier nodes); runtime only
     """
 
     start: float
@@ -98,6 +100,7 @@ class StepRecord:
     prefill_context: int = 0
     laps: dict = field(default_factory=dict)
     rows: tuple = ()
+    draft_levels: tuple = ()
 
     @property
     def seconds(self) -> float:
@@ -105,7 +108,7 @@ class StepRecord:
 
 
 # The columns of a step table: every StepRecord field but the runtime's nested ones.
-STEP_FIELDS = tuple(f.name for f in fields(StepRecord) if f.name not in ("laps", "rows"))
+STEP_FIELDS = tuple(f.name for f in fields(StepRecord) if f.name not in ("laps", "rows", "draft_levels"))
 _row_of = attrgetter(*STEP_FIELDS)
 
 

@@ -25,7 +25,7 @@ from echo_runtime.verify import build_tree  # noqa: E402
 from echo_sim.policies.registry import POLICY_NAMES, make_policy  # noqa: E402
 from echo_sim.step import step_frame  # noqa: E402
 from echo_sim.testing import RecordingPolicy  # noqa: E402
-from runtime_support import LinearCost, tiny_pair_models  # noqa: E402
+from runtime_support import CheapDraftCost, LinearCost, tiny_pair_models  # noqa: E402
 
 VOCAB, WIDTH, DEPTH = 48, 3, 4
 
@@ -223,10 +223,19 @@ class BucketCost(LinearCost):
     graph_buckets = (1, 2, 4, 8, 16, 32, 64)
 
 
-@pytest.mark.parametrize("name", ["static", "echo", "static-chain", "goodput"])
-def test_trace_replay_runtime_takes_the_simulators_steps(name):
+class CheapDraftBucketCost(CheapDraftCost):
+    graph_buckets = (1, 2, 4, 8, 16, 32, 64)
+
+
+@pytest.mark.parametrize("name, cost_type", [("static", BucketCost), ("echo", BucketCost), ("static-chain", BucketCost),
+                                             ("goodput", BucketCost), ("echo", CheapDraftBucketCost),
+                                             ("echo:budget=fixed,N=2,tau=1.0", CheapDraftBucketCost),
+                                             ("echo:probe=4", CheapDraftBucketCost)])
+def test_trace_replay_runtime_takes_the_simulators_steps(name, cost_type):
     """Timing-only mode (random weights, acceptance from a trace) against echo_sim.engine on the
-    same trace, workload and policy: every step verifies, accepts and commits the same tokens."""
+    same trace, workload and policy: every step verifies, accepts and commits the same tokens, and
+    (CheapDraftCost: a draft level costs 0.5 ms) the drafter runs as many levels as the simulator
+    charges, so echo's expand gate stops the random drafter where it stops the trace's."""
     from echo_runtime.random_models import random_pair
     from echo_runtime.signals import TraceSignals
     from echo_sim.config import SimConfig
@@ -235,16 +244,21 @@ def test_trace_replay_runtime_takes_the_simulators_steps(name):
 
     trace = random_trace(np.random.default_rng(3), num_requests=4, output_len=(4, 12), width=2, depth=3, vocab=40)
     config = SimConfig(policy=name, concurrency=2, requests=6, step_log=True)
-    simulation = build_simulation(config, trace=trace, policy=make_policy(name), cost=BucketCost())
+    simulation = build_simulation(config, trace=trace, policy=make_policy(name), cost=cost_type())
     simulated = simulation.run().result().steps
     stream = simulation.stream
     specs = [RequestSpec(np.arange(int(p)) % 40, int(n)) for p, n in zip(stream.prompt_len, stream.output_len)]
     target, draft = random_pair("tiny-qwen3", torch.float32, "cpu")
-    engine = LiveEngine(target, draft, make_policy(name), BucketCost(),
+    engine = LiveEngine(target, draft, make_policy(name), cost_type(),
                         RuntimeConfig(2, trace.width, trace.depth), TraceSignals(trace, stream.trace_request))
-    live = engine.run(specs).steps
-    assert len(live) == len(simulated)
-    live = step_frame(live)
+    records = engine.run(specs).steps
+    assert len(records) == len(simulated)
+    live = step_frame(records)
+    if cost_type is CheapDraftBucketCost:
+        levels = [0.0005 * len(step.draft_levels) for step in records]
+        np.testing.assert_allclose(levels, simulated["draft_time"], atol=1e-12)
+        if "N=2" in name:  # a budget that binds: the expand gate's cut prunes, drafts stop early
+            assert any(0 < len(step.draft_levels) < step.draft_depth for step in records)
     for column in ("batch_size", "prefill_tokens", "verify_tokens", "selected", "padding", "draft_depth",
                    "draft_width", "accepted", "committed", "kv_tokens", "attention_pairs"):
         assert simulated[column].tolist() == live[column].tolist(), column
@@ -283,3 +297,86 @@ def test_kernel_path_gives_the_same_greedy_output(specs, monkeypatch):
     assert any(step.verify_tokens > step.batch_size for step in record.steps)
     decode_steps = sum(1 for step in record.steps if step.batch_size)
     assert calls == {"attention": 2 * decode_steps, "verify": decode_steps}  # 2 layers per verify
+
+
+def beam_view(draft, spec, output, shape):
+    """The simulator's view of one request under a (k', S') drafter: the trace generator's beam
+    lattice of that shape at every position (every frontier node expanded, nothing gated)."""
+    return grow_request_lattices(draft, torch.tensor(spec.prompt), torch.tensor(output), shape.width, shape.depth)
+
+
+@pytest.mark.parametrize("spec", ["echo", "echo:probe=4", "echo:tau=0.3,probe=4"])
+def test_runtime_drafts_echos_shape_and_expands_only_gated_in_nodes(pair, specs, greedy_outputs, spec):
+    """Differential: a fresh echo replays the run on the simulator's lattices (the full beam of the
+    policy's shape, gated-out subtrees included, frontier = the beam's), with the step's T_prefill.
+    The runtime must have drafted that shape, forwarded exactly the frontier nodes the fresh policy's
+    expand gate lets through (no gated-out node expanded, none missing), grown exactly their children,
+    run one level forward per expanding level, and verified the same nodes."""
+    from echo_runtime.draft_tree import Lattice, lattice_batch
+    from echo_sim.policies.base import DraftShape, Outcome, StepContext
+    from echo_sim.step import executed_draft
+    from echo_sim.trees import ROOT_PARENT
+
+    target, draft = pair
+    cost = CheapDraftCost()
+    recorder = RecordingPolicy(make_policy(spec))
+    record = LiveEngine(target, draft, recorder, cost, RuntimeConfig(3, WIDTH, DEPTH), ModelSignals()).run(specs)
+    assert [q.output for q in record.requests] == greedy_outputs
+    decode_steps = [step for step in record.steps if step.batch_size > 0]
+    assert len(decode_steps) == len(recorder.steps)
+    fresh, views = make_policy(spec), {}
+    gated_out = ragged = shapes = 0
+    for step, logged in zip(recorder.steps, decode_steps):
+        shape = executed_draft(fresh.draft, DEPTH, WIDTH)
+        context = step["context"]
+        assert context.draft == shape and (logged.draft_depth, logged.draft_width) == (shape.depth, shape.width)
+        assert context.prefill_seconds == pytest.approx(0.0004 * logged.prefill_tokens)
+        live = step["lattices"]
+        if shape.depth == 0:
+            again = fresh.select(live, context)
+            fresh.observe(step["outcome"])
+            continue
+        shapes += shape != DraftShape(DEPTH, WIDTH)
+        rows = []
+        for index, position in logged.rows:
+            key = (index, shape)
+            if key not in views:
+                views[key] = beam_view(draft, specs[index], greedy_outputs[index], shape)
+            view = views[key]
+            rows.append(Lattice(token=view.token[position].astype(np.int64), parent=view.parent[position].astype(np.int64),
+                                depth=view.depth.astype(np.int64), cond_prob=view.cond_prob[position],
+                                score=view.score[position], scratch=np.zeros(len(view.depth), dtype=np.int64)))
+        simulated = lattice_batch(rows)
+        on_path = np.concatenate([views[(i, shape)].on_path[p] for i, p in logged.rows])
+        parent = simulated.global_parent()
+        beam_frontier = np.zeros(simulated.num_nodes, dtype=bool)
+        beam_frontier[parent[parent != ROOT_PARENT]] = True
+        expanded = fresh.drafter_expands(simulated, beam_frontier)
+        drafted = (parent == ROOT_PARENT) | expanded[np.maximum(parent, 0)]
+        gated_out += int((beam_frontier & ~expanded).sum())
+        # the runtime's lattice is the simulator's, gated-out subtrees removed, in the same order
+        np.testing.assert_array_equal(live.token, simulated.token[drafted])
+        np.testing.assert_array_equal(live.depth, simulated.depth[drafted])
+        np.testing.assert_array_equal(live.offsets, np.concatenate(([0], np.cumsum(
+            np.bincount(simulated.request_of_node()[drafted], minlength=simulated.batch_size)))))
+        renumber = np.cumsum(drafted) - 1  # simulated node -> runtime node
+        live_parent = live.global_parent()
+        np.testing.assert_array_equal(live_parent, np.where(parent[drafted] == ROOT_PARENT, ROOT_PARENT,
+                                                            renumber[np.maximum(parent[drafted], 0)]))
+        np.testing.assert_array_equal(context.frontier, expanded[drafted])  # forwarded = expanded
+        np.testing.assert_allclose(live.score, simulated.score[drafted], rtol=1e-5)
+        per_level = np.bincount(simulated.depth[expanded], minlength=shape.depth)[1:shape.depth]
+        levels = (len(logged.rows) + context.catch_up,) + tuple(int(c) for c in per_level[: np.argmin(
+            np.append(per_level, 0) > 0)])
+        assert logged.draft_levels == levels
+        ragged += levels[1:] != (len(logged.rows) * shape.width,) * (shape.depth - 1)
+        # the simulator's selection on its lattice verifies exactly the runtime's nodes
+        simulated_context = StepContext(len(logged.rows), context.kv_lens, cost, shape, DEPTH, WIDTH,
+                                        prefill_seconds=0.0004 * logged.prefill_tokens, frontier=beam_frontier)
+        again = fresh.select(simulated, simulated_context)
+        assert not again.nodes[~drafted].any()
+        np.testing.assert_array_equal(again.nodes[drafted], step["selection"].nodes)
+        accepted = again.nodes & on_path
+        np.testing.assert_array_equal(accepted[drafted], step["outcome"].accepted)
+        fresh.observe(Outcome(simulated, again, accepted, step["outcome"].accepted_depth))
+    assert gated_out > 0 and ragged > 0 and shapes > 0  # the gate and the shape choice really acted

@@ -152,3 +152,11 @@ def test_calibrate_random_shape_writes_a_file_the_simulator_reads(tmp_path):
     after = log.read_text().splitlines()
     assert after[: len(before)] == before  # resumed: earlier timings kept, one more run per shape
     assert len(after) - len(before) == (len(before) - 1) // 2  # 5 shapes (verify ×3, draft, draft prefill): 2 runs each, then a 3rd
+    again = ["calibrate", "--random-shape", "tiny-llama", "--batch-sizes", "1,3", "--tokens-per-request", "2,5",
+             "--kv-lens", "20", "--draft-depths", "2", "--curve-tokens", "2", "--prefill-tokens", "9", "--repeats", "3",
+             "--warmup", "0", "--overhead-steps", "2", "--max-batch-kv-tokens", "40", "--out", str(out)]
+    assert echo_run(again) == 0 and log.read_text().splitlines() == after  # complete: nothing re-measured
+    setup = json.loads(after[0])
+    setup["setup"]["machine"]["cpu_model"] = "another CPU"
+    log.write_text("\n".join([json.dumps(setup)] + after[1:]) + "\n")
+    assert echo_run(again) == 2  # another machine's timings are never resumed

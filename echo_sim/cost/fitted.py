@@ -7,7 +7,9 @@ turns the roofline of `echo_sim.cost.roofline` into a fitted model. Per GPU of a
         max(FLOPs / (F · flops_fraction(FLOPs)), bytes / (B · bandwidth_fraction(weight bytes)))
         + gemm_floor_s
         where F, B are the hardware preset's ceilings and each fraction is piecewise linear in
-        log2 of the GEMM's size (clamped at the ends): small GEMMs reach neither ceiling.
+        log2 of the GEMM's size (clamped at the ends): small GEMMs reach neither ceiling. The
+        shipped flops_fraction is Vidur's isolated GEMMs times one measured engine's GEMM
+        efficiency in whole steps (the profile's `engine`, `measured_engines`).
     attention           max(FLOPs / (F · attention_flops_fraction), bytes / (B · attention_bandwidth_fraction))
     element-wise ops    per layer: elementwise_layer_s + tokens · elementwise bytes / (B · elementwise_fraction)
                         (norms, residual adds, RoPE, activation: Vidur measures them, the plain

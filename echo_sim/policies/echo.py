@@ -180,11 +180,22 @@ class EchoPolicy(KnobbedPolicy):
             return np.ones(lattices.num_nodes, dtype=bool), None
         if self.gate == "select":
             return supertree_gate(lattices, confidence, self.tau), None
-        expanded = drafter_frontier(lattices, context) & (confidence >= min(self.tau, self.cut))
+        expanded = self.drafter_expands(lattices, drafter_frontier(lattices, context), confidence)
         parent = lattices.global_parent()
         # ĉ never increases along a path, so a node's ancestors were all expanded iff its parent was
         drafted = (parent == ROOT_PARENT) | expanded[np.maximum(parent, 0)]
         return drafted, level_tokens(lattices, expanded, context.draft.depth, context.cost)
+
+    def drafter_expands(self, lattices: LatticeBatch, frontier: np.ndarray,
+                        confidence: np.ndarray | None = None) -> np.ndarray:
+        """bool [n]: the `frontier` nodes the drafter expands this step: gate=expand keeps those
+        with ĉ >= min(τ, ĉ_cut) (docstring step 2), probe steps and the other gates all of them. The one expand rule: _gate
+        applies it to the simulator's beam frontier, the runtime's drafter to each level it grows
+        (before select: ĉ changes only in observe, so both see the same curve)."""
+        if self.gate != "expand" or self.probing:
+            return frontier
+        confidence = self._confidence(lattices) if confidence is None else confidence
+        return frontier & (confidence >= min(self.tau, self.cut))
 
     def _budget(self, eligible_confidence: np.ndarray, bs: int, context: StepContext, levels) -> int:
         if self.budget == "fixed":
