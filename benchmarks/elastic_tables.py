@@ -23,7 +23,8 @@ RESULTS = REPO / "benchmarks" / "results" / "elastic"
 BASELINES = ("ar", "static-chain", "static", "static-adaptive", "static-adaptive:k=1", "goodput", "dynamic")
 
 
-def point_table(summary: pd.DataFrame) -> list[str]:
+def point_table(summary: pd.DataFrame, below: list[str]) -> list[str]:
+    """The folder's rows; appends to `below` every point where echo's mean is under the best baseline's."""
     stats = summary.groupby(["workload", "concurrency", "policy"])["output_tokens_per_s"].agg(
         mean="mean", spread=lambda s: s.max() - s.min(), seeds="count")
     lines = ["| workload | C | echo | best baseline | margin | call | oracle (shape-best) | echo/oracle | "
@@ -36,6 +37,9 @@ def point_table(summary: pd.DataFrame) -> list[str]:
         margin = echo["mean"] / base.loc[best, "mean"] - 1
         spread = max(echo["spread"], base.loc[best, "spread"])
         call = "tie" if abs(echo["mean"] - base.loc[best, "mean"]) <= spread else ("echo" if margin > 0 else "LOSS")
+        if margin < 0:
+            below.append(f"{summary['cost_source'].iloc[0]} {workload} C={concurrency}: {100 * margin:+.1f} % vs "
+                         f"{best} ({call}, spread {spread:.0f} tok/s)")
         lines.append(
             f"| {workload} | {concurrency} | {echo['mean']:.0f} ±{echo['spread']:.0f} | {best} "
             f"{base.loc[best, 'mean']:.0f} ±{base.loc[best, 'spread']:.0f} | {100 * margin:+.1f} % | {call} | "
@@ -53,17 +57,21 @@ def main() -> int:
            "and date in COMMANDS.md). tokens/s = steady-state output tokens/s, mean over seeds ± (max − min); a "
            "margin within the larger spread is a tie. Best baseline: the highest mean among "
            f"{', '.join(BASELINES)}. Acceptance: {', '.join(sorted(every['acceptance_source'].unique()))} "
-           "(Qwen2.5-Coder 0.5B → 1.5B, k=4, S=6); cost: "
+           "(k=4, S=6); cost: "
            f"{', '.join(sorted(every['cost_source'].unique()))}; closed loop; engine knobs: the defaults "
            "(h200: max batch 256, prefill chunk 8192, prefill separate, verify graphs token-buckets, "
            "MoE routing uniform).", ""]
+    below: list[str] = []
     for name, summary in summaries.items():
         if "oracle" not in set(summary["policy"]):  # the ablation folders are tabled below
             continue
         seeds = sorted(summary["seed"].unique())
         requests = sorted(int(r) for r in summary["requests"].unique())
         out += [f"## {name} ({summary['cost_source'].iloc[0]}, {'/'.join(map(str, requests))} requests "
-                f"per point, seeds {', '.join(map(str, seeds))})", ""] + point_table(summary) + [""]
+                f"per point, seeds {', '.join(map(str, seeds))})", ""] + point_table(summary, below) + [""]
+    out += ["## Points where echo's mean is below the best baseline", ""]
+    out += [f"- {line}" for line in below] or ["- none"]
+    out += [""]
     parts = [RESULTS / name / "summary.csv" for name in ("ablation_low", "ablation_high")]
     if all(part.exists() for part in parts):
         table = pd.concat([pd.read_csv(part) for part in parts])
