@@ -241,12 +241,12 @@ def _tagged(frame: pd.DataFrame, hardware: str, model: str, record: dict) -> pd.
 
 
 BUDGET_COLUMNS = ["step", "batch_size", "budget", "selected", "padding", "verify_tokens", "eager", "draft_depth",
-                  "kv_tokens"]
+                  "draft_width", "kv_tokens"]
 
 
 def budget_table(settings: NotebookSettings) -> pd.DataFrame:
     """echo's steady-state steps at every load: batch size, chosen budget B, selected draft nodes,
-    bucket padding, verified tokens V, eager flag and draft depth (one row per kept step)."""
+    bucket padding, verified tokens V, eager flag and the drafted shape S′ × k′ (one row per kept step)."""
     loads = settings.grid.concurrency
 
     def compute() -> pd.DataFrame:
