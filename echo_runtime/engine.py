@@ -186,7 +186,7 @@ class LiveEngine:
         grown, levels = None, []
         pending = [q.draft_pending for q in running]
         if shape.depth > 0:
-            rule = getattr(self.policy, "drafter_expands", None)  # echo's expand gate
+            rule = self.policy.drafter_expands  # echo's expand gate, None for the others
             expand = self.signals.expand_rule(rule, running, shape) if rule is not None and shape.depth > 1 else None
             grown = grow_lattices(self.draft, self.draft_cache, slots, pending, shape.width, shape.depth,
                                   on_level=lambda level, tokens: levels.append(tokens), expand=expand)

@@ -220,11 +220,10 @@ class Simulation:
         chunks = self._plan_prefill()
         plan = self._plan_decode(chunks) if self._batch.size else None
         shape = self._step_shape(plan, chunks)
-        if plan is not None and plan.draft_levels is not None:  # a ragged draft replaces the uniform one
-            parts = self.cost.components(shape, draft_seconds=self.cost.ragged_draft_time(
-                shape.batch_size, plan.draft_levels, shape.kv_tokens))
-        else:
-            parts = self.cost.components(shape)
+        ragged = plan is not None and plan.draft_levels is not None  # a ragged draft replaces the uniform one
+        draft_seconds = (self.cost.ragged_draft_time(shape.batch_size, plan.draft_levels, shape.kv_tokens)
+                         if ragged else None)
+        parts = self.cost.components(shape, draft_seconds=draft_seconds)
         yield self.env.timeout(sum(parts.values()))
         if plan is not None:
             self.policy.observe(Outcome(plan.lattices, plan.selection, plan.accepted, plan.accepted_depth))

@@ -128,12 +128,15 @@ class Policy(Protocol):
     draft         the DraftShape to grow this step (read before drafting; may change every step)
     note          why sglang_flags() is empty or partial, when it is
     needs_future  True when it reads the target's future output (oracle): the runtime refuses it live
+    drafter_expands  the drafter's expand gate (echo): (lattices, frontier bool [n]) -> bool [n], the
+                  frontier nodes to forward; None: the drafter forwards every frontier node
     """
 
     name: str
     draft: DraftShape
     note: str
     needs_future: bool
+    drafter_expands: Callable[[LatticeBatch, np.ndarray], np.ndarray] | None
 
     @property
     def label(self) -> str: ...

@@ -96,8 +96,9 @@ class EchoPolicy(KnobbedPolicy):
     note: ClassVar[str] = (
         "SGLang's ECHO (PR #33295) exposes only --speculative-echo-threshold, here on the calibrated "
         "scale ĉ (the probability a node is on-path), not on raw draft scores, and as the expand gate's "
-        "ceiling (it prunes below min(τ, the budget's cut)); the elastic shape, the expand gate's cut, calibration and its decay, the goodput budget with its prefill term, bucketing "
-        "and probing are this toolkit's reading and have no flags (num-steps/topk give the largest shape)"
+        "ceiling (it prunes below min(τ, the budget's cut)); the elastic shape, the expand gate's cut, "
+        "calibration and its decay, the goodput budget with its prefill term, bucketing and probing are "
+        "this toolkit's reading and have no flags (num-steps/topk give the largest shape)"
     )
     tau: float = 0.2
     gate: Literal["expand", "select", "off"] = "expand"
@@ -189,9 +190,10 @@ class EchoPolicy(KnobbedPolicy):
     def drafter_expands(self, lattices: LatticeBatch, frontier: np.ndarray,
                         confidence: np.ndarray | None = None) -> np.ndarray:
         """bool [n]: the `frontier` nodes the drafter expands this step: gate=expand keeps those
-        with ĉ >= min(τ, ĉ_cut) (docstring step 2), probe steps and the other gates all of them. The one expand rule: _gate
-        applies it to the simulator's beam frontier, the runtime's drafter to each level it grows
-        (before select: ĉ changes only in observe, so both see the same curve)."""
+        with ĉ >= min(τ, ĉ_cut) (docstring step 2), probe steps and the other gates all of them.
+        The one expand rule: _gate applies it to the simulator's beam frontier, the runtime's
+        drafter to each level it grows (before select: ĉ changes only in observe, so both see the
+        same curve)."""
         if self.gate != "expand" or self.probing:
             return frontier
         confidence = self._confidence(lattices) if confidence is None else confidence

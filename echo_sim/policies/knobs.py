@@ -109,6 +109,7 @@ class KnobbedPolicy:
     name: typing.ClassVar[str]
     note: typing.ClassVar[str] = ""  # why sglang_flags() is empty or partial, when it is
     needs_future: typing.ClassVar[bool] = False  # reads the target's future output: simulator / trace replay only
+    drafter_expands: typing.ClassVar[None] = None  # no expand gate: the drafter forwards every frontier node
 
     @property
     def label(self) -> str:

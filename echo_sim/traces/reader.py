@@ -181,16 +181,16 @@ def _walk_few(lattices, index, selected, accepted, accepted_depth, on_path_depth
     parents = lattices.parent[index].tolist()
     depths = lattices.depth[index].tolist()
     chosen = selected[index].tolist()
-    accepted_nodes_ = set()
+    accepted_set = set()
     row = 0
     for node, parent, depth, pick in zip(nodes, parents, depths, chosen):
         while offsets[row + 1] <= node:
             row += 1
         on_path_depth[row] = max(on_path_depth[row], depth)
-        if pick and (parent == ROOT_PARENT or parent + offsets[row] in accepted_nodes_):
-            accepted_nodes_.add(node)
+        if pick and (parent == ROOT_PARENT or parent + offsets[row] in accepted_set):
+            accepted_set.add(node)
             accepted_depth[row] = max(accepted_depth[row], depth)
-    accepted[list(accepted_nodes_)] = True
+    accepted[list(accepted_set)] = True
 
 
 def _walk_levels(lattices, index, rows, depth, selected) -> np.ndarray:
