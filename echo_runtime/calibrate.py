@@ -7,7 +7,9 @@ Measured with the engine's own code paths (so the simulator's clock prices what 
   draft    `grow_lattices` for bs requests (one pending token each) to depth S with width k: the
            engine's draft phase (level 1 over bs tokens, levels 2…S over bs·k);
   curve    bs = 1 verifies of every v in --curve-tokens (the fit interpolates between measured
-           token counts: on one CPU thread a forward of 3 tokens costs more than one of 4);
+           token counts: on one CPU thread a forward of 13 tokens can cost twice one of 16), each
+           paired with one draft level over v pending tokens (a draft extend: the draft model's
+           token-count curve is as uneven) where v <= max batch size × width;
   prefill  bs = 1 chains of P tokens on an empty prefix, target (LM head on the last token, as the
            engine's prefill) and draft;
   overhead a short live run: per decode step, the host time outside the forwards (policy select,
@@ -57,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pair_arguments(parser)
     grid = parser.add_argument_group("grid")
     grid.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8], help="requests per timed forward")
-    grid.add_argument("--tokens-per-request", type=_ints, default=[1, 4, 16],
+    grid.add_argument("--tokens-per-request", type=_ints, default=[1, 2, 3, 4, 5, 8, 16],
                       help="v: verified tokens per request (root included)")
     grid.add_argument("--kv-lens", type=_ints, default=[128, 384], help="KV tokens per request")
     grid.add_argument("--draft-depths", type=_ints, default=[2, 4, 6], help="draft levels S timed")
@@ -86,10 +88,12 @@ class Shape:
     tokens: int  # verify: v per request; draft: depth S
     kv: int
     width: int = 1
+    pending: int = 1  # draft: level-1 tokens per request
 
     @property
     def key(self) -> str:
-        return f"{self.kind}:{self.batch_size}:{self.tokens}:{self.kv}:{self.width}"
+        key = f"{self.kind}:{self.batch_size}:{self.tokens}:{self.kv}:{self.width}"
+        return key if self.pending == 1 else f"{key}:p{self.pending}"
 
 
 def grid_shapes(args) -> tuple[list[tuple[Shape, Shape | None]], list[Shape]]:
@@ -102,8 +106,12 @@ def grid_shapes(args) -> tuple[list[tuple[Shape, Shape | None]], list[Shape]]:
             depth = args.draft_depths[i % len(args.draft_depths)]
             pairs.append((Shape("verify", bs, v, kv), Shape("draft", bs, depth, kv, args.draft_width)))
     in_grid = {verify for verify, _ in pairs}
-    curve = [Shape("verify", 1, v, args.kv_lens[0]) for v in args.curve_tokens]
-    pairs += [(shape, None) for shape in curve if shape not in in_grid]
+    largest_level = max(args.batch_sizes) * args.draft_width
+    for v in args.curve_tokens:
+        shape = Shape("verify", 1, v, args.kv_lens[0])
+        if shape not in in_grid:
+            level = Shape("draft", 1, 1, args.kv_lens[0], args.draft_width, pending=v) if v <= largest_level else None
+            pairs.append((shape, level))
     pairs += [(Shape("prefill", 1, p, 0), Shape("draft-prefill", 1, p, 0)) for p in args.prefill_tokens]
     shapes = list(dict.fromkeys(s for pair in pairs for s in pair if s is not None))
     return pairs, shapes
@@ -155,7 +163,7 @@ def time_draft(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generato
     cached = max(shape.kv - 1, 0)
     cache.lengths[: shape.batch_size] = cached
     slots = np.arange(shape.batch_size)
-    pending = [rng.integers(0, pair.draft.config.vocab_size, size=1) for _ in slots]
+    pending = [rng.integers(0, pair.draft.config.vocab_size, size=shape.pending) for _ in slots]
     watch = clock.stopwatch()
     watch.mark("start")
     grow_lattices(pair.draft, cache, slots, pending, shape.width, shape.tokens)
@@ -204,7 +212,8 @@ def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> 
         slots = max(s.batch_size for s in group)
         verify_room = max([s.tokens for s in group if s.kind in ("verify", "prefill")] or [1])
         draft_room = max([args.draft_width * (max(args.draft_depths) + 1) + 2]
-                         + [s.tokens for s in group if s.kind == "draft-prefill"])
+                         + [s.tokens for s in group if s.kind == "draft-prefill"]
+                         + [s.pending + args.draft_width + 2 for s in group if s.kind == "draft"])
         target_groups[kv], draft_groups[kv] = (slots, kv + verify_room), (slots, kv + draft_room)
     target_caches = shared_caches(pair.target.config, target_groups, _dtype(pair.target), pair.device)
     draft_caches = shared_caches(pair.draft.config, draft_groups, _dtype(pair.draft), pair.device)
@@ -258,6 +267,8 @@ def points_from(pairs, log: MeasurementLog, repeats: int) -> list[dict]:
             "draft_depth": lattice.tokens if lattice else 0, "draft_width": lattice.width if lattice else 1,
             "verify_s": median(verify), "draft_s": median(lattice) if lattice else None,
         }
+        if lattice and lattice.pending > 1:
+            point["draft_first_tokens"] = lattice.batch_size * lattice.pending
         if verify.kind == "prefill":
             point.update(prefill=True, draft_prefill_s=median(draft))
         points.append(point)

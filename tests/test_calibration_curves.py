@@ -84,6 +84,21 @@ def test_curve_fit_gives_back_the_draft_per_level_times():
     assert draft.prefill(96, 0) == pytest.approx(1.0)  # halfway between the measured 64 and 128
 
 
+def test_draft_extend_points_measure_the_level_curve_between_the_grid_sizes():
+    # level-1 forwards over 3, 5 and 6 pending tokens of one request (what `calibrate` pairs with its
+    # bs = 1 curve points): their knots join the curve, and a level of 6 tokens is priced as measured
+    # instead of interpolated between the grid's 4 and 8
+    uneven = {3: 0.40, 5: 0.31, 6: 0.45}
+    extend = [CalibrationPoint(1, 20 + n, 64, (20 + n) * 84, 1, 4, True, 1.0, uneven[n] + 64 * DRAFT_PER_LEVEL_KV,
+                               draft_first_tokens=n) for n in uneven]
+    draft = fit_calibration(synthetic_points() + extend, form="curve").draft
+    assert draft.level_curve.knots == tuple(sorted(set(DRAFT_LEVEL_BY_TOKENS) | set(uneven)))
+    truth = {**DRAFT_LEVEL_BY_TOKENS, **uneven}
+    np.testing.assert_allclose(draft.level_curve.seconds, [truth[k] for k in draft.level_curve.knots], rtol=1e-6)
+    # a draft extend over 6 accepted tokens (2 requests x 3), then 2 levels of 2 x 4 frontier nodes
+    assert draft.time(2, 3, 4, 0, first_tokens=6) == pytest.approx(uneven[6] + 2 * DRAFT_LEVEL_BY_TOKENS[8], rel=1e-6)
+
+
 def test_prefill_leaves_the_draft_out_for_a_policy_that_never_drafts(tmp_path):
     path = tmp_path / "cal.json"
     write_calibration(path, points=synthetic_points(), hardware="cpu-test", model="m", draft_model="d", dtype="fp32",

@@ -16,7 +16,8 @@ version 1; every number finite, none negative; docs/COST_MODEL_DEFAULTS.md has a
     overhead                         {"step_s": s, "per_request_s": s}  host time outside forwards
     points                           [{batch_size, verify_tokens, kv_tokens, attention_pairs,
                                        draft_depth, draft_width, eager, verify_s, draft_s|null,
-                                       draft_prefill_s and prefill (optional), verify_fit_s,
+                                       draft_prefill_s, prefill and draft_first_tokens
+                                       (the draft's level-1 tokens; optional), verify_fit_s,
                                        verify_rel_err, draft_fit_s, draft_rel_err}]
     fit                              {"verify": {...}, "draft": {...}|null, "fixed_zero": [...],
                                       "verify_rms_rel_err", "verify_max_abs_rel_err",
@@ -123,12 +124,14 @@ def _point(reader: _Reader, raw: Mapping, i: int) -> CalibrationPoint:
     prefill = raw.get("prefill", False)
     if not isinstance(prefill, bool):
         raise reader.fail(f"{at}.prefill", f"= {prefill!r}: must be true or false")
+    first = (reader.integer(raw, "draft_first_tokens", f"{at}.draft_first_tokens", minimum=1)
+             if raw.get("draft_first_tokens") is not None else None)
     return CalibrationPoint(
         batch_size=bs, verify_tokens=v, kv_tokens=reader.integer(raw, "kv_tokens", f"{at}.kv_tokens"),
         attention_pairs=reader.integer(raw, "attention_pairs", f"{at}.attention_pairs"),
         draft_depth=depth, draft_width=reader.integer(raw, "draft_width", f"{at}.draft_width", minimum=1),
         eager=eager, verify_s=reader.number(raw, "verify_s", f"{at}.verify_s", positive=True),
-        draft_s=draft_s, draft_prefill_s=draft_prefill_s, prefill=prefill)
+        draft_s=draft_s, draft_prefill_s=draft_prefill_s, prefill=prefill, draft_first_tokens=first)
 
 
 def _curve(reader: _Reader, section: Mapping, key: str, field: str) -> PiecewiseLinear | None:
@@ -241,8 +244,9 @@ def _points_with_errors(points: list[CalibrationPoint], fit: CalibrationFit) -> 
     for point in points:
         verify_fit, draft_fit = fit.predict(point)
         row = {f.name: getattr(point, f.name) for f in fields(CalibrationPoint)}
-        if row["draft_prefill_s"] is None:
-            del row["draft_prefill_s"]
+        for optional in ("draft_prefill_s", "draft_first_tokens"):
+            if row[optional] is None:
+                del row[optional]
         if not row["prefill"]:
             del row["prefill"]
         row.update(verify_fit_s=verify_fit, verify_rel_err=_rel(verify_fit, point.verify_s))

@@ -9,7 +9,8 @@ Two forms (all coefficients >= 0, seconds). "linear":
 (no knee unless it pays for its extra parameter). "curve" (what `echo-run calibrate` writes):
 
     T_verify = g(V) + b·bs + d·ΣKV + p·pairs + e·eager
-    T_draft  = h(bs) + (S − 1)·h(bs·k) + h_kv·S·ΣKV          (level 1 runs bs tokens, the rest bs·k)
+    T_draft  = h(n₁) + (S − 1)·h(bs·k) + h_kv·S·ΣKV   (level 1 runs n₁ tokens: bs, or the requests'
+                                                      pending tokens; the rest bs·k)
     prefill of P tokens = t(P) (target), q(P) (draft)
 
 where g, h are piecewise linear through one fitted value per measured token count
@@ -41,6 +42,8 @@ FORMS = ("linear", "curve")
 @dataclass(frozen=True)
 class CalibrationPoint:
     """One measured grid point. draft_s None: the draft was not timed at this point.
+    draft_first_tokens: tokens of the draft's first level (None: batch_size, one pending token per
+    request; a draft extend over accepted tokens runs more).
     prefill: verify_s is the target's prefill of a chunk of verify_tokens (bs 1, LM head on the
     last token only, as an engine prefills); draft_prefill_s: the draft's forward over that chunk."""
 
@@ -55,6 +58,11 @@ class CalibrationPoint:
     draft_s: float | None = None
     draft_prefill_s: float | None = None
     prefill: bool = False
+    draft_first_tokens: int | None = None
+
+    @property
+    def first_level_tokens(self) -> int:
+        return self.draft_first_tokens or self.batch_size
 
     @classmethod
     def from_mapping(cls, raw: Mapping) -> "CalibrationPoint":
@@ -66,7 +74,7 @@ class CalibrationPoint:
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
-OPTIONAL_POINT_FIELDS = ("draft_s", "draft_prefill_s", "prefill")
+OPTIONAL_POINT_FIELDS = ("draft_s", "draft_prefill_s", "prefill", "draft_first_tokens")
 
 
 def with_default_pairs(raw: Mapping) -> Mapping:
@@ -159,7 +167,7 @@ class CalibrationFit:
         draft = None
         if self.draft is not None:
             draft = self.draft.time(point.batch_size, point.draft_depth, point.draft_width,
-                                    point.kv_tokens)
+                                    point.kv_tokens, first_tokens=point.first_level_tokens)
         return verify, draft
 
     def to_dict(self) -> dict:
@@ -274,7 +282,8 @@ def fit_draft(points: list[CalibrationPoint]) -> tuple[DraftFit | None, tuple[st
     if not rows:
         return None, ()
     depth = np.array([p.draft_depth for p in rows], dtype=float)
-    tokens = np.array([p.batch_size * (1 + (p.draft_depth - 1) * p.draft_width) for p in rows], dtype=float)
+    tokens = np.array([p.first_level_tokens + p.batch_size * (p.draft_depth - 1) * p.draft_width for p in rows],
+                      dtype=float)
     kv = np.array([p.kv_tokens for p in rows], dtype=float)
     y = np.array([p.draft_s for p in rows], dtype=float)
     coef, _, fixed = _nonnegative_lstsq(np.column_stack([depth, tokens, depth * kv]), y, DRAFT_COLUMNS)
@@ -290,7 +299,7 @@ def fit_draft_curve(points: list[CalibrationPoint]) -> tuple[DraftFit | None, tu
                      if len({p.verify_tokens for p in prefills}) >= 2 else None)
     if not rows:
         return (DraftFit(prefill_curve=prefill_curve) if prefill_curve else None), ()
-    first = [p.batch_size for p in rows]
+    first = [p.first_level_tokens for p in rows]
     rest = [p.batch_size * p.draft_width for p in rows]
     knots = sorted(set(first) | {n for n, p in zip(rest, rows) if p.draft_depth > 1})
     later_levels = np.array([p.draft_depth - 1 for p in rows], dtype=float)[:, None]
