@@ -8,8 +8,9 @@ Measured with the engine's own code paths (so the simulator's clock prices what 
            engine's draft phase (level 1 over bs tokens, levels 2…S over bs·k);
   curve    bs = 1 verifies of every v in --curve-tokens (the fit interpolates between measured
            token counts: on one CPU thread a forward of 13 tokens can cost twice one of 16), each
-           paired with one draft level over v pending tokens (a draft extend: the draft model's
-           token-count curve is as uneven) where v <= max batch size × width;
+           paired with one draft level over v pending tokens spread over min(v, max batch size)
+           requests, where v <= max batch size × width (a draft extend, as level 1 runs after a
+           verification: the draft model's token-count curve is as uneven);
   prefill  bs = 1 chains of P tokens on an empty prefix, target (LM head on the last token, as the
            engine's prefill) and draft;
   overhead a short live run: per decode step, the host time outside the forwards (policy select,
@@ -88,12 +89,16 @@ class Shape:
     tokens: int  # verify: v per request; draft: depth S
     kv: int
     width: int = 1
-    pending: int = 1  # draft: level-1 tokens per request
+    extend: int = 0  # draft: level-1 tokens, spread evenly over the requests (0: one per request)
 
     @property
     def key(self) -> str:
         key = f"{self.kind}:{self.batch_size}:{self.tokens}:{self.kv}:{self.width}"
-        return key if self.pending == 1 else f"{key}:p{self.pending}"
+        return f"{key}:e{self.extend}" if self.extend else key
+
+    def pending_counts(self) -> list[int]:
+        total = self.extend or self.batch_size
+        return [total // self.batch_size + (r < total % self.batch_size) for r in range(self.batch_size)]
 
 
 def grid_shapes(args) -> tuple[list[tuple[Shape, Shape | None]], list[Shape]]:
@@ -110,7 +115,8 @@ def grid_shapes(args) -> tuple[list[tuple[Shape, Shape | None]], list[Shape]]:
     for v in args.curve_tokens:
         shape = Shape("verify", 1, v, args.kv_lens[0])
         if shape not in in_grid:
-            level = Shape("draft", 1, 1, args.kv_lens[0], args.draft_width, pending=v) if v <= largest_level else None
+            rows = min(v, max(args.batch_sizes))
+            level = Shape("draft", rows, 1, args.kv_lens[0], args.draft_width, extend=v) if v <= largest_level else None
             pairs.append((shape, level))
     pairs += [(Shape("prefill", 1, p, 0), Shape("draft-prefill", 1, p, 0)) for p in args.prefill_tokens]
     shapes = list(dict.fromkeys(s for pair in pairs for s in pair if s is not None))
@@ -163,7 +169,7 @@ def time_draft(pair: Pair, cache: KVCache, shape: Shape, rng: np.random.Generato
     cached = max(shape.kv - 1, 0)
     cache.lengths[: shape.batch_size] = cached
     slots = np.arange(shape.batch_size)
-    pending = [rng.integers(0, pair.draft.config.vocab_size, size=shape.pending) for _ in slots]
+    pending = [rng.integers(0, pair.draft.config.vocab_size, size=n) for n in shape.pending_counts()]
     watch = clock.stopwatch()
     watch.mark("start")
     grow_lattices(pair.draft, cache, slots, pending, shape.width, shape.tokens)
@@ -213,7 +219,7 @@ def measure_grid(pair: Pair, args, shapes: list[Shape], log: MeasurementLog) -> 
         verify_room = max([s.tokens for s in group if s.kind in ("verify", "prefill")] or [1])
         draft_room = max([args.draft_width * (max(args.draft_depths) + 1) + 2]
                          + [s.tokens for s in group if s.kind == "draft-prefill"]
-                         + [s.pending + args.draft_width + 2 for s in group if s.kind == "draft"])
+                         + [max(s.pending_counts()) + args.draft_width + 2 for s in group if s.kind == "draft"])
         target_groups[kv], draft_groups[kv] = (slots, kv + verify_room), (slots, kv + draft_room)
     target_caches = shared_caches(pair.target.config, target_groups, _dtype(pair.target), pair.device)
     draft_caches = shared_caches(pair.draft.config, draft_groups, _dtype(pair.draft), pair.device)
@@ -267,8 +273,8 @@ def points_from(pairs, log: MeasurementLog, repeats: int) -> list[dict]:
             "draft_depth": lattice.tokens if lattice else 0, "draft_width": lattice.width if lattice else 1,
             "verify_s": median(verify), "draft_s": median(lattice) if lattice else None,
         }
-        if lattice and lattice.pending > 1:
-            point["draft_first_tokens"] = lattice.batch_size * lattice.pending
+        if lattice and lattice.extend:
+            point.update(draft_first_tokens=lattice.extend, draft_batch_size=lattice.batch_size)
         if verify.kind == "prefill":
             point.update(prefill=True, draft_prefill_s=median(draft))
         points.append(point)

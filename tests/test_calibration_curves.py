@@ -85,18 +85,28 @@ def test_curve_fit_gives_back_the_draft_per_level_times():
 
 
 def test_draft_extend_points_measure_the_level_curve_between_the_grid_sizes():
-    # level-1 forwards over 3, 5 and 6 pending tokens of one request (what `calibrate` pairs with its
-    # bs = 1 curve points): their knots join the curve, and a level of 6 tokens is priced as measured
-    # instead of interpolated between the grid's 4 and 8
+    # level-1 forwards over 3, 5, 6 and 16 pending tokens of 2 requests (what `calibrate` pairs with
+    # its bs = 1 curve points), every level timed with a known cost per request row: the new knots join
+    # the curve, the row cost is recovered (16 tokens also ran as the 4 rows of the grid's bs = 4
+    # lattice levels), and a level of 6 tokens is priced as measured, not interpolated from 4 and 8
     uneven = {3: 0.40, 5: 0.31, 6: 0.45}
-    extend = [CalibrationPoint(1, 20 + n, 64, (20 + n) * 84, 1, 4, True, 1.0, uneven[n] + 64 * DRAFT_PER_LEVEL_KV,
-                               draft_first_tokens=n) for n in uneven]
-    draft = fit_calibration(synthetic_points() + extend, form="curve").draft
-    assert draft.level_curve.knots == tuple(sorted(set(DRAFT_LEVEL_BY_TOKENS) | set(uneven)))
+    per_row = 0.004
+    rows = {3: 2, 5: 2, 6: 2, 16: 2}
     truth = {**DRAFT_LEVEL_BY_TOKENS, **uneven}
+    kv = 64  # per request
+    extend = [CalibrationPoint(1, 20 + n, kv, (20 + n) * 84, 1, 4, True, 1.0,
+                               truth[n] + rows[n] * (kv * DRAFT_PER_LEVEL_KV + per_row),
+                               draft_first_tokens=n, draft_batch_size=rows[n]) for n in rows]
+    grid = [p if p.draft_s is None else
+            CalibrationPoint(**{**p.__dict__, "draft_s": p.draft_s + p.draft_depth * p.batch_size * per_row})
+            for p in synthetic_points()]
+    draft = fit_calibration(grid + extend, form="curve").draft
+    assert draft.level_curve.knots == tuple(sorted(set(DRAFT_LEVEL_BY_TOKENS) | set(uneven)))
     np.testing.assert_allclose(draft.level_curve.seconds, [truth[k] for k in draft.level_curve.knots], rtol=1e-6)
+    assert draft.per_level_request_s == pytest.approx(per_row, rel=1e-6)
     # a draft extend over 6 accepted tokens (2 requests x 3), then 2 levels of 2 x 4 frontier nodes
-    assert draft.time(2, 3, 4, 0, first_tokens=6) == pytest.approx(uneven[6] + 2 * DRAFT_LEVEL_BY_TOKENS[8], rel=1e-6)
+    expected = uneven[6] + 2 * DRAFT_LEVEL_BY_TOKENS[8] + 3 * 2 * per_row
+    assert draft.time(2, 3, 4, 0, first_tokens=6) == pytest.approx(expected, rel=1e-6)
 
 
 def test_prefill_leaves_the_draft_out_for_a_policy_that_never_drafts(tmp_path):

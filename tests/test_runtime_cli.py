@@ -58,9 +58,10 @@ def calibration(pair_dir):
 def test_calibration_file_is_complete_and_loads(calibration):
     data = json.loads(calibration.read_text())
     assert len(data["points"]) == 2 * 2 * 2 + 2 + 2  # bs × kv × v, + curve v = 2, 3 (1 is in the grid), + 2 prefills
-    # the curve points also time one draft level over v pending tokens (a draft extend)
-    assert [(p["verify_tokens"], p["draft_depth"], p.get("draft_first_tokens")) for p in data["points"]
-            if p["batch_size"] == 1 and p["kv_tokens"] == 16 and p["verify_tokens"] in (2, 3)] == [(2, 1, 2), (3, 1, 3)]
+    # the curve points also time one draft level over v pending tokens of min(v, 2) requests (a draft extend)
+    assert [(p["verify_tokens"], p["draft_depth"], p.get("draft_first_tokens"), p.get("draft_batch_size"))
+            for p in data["points"] if p["batch_size"] == 1 and p["kv_tokens"] == 16 and p["verify_tokens"] in (2, 3)
+            ] == [(2, 1, 2, 2), (3, 1, 3, 2)]
     assert set(data["fit"]["draft"]["level_curve"]["knots"]) == {1, 2, 3, 4, 8}  # bs, bs·k and the extends
     assert data["fit"]["verify"]["token_curve"]["knots"] == [1, 2, 3, 4, 8]  # prefills have their own curve
     assert data["fit"]["verify"]["prefill_curve"]["knots"] == [8, 12]

@@ -16,8 +16,9 @@ version 1; every number finite, none negative; docs/COST_MODEL_DEFAULTS.md has a
     overhead                         {"step_s": s, "per_request_s": s}  host time outside forwards
     points                           [{batch_size, verify_tokens, kv_tokens, attention_pairs,
                                        draft_depth, draft_width, eager, verify_s, draft_s|null,
-                                       draft_prefill_s, prefill and draft_first_tokens
-                                       (the draft's level-1 tokens; optional), verify_fit_s,
+                                       draft_prefill_s, prefill, draft_first_tokens and
+                                       draft_batch_size (the draft's level-1 tokens and
+                                       requests, when not batch_size; optional), verify_fit_s,
                                        verify_rel_err, draft_fit_s, draft_rel_err}]
     fit                              {"verify": {...}, "draft": {...}|null, "fixed_zero": [...],
                                       "verify_rms_rel_err", "verify_max_abs_rel_err",
@@ -124,14 +125,15 @@ def _point(reader: _Reader, raw: Mapping, i: int) -> CalibrationPoint:
     prefill = raw.get("prefill", False)
     if not isinstance(prefill, bool):
         raise reader.fail(f"{at}.prefill", f"= {prefill!r}: must be true or false")
-    first = (reader.integer(raw, "draft_first_tokens", f"{at}.draft_first_tokens", minimum=1)
-             if raw.get("draft_first_tokens") is not None else None)
+    first, rows = ((reader.integer(raw, name, f"{at}.{name}", minimum=1) if raw.get(name) is not None else None)
+                   for name in ("draft_first_tokens", "draft_batch_size"))
     return CalibrationPoint(
         batch_size=bs, verify_tokens=v, kv_tokens=reader.integer(raw, "kv_tokens", f"{at}.kv_tokens"),
         attention_pairs=reader.integer(raw, "attention_pairs", f"{at}.attention_pairs"),
         draft_depth=depth, draft_width=reader.integer(raw, "draft_width", f"{at}.draft_width", minimum=1),
         eager=eager, verify_s=reader.number(raw, "verify_s", f"{at}.verify_s", positive=True),
-        draft_s=draft_s, draft_prefill_s=draft_prefill_s, prefill=prefill, draft_first_tokens=first)
+        draft_s=draft_s, draft_prefill_s=draft_prefill_s, prefill=prefill, draft_first_tokens=first,
+        draft_batch_size=rows)
 
 
 def _curve(reader: _Reader, section: Mapping, key: str, field: str) -> PiecewiseLinear | None:
@@ -148,6 +150,9 @@ def _curve(reader: _Reader, section: Mapping, key: str, field: str) -> Piecewise
         return PiecewiseLinear(tuple(knots), tuple(values))
     except ValueError as error:
         raise reader.fail(field, str(error)) from None
+
+
+DRAFT_TERMS_ADDED_LATER = ("per_level_request_s",)  # absent from older files: 0 (they were fitted without it)
 
 
 def _fit(reader: _Reader, raw: Mapping) -> CalibrationFit:
@@ -168,7 +173,8 @@ def _fit(reader: _Reader, raw: Mapping) -> CalibrationFit:
     if draft_raw is not None:
         draft = DraftFit(**{f.name: (_curve(reader, draft_raw, f.name, f"fit.draft.{f.name}")
                                      if f.name.endswith("_curve") else
-                                     reader.number(draft_raw, f.name, f"fit.draft.{f.name}"))
+                                     reader.number(draft_raw, f.name, f"fit.draft.{f.name}")
+                                     if f.name not in DRAFT_TERMS_ADDED_LATER or f.name in draft_raw else 0.0)
                             for f in fields(DraftFit)})
     fixed = raw.get("fixed_zero", [])
     if not isinstance(fixed, list) or not all(isinstance(name, str) for name in fixed):
@@ -244,7 +250,7 @@ def _points_with_errors(points: list[CalibrationPoint], fit: CalibrationFit) -> 
     for point in points:
         verify_fit, draft_fit = fit.predict(point)
         row = {f.name: getattr(point, f.name) for f in fields(CalibrationPoint)}
-        for optional in ("draft_prefill_s", "draft_first_tokens"):
+        for optional in ("draft_prefill_s", "draft_first_tokens", "draft_batch_size"):
             if row[optional] is None:
                 del row[optional]
         if not row["prefill"]:

@@ -9,8 +9,8 @@ Two forms (all coefficients >= 0, seconds). "linear":
 (no knee unless it pays for its extra parameter). "curve" (what `echo-run calibrate` writes):
 
     T_verify = g(V) + b·bs + d·ΣKV + p·pairs + e·eager
-    T_draft  = h(n₁) + (S − 1)·h(bs·k) + h_kv·S·ΣKV   (level 1 runs n₁ tokens: bs, or the requests'
-                                                      pending tokens; the rest bs·k)
+    T_draft  = h(n₁) + (S − 1)·h(bs·k) + h_r·S·bs + h_kv·S·ΣKV   (level 1 runs n₁ tokens: bs, or
+               the requests' pending tokens; the rest bs·k; every level has one row per request)
     prefill of P tokens = t(P) (target), q(P) (draft)
 
 where g, h are piecewise linear through one fitted value per measured token count
@@ -42,8 +42,9 @@ FORMS = ("linear", "curve")
 @dataclass(frozen=True)
 class CalibrationPoint:
     """One measured grid point. draft_s None: the draft was not timed at this point.
-    draft_first_tokens: tokens of the draft's first level (None: batch_size, one pending token per
-    request; a draft extend over accepted tokens runs more).
+    draft_first_tokens: tokens of the draft's first level (None: one pending token per request; a
+    draft extend over accepted tokens runs more); draft_batch_size: requests of the timed draft
+    (None: batch_size; a curve point's draft extend spreads its tokens over several requests).
     prefill: verify_s is the target's prefill of a chunk of verify_tokens (bs 1, LM head on the
     last token only, as an engine prefills); draft_prefill_s: the draft's forward over that chunk."""
 
@@ -59,10 +60,20 @@ class CalibrationPoint:
     draft_prefill_s: float | None = None
     prefill: bool = False
     draft_first_tokens: int | None = None
+    draft_batch_size: int | None = None
+
+    @property
+    def draft_requests(self) -> int:
+        return self.draft_batch_size or self.batch_size
+
+    @property
+    def draft_kv_tokens(self) -> float:
+        """ΣKV of the draft's requests (the grid gives every request of a point the same prefix)."""
+        return self.kv_tokens * self.draft_requests / self.batch_size
 
     @property
     def first_level_tokens(self) -> int:
-        return self.draft_first_tokens or self.batch_size
+        return self.draft_first_tokens or self.draft_requests
 
     @classmethod
     def from_mapping(cls, raw: Mapping) -> "CalibrationPoint":
@@ -74,7 +85,7 @@ class CalibrationPoint:
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
-OPTIONAL_POINT_FIELDS = ("draft_s", "draft_prefill_s", "prefill", "draft_first_tokens")
+OPTIONAL_POINT_FIELDS = ("draft_s", "draft_prefill_s", "prefill", "draft_first_tokens", "draft_batch_size")
 
 
 def with_default_pairs(raw: Mapping) -> Mapping:
@@ -127,6 +138,7 @@ class DraftFit:
     per_level_s: float = 0.0
     per_token_s: float = 0.0
     per_level_kv_token_s: float = 0.0
+    per_level_request_s: float = 0.0  # "curve" form: a level's rows (one per request) beyond its tokens
     level_curve: PiecewiseLinear | None = None  # "curve" form: seconds of one level by its tokens
     prefill_curve: PiecewiseLinear | None = None  # measured draft prefills by chunk tokens
 
@@ -136,7 +148,7 @@ class DraftFit:
         if depth == 0:
             return 0.0
         first_tokens = first_tokens or batch_size
-        kv = depth * kv_tokens * self.per_level_kv_token_s
+        kv = depth * (kv_tokens * self.per_level_kv_token_s + batch_size * self.per_level_request_s)
         if self.level_curve is not None:
             first, rest = self.level_curve([first_tokens, batch_size * width])
             return float(first + (depth - 1) * rest + kv)
@@ -166,8 +178,8 @@ class CalibrationFit:
         verify += self.verify.eager_s * point.eager
         draft = None
         if self.draft is not None:
-            draft = self.draft.time(point.batch_size, point.draft_depth, point.draft_width,
-                                    point.kv_tokens, first_tokens=point.first_level_tokens)
+            draft = self.draft.time(point.draft_requests, point.draft_depth, point.draft_width,
+                                    point.draft_kv_tokens, first_tokens=point.first_level_tokens)
         return verify, draft
 
     def to_dict(self) -> dict:
@@ -282,17 +294,19 @@ def fit_draft(points: list[CalibrationPoint]) -> tuple[DraftFit | None, tuple[st
     if not rows:
         return None, ()
     depth = np.array([p.draft_depth for p in rows], dtype=float)
-    tokens = np.array([p.first_level_tokens + p.batch_size * (p.draft_depth - 1) * p.draft_width for p in rows],
+    tokens = np.array([p.first_level_tokens + p.draft_requests * (p.draft_depth - 1) * p.draft_width for p in rows],
                       dtype=float)
-    kv = np.array([p.kv_tokens for p in rows], dtype=float)
+    kv = np.array([p.draft_kv_tokens for p in rows], dtype=float)
     y = np.array([p.draft_s for p in rows], dtype=float)
     coef, _, fixed = _nonnegative_lstsq(np.column_stack([depth, tokens, depth * kv]), y, DRAFT_COLUMNS)
     return DraftFit(*(float(c) for c in coef)), tuple(f"draft.{name}" for name in fixed)
 
 
 def fit_draft_curve(points: list[CalibrationPoint]) -> tuple[DraftFit | None, tuple[str, ...]]:
-    """h(level tokens) at every measured level size plus the per-level KV term; q through the
-    measured draft prefills (when at least two chunk sizes were timed)."""
+    """h(level tokens) at every measured level size plus the per-level KV and request-row terms
+    (the latter identified where one level size was timed both as many one-token rows and as one
+    request's pending tokens); q through the measured draft prefills (when at least two chunk sizes
+    were timed)."""
     rows = _draft_rows(points)
     prefills = [p for p in points if p.draft_prefill_s is not None]
     prefill_curve = (mean_curve([p.verify_tokens for p in prefills], [p.draft_prefill_s for p in prefills])
@@ -300,15 +314,17 @@ def fit_draft_curve(points: list[CalibrationPoint]) -> tuple[DraftFit | None, tu
     if not rows:
         return (DraftFit(prefill_curve=prefill_curve) if prefill_curve else None), ()
     first = [p.first_level_tokens for p in rows]
-    rest = [p.batch_size * p.draft_width for p in rows]
+    rest = [p.draft_requests * p.draft_width for p in rows]
     knots = sorted(set(first) | {n for n, p in zip(rest, rows) if p.draft_depth > 1})
     later_levels = np.array([p.draft_depth - 1 for p in rows], dtype=float)[:, None]
     x = np.column_stack([hat_basis(first, knots) + later_levels * hat_basis(rest, knots),
-                         [p.draft_depth * p.kv_tokens for p in rows]])
-    names = tuple(f"level_curve[{k}]" for k in knots) + ("per_level_kv_token_s",)
+                         [p.draft_depth * p.draft_kv_tokens for p in rows],
+                         [p.draft_depth * p.draft_requests for p in rows]])
+    names = tuple(f"level_curve[{k}]" for k in knots) + ("per_level_kv_token_s", "per_level_request_s")
     coef, _, fixed = _nonnegative_lstsq(x, np.array([p.draft_s for p in rows], dtype=float), names)
     curve = PiecewiseLinear(tuple(knots), tuple(float(c) for c in coef[: len(knots)]))
-    fit = DraftFit(per_level_kv_token_s=float(coef[-1]), level_curve=curve, prefill_curve=prefill_curve)
+    fit = DraftFit(per_level_kv_token_s=float(coef[-2]), per_level_request_s=float(coef[-1]), level_curve=curve,
+                   prefill_curve=prefill_curve)
     return fit, tuple(f"draft.{name}" for name in fixed)
 
 
