@@ -10,7 +10,8 @@
    calibration for the policies' cost model.
 3. Row: simulated vs measured output tokens/s, mean accepted tokens (MAT) and TPOT p50, error =
    (simulated − measured) ÷ measured in %, and whether every live output equals the trace's
-   greedy tokens. Rows are written to OUT/rows/ as they finish (an interrupted run resumes), the
+   greedy tokens; the machine's speed before and after the live run against its calibration
+   (echo_runtime.drift: a few grid points re-timed) and the throughput error at that speed. Rows are written to OUT/rows/ as they finish (an interrupted run resumes), the
    table to OUT/validation.json and OUT/validation.md.
 
 Timing-only (a GPU without the real pair's weights): `--random-shape NAME --trace FILE
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from echo_runtime.drift import speed_ratio
 from echo_runtime.engine import RequestSpec
 from echo_runtime.live import json_safe, policy_cost, serve
 from echo_runtime.pair import Pair, add_pair_arguments, check_pair_args, hardware_label, load_pair
@@ -197,11 +199,25 @@ def run_point(pair: Pair, args, trace, trace_path: Path, calibration: str, cost,
     outputs, steps = [], []
     identity = {"hardware": hardware_label(pair.device), "model": pair.target_label,
                 "acceptance_source": source, "workload": workload_name}
+    before = speed_ratio(pair, file, clock)
     measured = serve(pair, policy, concurrency, specs, cost, signals, args.width, args.depth, identity,
                      outputs=outputs, clock=args.clock, steps_out=steps)
+    after = speed_ratio(pair, file, clock)
     row = validation_row(policy, concurrency, simulated, measured, outputs == expected, request_steps)
-    row.update(cost_model_errors(steps[0]))
+    row.update(cost_model_errors(steps[0]), **drift_fields(row, before, after))
     return row, steps[0]
+
+
+def drift_fields(row: dict, before: float | None, after: float | None) -> dict:
+    """The machine's speed around the live row (echo_runtime.drift: seconds now / in the calibration,
+    re-timed before and after) and the throughput error with the simulation's clock scaled by their
+    mean: the part of the error the machine's drift does not explain."""
+    if before is None or after is None:
+        return {"speed_ratio_before": before, "speed_ratio_after": after, "throughput_error_at_probe_speed_pct": None}
+    ratio = (before + after) / 2
+    return {"speed_ratio_before": before, "speed_ratio_after": after,
+            "throughput_error_at_probe_speed_pct": error_pct(row["throughput_simulated"] / ratio,
+                                                             row["throughput_measured"])}
 
 
 # measured laps (engine Stopwatch) against the cost model's components for the same step shapes
@@ -244,8 +260,9 @@ def row_path(out: Path, policy: str, concurrency: int) -> Path:
 
 def format_table(rows: list[dict]) -> str:
     head = ("| policy | C | tok/s sim | tok/s live | err % | MAT sim | MAT live | err % | TPOT p50 sim (s) "
-            "| TPOT p50 live (s) | err % | step-time model err % | greedy = trace | inexact reads (on-path cuts) |")
-    lines = [head, "|" + "---|" * 14]
+            "| TPOT p50 live (s) | err % | step-time model err % | greedy = trace | inexact reads (on-path cuts) "
+            "| machine now/cal (before, after) | tok/s err % at that speed |")
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         lines.append(
             f"| {r['policy']} | {r['concurrency']} | {r['throughput_simulated']:.3f} | {r['throughput_measured']:.3f} "
@@ -253,8 +270,18 @@ def format_table(rows: list[dict]) -> str:
             f"| {r['mat_error_pct']:+.1f} | {r['tpot_simulated']:.3f} | {r['tpot_measured']:.3f} "
             f"| {r['tpot_error_pct']:+.1f} | {r.get('step_time_model_error_pct', float('nan')):+.1f} "
             f"| {'yes' if r['outputs_match_trace'] else 'NO'} "
-            f"| {r.get('inexact_read_count', '—')} ({r.get('on_path_cut_count', '—')}) |")
+            f"| {r.get('inexact_read_count', '—')} ({r.get('on_path_cut_count', '—')}) "
+            f"| {_ratio(r.get('speed_ratio_before'))}, {_ratio(r.get('speed_ratio_after'))} "
+            f"| {_pct(r.get('throughput_error_at_probe_speed_pct'))} |")
     return "\n".join(lines)
+
+
+def _ratio(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{value:+.1f}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -90,6 +90,11 @@ def test_validate_outputs_are_greedy_and_mat_is_exact(pair_dir, calibration, cap
         assert np.isfinite(row["throughput_error_pct"]) and np.isfinite(row["tpot_error_pct"])
         assert np.isfinite(row["step_time_model_error_pct"]) and row["verify_seconds_measured"] > 0
         assert row["on_path_cut_count"] <= row["inexact_read_count"]  # counted; MAT above is exact anyway
+        # the calibration's probe points re-timed around the live run (bs 1 and 2, 1 and 4 tokens per request)
+        assert row["speed_ratio_before"] > 0 and row["speed_ratio_after"] > 0, row
+        at_speed = row["throughput_simulated"] / ((row["speed_ratio_before"] + row["speed_ratio_after"]) / 2)
+        assert row["throughput_error_at_probe_speed_pct"] == pytest.approx(
+            100 * (at_speed / row["throughput_measured"] - 1))
     steps = (out / "rows" / "echo_c2.steps.csv").read_text().splitlines()
     assert "predicted_verify" in steps[0] and "verify_s" in steps[0] and "draft_levels" in steps[0] and len(steps) > 2
     assert any(r["mat_measured"] > 1.2 for r in rows)  # speculation accepted tokens
@@ -166,3 +171,13 @@ def test_calibrate_random_shape_writes_a_file_the_simulator_reads(tmp_path):
     setup["setup"]["machine"]["cpu_model"] = "another CPU"
     log.write_text("\n".join([json.dumps(setup)] + after[1:]) + "\n")
     assert echo_run(again) == 2  # another machine's timings are never resumed
+
+
+def test_drift_probes_are_the_calibrations_own_grid_points(calibration):
+    from echo_runtime.drift import probe_points
+    from echo_sim.cost.calibration_file import load_calibration
+
+    probes = probe_points(load_calibration(str(calibration)))
+    # grid 1,2 requests x 1,4 tokens x KV 16,32: the shortest KV, both batch sizes, both token counts
+    assert sorted((p.batch_size, p.verify_tokens, p.kv_tokens) for p in probes) == [(1, 1, 16), (1, 4, 16), (2, 2, 32), (2, 8, 32)]
+    assert all(p.draft_s > 0 for p in probes)
