@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from echo_sim.cost.model import load_cost_model
 from echo_sim.policies.budget import _first_of_runs, candidate_shapes
 from echo_sim.policies.calibration import (BIN_CENTRES, BIN_EDGES, NUM_BINS, CalibrationCurve, GridSearch,
-                                           centre_slopes, interp_centres, score_bins, score_bins_reference)
+                                           curve_segments, interp_centres, score_bins, score_bins_reference, within_unit)
 from echo_sim.policies.echo import level_tokens, verify_cut
 from echo_sim.testing import full_trace
 from echo_sim.traces.reader import LatticeReader
@@ -39,16 +39,17 @@ def test_interp_centres_is_np_interp_bit_for_bit(seed, kind, single):
     score = awkward_scores(rng, 5000)
     score = score.astype(np.float32) if single else score
     expect = np.interp(score, BIN_CENTRES, values)
-    got = interp_centres(score, values, centre_slopes(values))
+    got = interp_centres(score, curve_segments(values))
     assert got.dtype == expect.dtype and np.array_equal(got.view(np.int64), expect.view(np.int64))
 
 
 def test_interp_centres_nan_and_empty_take_np_interp():
     values = np.linspace(0.1, 0.9, NUM_BINS)
     score = np.array([0.3, np.nan, 0.01])
-    assert np.array_equal(interp_centres(score, values, centre_slopes(values)),
+    assert not within_unit(score) and not within_unit(np.array([0.5, 1.5])) and within_unit(np.array([0.0, 1.0]))
+    assert np.array_equal(interp_centres(score, curve_segments(values)),
                           np.interp(score, BIN_CENTRES, values), equal_nan=True)
-    assert interp_centres(np.zeros(0), values, centre_slopes(values)).shape == (0,)
+    assert interp_centres(np.zeros(0), curve_segments(values)).shape == (0,)
 
 
 @settings(max_examples=40, deadline=None)
@@ -58,6 +59,7 @@ def test_score_bins_fast_path_equals_searchsorted(seed, single):
     score = awkward_scores(rng, 5000)
     score = score.astype(np.float32) if single else score
     assert np.array_equal(score_bins(score), score_bins_reference(score))
+    assert score_bins(score).dtype == score_bins_reference(score).dtype
     with_nan = np.append(score[:50], np.nan)
     assert np.array_equal(score_bins(with_nan), score_bins_reference(with_nan))
     coarse = np.linspace(0.0, 1.0, 6)  # another binning (trace-info's): the reference itself
@@ -72,9 +74,10 @@ def test_grid_search_equals_searchsorted_for_any_points(points, seed):
         return
     search = GridSearch(points)
     rng = np.random.default_rng(seed)
-    x = np.concatenate((points, np.nextafter(points, 2.0), np.nextafter(points, -1.0), rng.random(2000)))
-    x = np.clip(x, points[0], points[-1])
-    assert np.array_equal(search(x), np.searchsorted(points, x, side="right") - 1)
+    x = np.concatenate((points, np.nextafter(points, 2.0), np.nextafter(points, -1.0), rng.random(2000), [0.0, 1.0]))
+    x = np.clip(x, 0.0, 1.0)
+    assert np.array_equal(search(x), np.searchsorted(points, x, side="right"))
+    assert np.array_equal(search(x.astype(np.float32)), np.searchsorted(points, x.astype(np.float32), side="right"))
 
 
 def test_calibration_curve_after_observations_matches_np_interp():
