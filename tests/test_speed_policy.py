@@ -185,3 +185,38 @@ def test_per_request_top_uniform_equals_the_rule(seed, quota, kind):
     eligible = rng.random(lattices.num_nodes) < 0.8 if kind == "masked" else None
     quotas = np.full(lattices.batch_size, quota)
     assert np.array_equal(per_request_top(lattices, quotas, eligible), per_request_top_reference(lattices, quota, eligible))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31), st.booleans())
+def test_level_profile_by_columns_equals_the_flat_selection(seed, full):
+    from echo_sim.policies.shape import level_profile, uniform_levels
+
+    rng = np.random.default_rng(seed)
+    positions = rng.integers(0, TRACE.num_positions, size=32)
+    lattices = TRACE.lattice_batch(positions) if full else batch_of(seed, 32)
+    confidence = np.where(rng.random(lattices.num_nodes) < 0.7, rng.random(lattices.num_nodes), 0.0)
+    columns = uniform_levels(lattices)
+    if full:
+        assert columns is not None
+    for width in range(1, TRACE.width + 1):
+        for level in range(1, TRACE.depth + 1):
+            slots = width if level == 1 else width * width
+            assert np.array_equal(level_profile(lattices, confidence, level, slots, columns),
+                                  level_profile(lattices, confidence, level, slots))
+
+
+def test_level_profile_by_columns_needs_the_level_in_one_block():
+    """Lattices out of level order (hand-made ones) take the flat selection."""
+    from echo_sim.policies.shape import level_profile, uniform_levels
+    from echo_sim.trees import LatticeBatch
+
+    depth = np.array([1, 2, 1] * 3, dtype=np.int32)
+    lattices = LatticeBatch(offsets=np.arange(4) * 3, token=np.zeros(9, np.int32),
+                            parent=np.array([-1, 0, -1] * 3, np.int32), depth=depth,
+                            cond_prob=np.full(9, 0.5, np.float32), score=np.full(9, 0.5, np.float32),
+                            on_path=np.zeros(9, bool), spine_run=np.zeros(3, np.int32))
+    confidence = np.arange(9) / 10
+    columns = uniform_levels(lattices)
+    assert columns is not None
+    assert np.array_equal(level_profile(lattices, confidence, 1, 2, columns), level_profile(lattices, confidence, 1, 2))
