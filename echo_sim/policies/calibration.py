@@ -150,5 +150,5 @@ class CalibrationCurve:
 
     def __call__(self, score: np.ndarray) -> np.ndarray:
         """float64 [n]: ĉ of each cumulative score (np.interp over the bin centres: interp_centres)."""
-        self.values  # noqa: B018 (fits the curve and its segments when stale)
+        _ = self.values  # fits the curve, and its segments, when stale
         return interp_centres(score, self._segments)
