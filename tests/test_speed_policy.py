@@ -50,6 +50,8 @@ def test_interp_centres_nan_and_empty_take_np_interp():
     assert np.array_equal(interp_centres(score, curve_segments(values)),
                           np.interp(score, BIN_CENTRES, values), equal_nan=True)
     assert interp_centres(np.zeros(0), curve_segments(values)).shape == (0,)
+    small = np.linspace(0.0, 1.0, 100)  # below GRID_MIN: np.interp itself
+    assert np.array_equal(interp_centres(small, curve_segments(values)), np.interp(small, BIN_CENTRES, values))
 
 
 @settings(max_examples=40, deadline=None)
@@ -104,8 +106,9 @@ def test_candidate_shapes_prefix_equals_a_fresh_computation(bs, window, bucketin
         budgets = _first_of_runs(executed)
         executed, eager = executed[budgets], eager[budgets]
     fresh = budgets, executed, eager, np.minimum(executed - bs, window)
-    for a, b in zip(kept, fresh):
-        assert a.dtype == b.dtype and np.array_equal(a, b)
+    spanned = candidate_shapes(COST, bs, window, bucketing, {}, span=larger)  # computed for larger, cut
+    for a, b, c in zip(kept, fresh, spanned):
+        assert a.dtype == b.dtype == c.dtype and np.array_equal(a, b) and np.array_equal(c, b)
 
 
 TRACE = full_trace(requests=4, positions=64)

@@ -35,13 +35,11 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
     eligible = len(confidence)
     largest = int(max(cost.graph_buckets, default=0))
     first = max(16 * batch_size, largest)
-    if shapes is not None:  # remember the first window's shapes whatever this step's eligible count
-        candidate_shapes(cost, batch_size, first, bucketing, shapes)
     window = min(eligible, first)
     while True:
         values = top_values(confidence, window)
         gains = np.concatenate(([0.0], np.cumsum(values)))
-        budgets, executed, eager, filled = candidate_shapes(cost, batch_size, window, bucketing, shapes)
+        budgets, executed, eager, filled = candidate_shapes(cost, batch_size, window, bucketing, shapes, first)
         seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + draft_seconds
         rates = (batch_size + gains[filled]) / seconds
         best = int(np.argmax(rates))
@@ -54,21 +52,23 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
 SHAPES_KEPT = 1024  # candidate_shapes entries a caller's dict holds (batch sizes seen lately)
 
 
-def candidate_shapes(cost, batch_size: int, window: int, bucketing: bool, shapes: dict | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def candidate_shapes(cost, batch_size: int, window: int, bucketing: bool, shapes: dict | None = None,
+                     span: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(budgets, executed tokens, eager, nodes filled) of goodput_budget's candidates B = 0 … window:
     with bucketing one candidate per executed shape, the first B of its run. The shapes are the
     graph rule's, elementwise in B, so those of a smaller window are a prefix: `shapes` (a dict
-    the caller keeps) remembers them per batch size for the largest window asked yet."""
+    the caller keeps) remembers them per batch size for B up to max(window, span) (span: the
+    windows to come, whatever this step's eligible count)."""
     key = (id(cost), batch_size, bucketing)
     known = shapes.get(key) if shapes is not None else None
     if known is None or known[0] is not cost or known[1] < window:
-        budgets = np.arange(window + 1)
+        length = max(window, span) if shapes is not None else window
+        budgets = np.arange(length + 1)
         executed, eager = cost.executed_shape(batch_size + budgets, batch_size, bucketing)
         if bucketing:  # every B of one executed shape has the same rate: rate each shape once
             budgets = _first_of_runs(executed)
             executed, eager = executed[budgets], eager[budgets]
-        known = (cost, window, budgets, executed, eager)
+        known = (cost, length, budgets, executed, eager)
         if shapes is not None:
             if len(shapes) >= SHAPES_KEPT:
                 shapes.clear()
