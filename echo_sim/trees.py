@@ -68,6 +68,11 @@ class LatticeBatch:
         """int64 [n]: parent's index in the flat arrays, ROOT_PARENT for children of the root."""
         return self._global_parent
 
+    def parent_slot(self) -> np.ndarray:
+        """int64 [n]: global_parent with num_nodes for children of the root: `np.append(mask,
+        value).take(parent_slot())` reads each node's parent's mask entry, `value` for the root."""
+        return self._parent_slot
+
     # Derived arrays are computed once per batch: the policy, the engine and the metrics all walk
     # the same step's lattices, and these are the hot path of a simulation step.
     @cached_property
@@ -76,8 +81,18 @@ class LatticeBatch:
 
     @cached_property
     def _global_parent(self) -> np.ndarray:
-        base = self.offsets[:-1][self._request_of_node]
-        return np.where(self.parent == ROOT_PARENT, ROOT_PARENT, self.parent + base)
+        return self._parent_plus_offset(ROOT_PARENT)
+
+    @cached_property
+    def _parent_slot(self) -> np.ndarray:
+        return self._parent_plus_offset(self.num_nodes)
+
+    def _parent_plus_offset(self, root: int) -> np.ndarray:
+        """int64 [n]: local parent + the lattice's offset, `root` for children of the root."""
+        index = np.repeat(self.offsets[:-1], np.diff(self.offsets))
+        index += self.parent
+        index[self.parent == ROOT_PARENT] = root
+        return index
 
     @cached_property
     def level_links(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -158,23 +173,27 @@ def nodes_per_request(batch: LatticeBatch, mask: np.ndarray) -> np.ndarray:
 
 
 def top_b(
-    rank_value: np.ndarray, score: np.ndarray, depth: np.ndarray, eligible: np.ndarray, budget: int
+    rank_value: np.ndarray, score: np.ndarray, depth: np.ndarray, eligible: np.ndarray, budget: int,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """bool [n]: the `budget` best eligible nodes of the whole batch.
 
     Order (POLICIES.md, the one tie-break of the project): rank_value desc, score desc,
     depth asc, request asc, node asc. Flat index order is (request asc, node asc), so the
     last two keys are the flat index. Uses a partial selection: only the boundary ties
-    are sorted.
+    are sorted. `candidates`: (np.flatnonzero(eligible), rank_value at them) when the caller
+    has them already.
     """
     chosen = np.zeros(len(rank_value), dtype=bool)
-    candidates = np.flatnonzero(eligible)
+    if candidates is None:
+        index = np.flatnonzero(eligible)
+        candidates = (index, rank_value.take(index))
+    candidates, values = candidates
     if budget <= 0 or len(candidates) == 0:
         return chosen
     if budget >= len(candidates):
         chosen[candidates] = True
         return chosen
-    values = rank_value[candidates]
     kth = len(candidates) - budget
     boundary = np.partition(values, kth)[kth]
     above = candidates[values > boundary]
@@ -206,6 +225,7 @@ def supertree_select(
     threshold: float,
     budget: int,
     eligible: np.ndarray | None = None,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """bool [n]: echo's super-tree selection (POLICIES.md steps 1 and 4): the one implementation,
     what `echo` calls and what `kernels.select` must reproduce exactly.
@@ -215,7 +235,8 @@ def supertree_select(
     calibrate only eligible nodes). Rank: the `budget` best eligible nodes of the whole batch by
     rank_value (the calibrated ĉ), ties by raw cumulative score desc, depth asc, request asc, node
     asc (see top_b). With rank_value non-increasing along paths the result is prefix-closed.
+    `candidates`: top_b's, when the caller has them.
     """
     if eligible is None:
         eligible = supertree_gate(batch, gate_value, threshold)
-    return top_b(rank_value, batch.score, batch.depth, eligible, budget)
+    return top_b(rank_value, batch.score, batch.depth, eligible, budget, candidates)

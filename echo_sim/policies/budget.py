@@ -21,7 +21,7 @@ def top_values(values: np.ndarray, count: int) -> np.ndarray:
 
 
 def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draft_seconds: float,
-                   cost, bucketing: bool) -> int:
+                   cost, bucketing: bool, shapes: dict | None = None) -> int:
     """B* = argmax_B (bs + Σ_top-B ĉ) / T_step(bs + B) over the eligible nodes' ĉ (ties: smaller B).
 
     With bucketing, a candidate B pays for (and is filled up to) its graph bucket, so B* is a
@@ -29,19 +29,17 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
     window starts at max(16·bs, largest bucket) and doubles while some B beyond it could still win:
     its gain is at most the window's gain plus the window's smallest ĉ per extra node, its time at
     least the graph-replay verify time (exact when T grows with V and eager costs >= graph).
+    `shapes`: a dict the caller keeps across steps, where the candidates' executed shapes (which
+    depend on bs and the window only) are remembered (candidate_shapes).
     """
     eligible = len(confidence)
     largest = int(max(cost.graph_buckets, default=0))
-    window = min(eligible, max(16 * batch_size, largest))
+    first = max(16 * batch_size, largest)
+    window = min(eligible, first)
     while True:
         values = top_values(confidence, window)
         gains = np.concatenate(([0.0], np.cumsum(values)))
-        budgets = np.arange(window + 1)
-        executed, eager = cost.executed_shape(batch_size + budgets, batch_size, bucketing)
-        if bucketing:  # every B of one executed shape has the same rate: rate each shape once
-            budgets = _first_of_runs(executed)
-            executed, eager = executed[budgets], eager[budgets]
-        filled = np.minimum(executed - batch_size, window)
+        budgets, executed, eager, filled = candidate_shapes(cost, batch_size, window, bucketing, shapes, first)
         seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + draft_seconds
         rates = (batch_size + gains[filled]) / seconds
         best = int(np.argmax(rates))
@@ -49,6 +47,36 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
                                                      draft_seconds, cost, eligible):
             return int(executed[best] - batch_size) if bucketing else int(budgets[best])
         window = min(eligible, 2 * window)
+
+
+SHAPES_KEPT = 1024  # candidate_shapes entries a caller's dict holds (batch sizes seen lately)
+
+
+def candidate_shapes(cost, batch_size: int, window: int, bucketing: bool, shapes: dict | None = None,
+                     span: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(budgets, executed tokens, eager, nodes filled) of goodput_budget's candidates B = 0 … window:
+    with bucketing one candidate per executed shape, the first B of its run. The shapes are the
+    graph rule's, elementwise in B, so those of a smaller window are a prefix: `shapes` (a dict
+    the caller keeps) remembers them per batch size for B up to max(window, span) (span: the
+    windows to come, whatever this step's eligible count)."""
+    key = (id(cost), batch_size, bucketing)
+    known = shapes.get(key) if shapes is not None else None
+    if known is None or known[0] is not cost or known[1] < window:
+        length = max(window, span) if shapes is not None else window
+        budgets = np.arange(length + 1)
+        executed, eager = cost.executed_shape(batch_size + budgets, batch_size, bucketing)
+        if bucketing:  # every B of one executed shape has the same rate: rate each shape once
+            budgets = _first_of_runs(executed)
+            executed, eager = executed[budgets], eager[budgets]
+        known = (cost, length, budgets, executed, eager)
+        if shapes is not None:
+            if len(shapes) >= SHAPES_KEPT:
+                shapes.clear()
+            shapes[key] = known
+    _, _, budgets, executed, eager = known
+    count = int(np.searchsorted(budgets, window, side="right"))  # the candidates B <= window
+    budgets, executed, eager = budgets[:count], executed[:count], eager[:count]
+    return budgets, executed, eager, np.minimum(executed - batch_size, window)
 
 
 def _first_of_runs(values: np.ndarray) -> np.ndarray:

@@ -48,10 +48,14 @@ def _top_uniform(lattices: LatticeBatch, size: int, quota: int, eligible: np.nda
         if eligible is not None:
             score = np.where(eligible.reshape(bs, size), score, -np.inf)
         boundary = -np.partition(-score, quota - 1, axis=1)[:, quota - 1 : quota]  # quota-th best
-        above = score > boundary
-        tied = score == boundary
-        need = quota - above.sum(axis=1, keepdims=True)
-        chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+        chosen = score >= boundary
+        # rows with more nodes tied at the boundary than the quota leaves room for take the first
+        # ties in the row; where no row has any, `>=` is that selection already (one pass, no cumsum)
+        if np.any(np.count_nonzero(chosen, axis=1) != quota):
+            above = score > boundary
+            tied = score == boundary
+            need = quota - above.sum(axis=1, keepdims=True)
+            chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
     chosen = chosen.ravel()
     return chosen if eligible is None else chosen & eligible
 

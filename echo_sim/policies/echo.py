@@ -70,9 +70,10 @@ def level_tokens(lattices: LatticeBatch, expanded: np.ndarray, depth: int, cost)
     frontier nodes expanded at level l, padded as the cost model's graph rule pads a forward; ends at the first
     level where nothing is expanded."""
     bs = lattices.batch_size
-    counts = np.bincount(lattices.depth[expanded], minlength=depth + 1)[1:depth]
+    # counts per level as a bincount weighted by the mask: exact integers, one pass fewer than depth[expanded]
+    counts = np.bincount(lattices.depth, weights=expanded, minlength=depth + 1)[1:depth]
     tokens = [bs]
-    for count in counts:
+    for count in counts.tolist():
         if count == 0:
             break
         padded, _ = cost.executed_shape(np.array([int(count)]), bs)
@@ -82,10 +83,12 @@ def level_tokens(lattices: LatticeBatch, expanded: np.ndarray, depth: int, cost)
 
 def verify_cut(confidence: np.ndarray, selected: np.ndarray, eligible: np.ndarray) -> float:
     """ĉ_cut: the smallest ĉ verified when the budget left an eligible node out (the largest
-    eligible ĉ when it verified none), 0 when every eligible node was verified."""
-    if not np.any(eligible & ~selected):
+    eligible ĉ when it verified none), 0 when every eligible node was verified. `selected` is a
+    subset of `eligible` (what top-B picks from), so "some eligible node left out" is a count."""
+    if np.count_nonzero(selected) == np.count_nonzero(eligible):
         return 0.0
-    return float(confidence[selected].min() if selected.any() else confidence[eligible].max())
+    chosen = np.flatnonzero(selected)
+    return float(confidence.take(chosen).min() if len(chosen) else confidence[eligible].max())
 
 
 @dataclass
@@ -119,6 +122,7 @@ class EchoPolicy(KnobbedPolicy):
     trace_shape: DraftShape | None = field(init=False, default=None, repr=False)
     steps: int = field(init=False, default=0, repr=False)
     cut: float = field(init=False, default=0.0, repr=False)  # ĉ_cut of the expand gate (docstring step 2)
+    _budget_shapes: dict = field(init=False, default_factory=dict, repr=False)  # budget.candidate_shapes
 
     def __post_init__(self) -> None:
         check_range(self.name, "tau", self.tau, 0.0, 1.0)
@@ -149,9 +153,12 @@ class EchoPolicy(KnobbedPolicy):
         deciding = self.shape and self.steps % SHAPE_EVERY == 0
         if deciding or (self.shape and probing):
             self.chooser.observe(lattices, np.where(eligible, confidence, 0.0), context.draft)
-        budget = self._budget(confidence[eligible], lattices.batch_size, context, levels)
-        fill, padding, eager = self._fit_bucket(budget, int(eligible.sum()), lattices.batch_size, context)
-        nodes = supertree_select(lattices, confidence, confidence, -np.inf, fill, eligible=eligible)
+        candidates = np.flatnonzero(eligible)
+        eligible_confidence = confidence.take(candidates)
+        budget = self._budget(eligible_confidence, lattices.batch_size, context, levels)
+        fill, padding, eager = self._fit_bucket(budget, len(candidates), lattices.batch_size, context)
+        nodes = supertree_select(lattices, confidence, confidence, -np.inf, fill, eligible=eligible,
+                                 candidates=(candidates, eligible_confidence))
         self.cut = verify_cut(confidence, nodes, eligible)
         self.steps += 1
         if not self.shape or deciding or self.probing or probing or context.draft.depth == 0:
@@ -163,8 +170,8 @@ class EchoPolicy(KnobbedPolicy):
     def observe(self, outcome: Outcome) -> None:
         if not self.calibration:
             return
-        verified = outcome.selection.nodes
-        self.curve.observe(outcome.lattices.score[verified], outcome.accepted[verified])
+        verified = np.flatnonzero(outcome.selection.nodes)
+        self.curve.observe(outcome.lattices.score.take(verified), outcome.accepted.take(verified))
 
     def _confidence(self, lattices: LatticeBatch) -> np.ndarray:
         """float64 [n]: ĉ, non-increasing along every path: the curve is non-decreasing in the
@@ -182,9 +189,8 @@ class EchoPolicy(KnobbedPolicy):
         if self.gate == "select":
             return supertree_gate(lattices, confidence, self.tau), None
         expanded = self.drafter_expands(lattices, drafter_frontier(lattices, context), confidence)
-        parent = lattices.global_parent()
         # ĉ never increases along a path, so a node's ancestors were all expanded iff its parent was
-        drafted = (parent == ROOT_PARENT) | expanded[np.maximum(parent, 0)]
+        drafted = np.append(expanded, True).take(lattices.parent_slot())  # a root's parent: drafted
         return drafted, level_tokens(lattices, expanded, context.draft.depth, context.cost)
 
     def drafter_expands(self, lattices: LatticeBatch, frontier: np.ndarray,
@@ -210,7 +216,8 @@ class EchoPolicy(KnobbedPolicy):
             draft_seconds = (context.cost.draft_time(bs, drafted.depth, drafted.width, kv_tokens=kv_tokens)
                              if drafted.depth else 0.0)
         sunk = draft_seconds + (context.prefill_seconds if self.prefill_term else 0.0)
-        return goodput_budget(eligible_confidence, bs, kv_tokens, sunk, context.cost, self.bucketing)
+        return goodput_budget(eligible_confidence, bs, kv_tokens, sunk, context.cost, self.bucketing,
+                              self._budget_shapes)
 
     def _fit_bucket(self, budget: int, eligible: int, bs: int, context: StepContext) -> tuple[int, int, bool]:
         """(nodes to select, padding tokens, eager) for this budget and bucketing mode."""

@@ -32,9 +32,26 @@ from echo_sim.trees import LatticeBatch
 NO_DRAFT = DraftShape(depth=0, width=1)
 
 
-def level_profile(lattices: LatticeBatch, confidence: np.ndarray, level: int, slots: int) -> np.ndarray:
-    """float [slots]: mean over requests of the i-th largest ĉ at `level` (0-padded per request)."""
+def uniform_levels(lattices: LatticeBatch) -> np.ndarray | None:
+    """int [m]: the depth of each column when every lattice has the same m nodes at the same
+    depths (a complete beam read), else None: then a level is a block of columns of the [bs, m]
+    table, read without a pass over the batch per level."""
+    bs, n = lattices.batch_size, lattices.num_nodes
+    if bs == 0 or n % bs or not np.array_equal(lattices.offsets, np.arange(bs + 1) * (n // bs)):
+        return None
+    depth = lattices.depth.reshape(bs, n // bs)
+    return depth[0] if np.array_equal(depth, np.broadcast_to(depth[0], depth.shape)) else None
+
+
+def level_profile(lattices: LatticeBatch, confidence: np.ndarray, level: int, slots: int,
+                  columns: np.ndarray | None = None) -> np.ndarray:
+    """float [slots]: mean over requests of the i-th largest ĉ at `level` (0-padded per request).
+    `columns`: uniform_levels(lattices), when the caller has it."""
     bs = lattices.batch_size
+    block = np.flatnonzero(columns == level) if columns is not None else np.zeros(0, dtype=np.intp)
+    if len(block) == slots and block[-1] - block[0] + 1 == slots:  # the level's columns, row by row
+        table = confidence.reshape(bs, len(columns))[:, block[0]: block[-1] + 1]
+        return -np.sort(-table, axis=1).mean(axis=0)
     index = np.flatnonzero(lattices.depth == level)
     values = confidence[index]
     if len(index) == bs * slots:  # a beam has at most `slots` per level: every request is complete
@@ -113,9 +130,10 @@ class ShapeChooser:
         """Fold this step's ĉ profile of every drafted level into the EMA of its (k', level)."""
         if drafted.depth <= 0 or lattices.batch_size == 0:
             return
+        columns = uniform_levels(lattices)
         for level in range(1, min(drafted.depth, self.depth) + 1):
             key = (drafted.width, level)
-            fresh = level_profile(lattices, confidence, level, self.slots(drafted.width, level))
+            fresh = level_profile(lattices, confidence, level, self.slots(drafted.width, level), columns)
             old = self.profiles.get(key)
             self.profiles[key] = fresh if old is None else (1 - self.beta) * old + self.beta * fresh
 
