@@ -38,7 +38,7 @@ from echo_sim.config import (DEFAULT_KV_CAPACITY_TOKENS, DEFAULT_PREFILL_CHUNK, 
                              resolved_limit)
 from echo_sim.cost.model import StepShape
 from echo_sim.metrics import RequestLog, StepLog, compute_metrics, selected_extent
-from echo_sim.traces.reader import LatticeReader, empty_lattices, on_path_acceptance
+from echo_sim.traces.reader import LatticeReader, chain_acceptance, empty_lattices, on_path_acceptance
 from echo_sim.policies.base import Outcome, Selection, StepContext
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch
@@ -247,13 +247,13 @@ class Simulation:
         batch = self._batch
         draft = executed_draft(self.policy.draft, self.trace.depth, self.trace.width)
         positions = batch.trace_start + batch.position % batch.trace_len
-        frontier = None
+        frontier = chain = None
         if draft.depth <= 0:
             lattices = empty_lattices(self.trace.spine_run[positions])
         else:
             # the nodes a width-k' drafter grows (beam-exact; a chain, width 1, replays the spine)
             read = self._reader.read_beam(positions, draft.depth, draft.width)
-            lattices, frontier = read.lattices, read.frontier
+            lattices, frontier, chain = read.lattices, read.frontier, read.on_path_chain
             if read.exactness is not None:
                 self.inexact_reads += int(np.count_nonzero(read.exactness.incomplete_level))
                 self.on_path_cuts += int(np.count_nonzero(read.exactness.on_path_cut_level))
@@ -262,8 +262,10 @@ class Simulation:
                                                  sum(cached for _, _, cached in chunks), self._drafts)
 
         def on_path_depth(width: int) -> np.ndarray:  # the shape-best oracle's view of narrower drafts
-            narrow = self._reader.read_beam(positions, self.trace.depth, width).lattices
-            return on_path_acceptance(narrow, np.zeros(narrow.num_nodes, dtype=bool))[2]
+            narrow = self._reader.read_beam(positions, self.trace.depth, width)
+            if narrow.on_path_chain is not None:
+                return np.count_nonzero(narrow.on_path_chain >= 0, axis=1).astype(np.int64)
+            return on_path_acceptance(narrow.lattices, np.zeros(narrow.lattices.num_nodes, dtype=bool))[2]
 
         context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width,
                               prefill_seconds=prefill_seconds, frontier=frontier,
@@ -272,7 +274,9 @@ class Simulation:
         selection = self.policy.select(lattices, context)
         if selection.drafted is not None:
             draft = selection.drafted
-        accepted, accepted_depth, oracle_depth = on_path_acceptance(lattices, selection.nodes)
+        accepted, accepted_depth, oracle_depth = (
+            on_path_acceptance(lattices, selection.nodes) if chain is None
+            else chain_acceptance(chain, lattices.offsets, selection.nodes))
         if selection.chain is not None:
             accepted_depth = chain_accepted(lattices.spine_run, selection.chain)
         drafted = selection.draft_tokens_per_request(lattices)

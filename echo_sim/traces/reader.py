@@ -21,7 +21,7 @@ import numpy as np
 
 from dataclasses import dataclass
 
-from echo_sim.traces.beam import BeamKeep, BeamTable, UniformBeam, beam_batch_reference
+from echo_sim.traces.beam import BeamKeep, UniformBeam, beam_batch_reference, on_path_chains
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import ROOT_PARENT, LatticeBatch
 
@@ -37,6 +37,7 @@ class LatticeReader:
         self.columns = None  # name -> array [positions, nodes per lattice], when the layout is uniform
         self.level_prefix = None  # int [S + 1]: nodes of depth <= d in every lattice
         self.beam = None  # UniformBeam, when the layout is the generator's (echo_runtime.lattice)
+        self.on_path_chain = None
         counts = np.diff(trace.node_offsets)
         if len(counts) == 0 or counts[0] == 0 or np.any(counts != counts[0]):
             return
@@ -51,6 +52,10 @@ class LatticeReader:
             layout_ok = UniformBeam.layout_ok(self.columns, trace.width, trace.depth)
             trace._cache["uniform_beam"] = UniformBeam(self.columns, trace.width, trace.depth) if layout_ok else None
         self.beam = trace._cache["uniform_beam"]
+        if "on_path_chain" not in trace._cache:
+            trace._cache["on_path_chain"] = on_path_chains(self.columns["on_path"], depth, self.columns["parent"],
+                                                           int(depth[0].max()))
+        self.on_path_chain = trace._cache["on_path_chain"]  # int64 [P, S] or None (on_path_chains)
 
     def read(self, positions: np.ndarray, max_depth: int) -> LatticeBatch:
         """The lattices at `positions` (int64 [bs], global) with nodes of depth <= max_depth."""
@@ -72,10 +77,14 @@ class LatticeReader:
         depth = min(max_depth, self.trace.depth)
         if width >= self.trace.width or depth < 1 or self.trace.is_chain_only:
             lattices = self.read(positions, depth)
-            return BeamRead(lattices, self._stored_frontier(positions, lattices, depth), None)
+            chain = None if self.on_path_chain is None else self.on_path_chain[positions, :depth]
+            return BeamRead(lattices, self._stored_frontier(positions, lattices, depth), None, chain)
         if self.beam is None:
             return BeamRead(*beam_batch_reference(self.read(positions, depth), width, depth))
-        return self._read_table(positions, self.beam.table(width), depth)
+        flat, offsets, frontier, exactness, chain = self.beam.table(width).read(positions, depth)
+        lattices = LatticeBatch(offsets=offsets, spine_run=self.trace.spine_run[positions],
+                                has_confidences=self.trace.has_confidences, **flat)
+        return BeamRead(lattices, frontier, exactness, chain)
 
     def _stored_frontier(self, positions, lattices: LatticeBatch, depth: int) -> np.ndarray:
         """bool [n]: the read's nodes of levels < depth that the stored lattice expanded."""
@@ -88,50 +97,18 @@ class LatticeReader:
         expanded[parent[parent != ROOT_PARENT]] = True
         return expanded[full.depth <= depth] & (lattices.depth < depth)  # level order: a prefix per lattice
 
-    def _read_table(self, positions: np.ndarray, table: BeamTable, depth: int) -> "BeamRead":
-        """A beam read from a width's precomputed table: a row gather, padding squeezed out."""
-        columns, valid, frontier, lost = table.read(positions, depth)
-        bs, m = valid.shape
-        inner = m - table.width * table.width if depth > 1 else 0  # nodes of levels < depth
-        frontier[:, inner:] = False
-        lost = lost[:, :inner]
-        level = columns["depth"][0, :inner]
-        exactness = BeamKeep(_first_level(lost, level), _first_level(lost & columns["on_path"][:, :inner], level))
-        if valid.all():
-            offsets = np.arange(bs + 1, dtype=np.int64) * m
-            flat = {name: values.ravel() for name, values in columns.items()}
-            flat_frontier = frontier.ravel()
-        else:
-            renumber = np.cumsum(valid, axis=1) - 1
-            parent = columns["parent"]
-            columns["parent"] = np.where(parent == ROOT_PARENT, ROOT_PARENT,
-                                         np.take_along_axis(renumber, np.maximum(parent, 0), axis=1)
-                                         ).astype(parent.dtype)
-            offsets = np.zeros(bs + 1, dtype=np.int64)
-            np.cumsum(valid.sum(axis=1), out=offsets[1:])
-            flat = {name: values[valid] for name, values in columns.items()}
-            flat_frontier = frontier[valid]
-        lattices = LatticeBatch(offsets=offsets, spine_run=self.trace.spine_run[positions],
-                                has_confidences=self.trace.has_confidences, **flat)
-        return BeamRead(lattices, flat_frontier, exactness)
-
-
-def _first_level(mask: np.ndarray, level: np.ndarray) -> np.ndarray:
-    """int64 [bs]: 1 + the level of each row's first masked column (columns in level order), 0 if none."""
-    if mask.shape[1] == 0:
-        return np.zeros(mask.shape[0], dtype=np.int64)
-    return np.where(mask.any(axis=1), level[np.argmax(mask, axis=1)] + 1, 0).astype(np.int64)
-
 
 @dataclass(frozen=True)
 class BeamRead:
     """A beam read: the grown lattices, which of their nodes the drafter expanded (bool [n]:
     frontier nodes of levels below the read's depth; echo's expand gate and the ragged draft cost
-    start from it), and where the read is inexact (None: the stored lattice itself, exact)."""
+    start from it), where the read is inexact (None: the stored lattice itself, exact), and, when
+    every lattice's on-path nodes are one chain, their local indices (chain_acceptance walks them)."""
 
     lattices: LatticeBatch
     frontier: np.ndarray
     exactness: BeamKeep | None
+    on_path_chain: np.ndarray | None = None  # int64 [bs, depth]: beam.on_path_chains of the read, if known
 
 
 def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,6 +147,21 @@ def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np
         end = np.flatnonzero(np.append(rows_hit[1:] != rows_hit[:-1], True))
         accepted_depth[rows_hit[end]] = depth_hit[end]
     return accepted, accepted_depth, on_path_depth
+
+
+def chain_acceptance(chain: np.ndarray, offsets: np.ndarray, selected: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """on_path_acceptance(lattices, selected) when each lattice's on-path nodes are one chain from
+    level 1, given by their local indices `chain` int64 [bs, d] (-1 past its end; BeamRead): a node
+    is accepted iff it and every on-path node above it are selected."""
+    present = chain >= 0
+    accepted = np.zeros(len(selected), dtype=bool)
+    if not present.any():
+        return accepted, np.zeros(len(chain), dtype=np.int32), np.zeros(len(chain), dtype=np.int64)
+    nodes = chain + offsets[:-1, None]
+    hit = np.logical_and.accumulate(present & selected[np.where(present, nodes, 0)], axis=1)
+    accepted[nodes[hit]] = True
+    return accepted, hit.sum(axis=1).astype(np.int32), present.sum(axis=1).astype(np.int64)
 
 
 def _walk_few(lattices, index, selected, accepted, accepted_depth, on_path_depth) -> None:
