@@ -187,25 +187,22 @@ class BeamTable:
 
     @classmethod
     def build(cls, columns: dict, kept, frontier, lost, width: int, depth: int) -> "BeamTable":
-        positions = kept.shape[0]
         level = columns["depth"]  # [P, M]
-        rank = np.cumsum(kept, axis=1) - 1  # column of each kept node in the compacted row
-        row, column = np.nonzero(kept)
-        target = rank[row, column]
         width_total = width + (depth - 1) * width * width
+        # compaction keeps the row-major order of the kept nodes: boolean masks on both sides
+        inside = np.arange(width_total) < np.count_nonzero(kept, axis=1)[:, None]
+        rank = np.cumsum(kept, axis=1) - 1  # column of each kept node in its compacted row
+        parent = columns["parent"]
+        renumbered = np.where(parent == ROOT_PARENT, ROOT_PARENT,
+                              np.take_along_axis(rank, np.maximum(parent, 0), axis=1)).astype(parent.dtype)
         out = {}
-        for name, values in columns.items():
-            compact = np.zeros((positions, width_total), dtype=values.dtype)
-            compact[row, target] = values[row, column]
+        for name, values in {**columns, "parent": renumbered, "frontier": frontier}.items():
+            compact = np.zeros(inside.shape, dtype=values.dtype)
+            compact[inside] = values[kept]
             out[name] = compact
-        stored_parent = columns["parent"][row, column]
-        out["parent"][row, target] = np.where(stored_parent == ROOT_PARENT, ROOT_PARENT,
-                                              rank[row, np.maximum(stored_parent, 0)])
-        compact_frontier = np.zeros((positions, width_total), dtype=bool)
-        compact_frontier[row, target] = frontier[row, column]
-        per_level = np.bincount(row * (depth + 1) + level[row, column], minlength=positions * (depth + 1))
-        level_count = np.cumsum(per_level.reshape(positions, depth + 1), axis=1)
-        return cls(out, compact_frontier, level_count, _lowest_level(lost, level),
+        compact_frontier = out.pop("frontier")
+        per_level = np.stack([np.count_nonzero(kept & (level == d), axis=1) for d in range(depth + 1)], axis=1)
+        return cls(out, compact_frontier, np.cumsum(per_level, axis=1), _lowest_level(lost, level),
                    _lowest_level(lost & columns["on_path"], level), width, depth)
 
     def read(self, positions: np.ndarray, depth: int) -> tuple[dict, np.ndarray, np.ndarray, BeamKeep, np.ndarray | None]:
