@@ -155,6 +155,7 @@ class Simulation:
         self.requests = RequestLog(stream.prompt_len, stream.output_len, stream.trace_request)
         self.steps = StepLog(detail=config.step_log)
         self._reader = LatticeReader(trace)
+        self._lattice_depth, self._lattice_width = trace.depth, trace.width  # header reads, once
         self.inexact_reads = self.on_path_cuts = 0  # request-steps whose narrow read is inexact (beam.py)
         self._drafts = policy_drafts(policy)
         self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
@@ -276,7 +277,7 @@ class Simulation:
 
     def _plan_decode(self, prefill: PrefillPlan) -> DecodePlan:
         batch = self._batch
-        draft = executed_draft(self.policy.draft, self.trace.depth, self.trace.width)
+        draft = executed_draft(self.policy.draft, self._lattice_depth, self._lattice_width)
         positions = batch.trace_start + batch.position % batch.trace_len
         frontier = chain = None
         if draft.depth <= 0:
@@ -292,12 +293,12 @@ class Simulation:
         prefill_seconds = self.cost.prefill_time(prefill.tokens, prefill.context, self._drafts)
 
         def on_path_depth(width: int) -> np.ndarray:  # the shape-best oracle's view of narrower drafts
-            narrow = self._reader.read_beam(positions, self.trace.depth, width)
+            narrow = self._reader.read_beam(positions, self._lattice_depth, width)
             if narrow.on_path_chain is not None:
                 return np.count_nonzero(narrow.on_path_chain >= 0, axis=1).astype(np.int64)
             return on_path_acceptance(narrow.lattices, np.zeros(narrow.lattices.num_nodes, dtype=bool))[2]
 
-        context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width,
+        context = StepContext(batch.size, kv_lens, self.cost, draft, self._lattice_depth, self._lattice_width,
                               prefill_seconds=prefill_seconds, frontier=frontier,
                               catch_up=int(batch.draft_lag.sum()) if draft.depth > 0 else 0,
                               on_path_depth=on_path_depth)
@@ -322,7 +323,8 @@ class Simulation:
         )
         committed = committed_counts(accepted_depth, batch.output_len - batch.position)
         verify["draft_extend_tokens"] = batch.size + context.catch_up if draft.depth > 0 else 0
-        counts = np.stack((committed, accepted_depth, drafted, oracle_depth)).astype(np.int64, copy=False)
+        counts = np.empty((4, batch.size), dtype=np.int64)
+        counts[0], counts[1], counts[2], counts[3] = committed, accepted_depth, drafted, oracle_depth
         return DecodePlan(lattices, selection, accepted, counts, verify,
                           self._draft_levels(draft, selection, context.catch_up))
 

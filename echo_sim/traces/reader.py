@@ -122,6 +122,8 @@ def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np
     accepted = np.zeros(lattices.num_nodes, dtype=bool)
     accepted_depth = np.zeros(bs, dtype=np.int32)
     on_path_depth = np.zeros(bs, dtype=np.int64)
+    if lattices.num_nodes == 0:  # nothing drafted (ar)
+        return accepted, accepted_depth, on_path_depth
     index = np.flatnonzero(lattices.on_path)
     if len(index) == 0:
         return accepted, accepted_depth, on_path_depth
@@ -152,6 +154,8 @@ def chain_acceptance(chain: np.ndarray, offsets: np.ndarray, selected: np.ndarra
     """on_path_acceptance(lattices, selected) when each lattice's on-path nodes are one chain from
     level 1, given by their local indices `chain` int64 [bs, d] (-1 past its end; BeamRead): a node
     is accepted iff it and every on-path node above it are selected."""
+    if chain.size <= FEW_ON_PATH:
+        return _chain_few(chain, offsets, selected)
     present = chain >= 0
     accepted = np.zeros(len(selected), dtype=bool)
     if not present.any():
@@ -160,6 +164,24 @@ def chain_acceptance(chain: np.ndarray, offsets: np.ndarray, selected: np.ndarra
     hit = np.logical_and.accumulate(present & selected[np.where(present, nodes, 0)], axis=1)
     accepted[nodes[hit]] = True
     return accepted, hit.sum(axis=1).astype(np.int32), present.sum(axis=1).astype(np.int64)
+
+
+def _chain_few(chain, offsets, selected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """chain_acceptance of a few lattices (small batches) in one plain loop."""
+    accepted = np.zeros(len(selected), dtype=bool)
+    accepted_depth = np.zeros(len(chain), dtype=np.int32)
+    on_path_depth = np.zeros(len(chain), dtype=np.int64)
+    for row, (nodes, start) in enumerate(zip(chain.tolist(), offsets.tolist())):
+        hit = True
+        for level, node in enumerate(nodes):
+            if node < 0:
+                break
+            on_path_depth[row] = level + 1
+            hit = hit and bool(selected[start + node])
+            if hit:
+                accepted[start + node] = True
+                accepted_depth[row] = level + 1
+    return accepted, accepted_depth, on_path_depth
 
 
 def _walk_few(lattices, index, selected, accepted, accepted_depth, on_path_depth) -> None:
@@ -196,11 +218,12 @@ def _walk_levels(lattices, index, rows, depth, selected) -> np.ndarray:
     return accepted[index]
 
 
+_NO_INT, _NO_FLOAT, _NO_BOOL = (np.zeros(0, dtype=t) for t in (np.int32, np.float32, bool))  # shared: empty
+
+
 def empty_lattices(spine_run: np.ndarray) -> LatticeBatch:
     """Lattices with no nodes, for steps that draft nothing (the spine is kept)."""
-    none = np.zeros(0, dtype=np.int32)
     return LatticeBatch(
-        offsets=np.zeros(len(spine_run) + 1, dtype=np.int64), token=none, parent=none, depth=none,
-        cond_prob=np.zeros(0, dtype=np.float32), score=np.zeros(0, dtype=np.float32),
-        on_path=np.zeros(0, dtype=bool), spine_run=spine_run,
+        offsets=np.zeros(len(spine_run) + 1, dtype=np.int64), token=_NO_INT, parent=_NO_INT, depth=_NO_INT,
+        cond_prob=_NO_FLOAT, score=_NO_FLOAT, on_path=_NO_BOOL, spine_run=spine_run,
     )
