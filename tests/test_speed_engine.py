@@ -184,3 +184,40 @@ def test_ragged_draft_from_lists_equals_the_vector_draft(name, bs, levels, kv, c
     with_catch_up = cost.ragged_draft_time(bs, [bs + catch_up] + levels[1:], kv)
     first = cost.terms.draft(bs, 1, 1, kv)
     assert with_catch_up == vector + (cost.terms.draft(bs + catch_up, 1, 1, kv) - first if catch_up else 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(PRESETS)), st.lists(st.integers(0, 9000), min_size=33, max_size=120),
+       st.integers(1, 300), st.integers(0, 2_000_000))
+def test_summed_table_verify_equals_the_vector_forward(name, candidates, bs, kv):
+    """verify_time's many-candidate path (NetworkCost.verify_forward) equals forward; a count < 1 or
+    not yet tabulated falls back to it."""
+    cost = COSTS[name, "separate"]
+    tokens = np.array(candidates, dtype=float)
+    pairs = tokens * (kv + tokens) / bs
+    vector = cost.terms.target.forward(tokens, kv, pairs, tokens)  # also tabulates the counts
+    table = cost.terms.target.verify_forward(tokens, float(kv), pairs)
+    assert (table is None) == (min(candidates) < 1)
+    assert cost.terms.verify_forward(tokens, bs, kv, pairs).tolist() == vector.tolist()
+    if table is not None:
+        assert table.tolist() == vector.tolist()
+    v = np.maximum(tokens, bs)
+    reference = cost.terms.target.forward(*(lambda t: (t, kv, t * (kv + t) / bs, t))(
+        cost._run_tokens(v, bs, False)[0]))
+    assert np.array_equal(cost.verify_time(v, bs, kv),
+                          reference + cost.terms.launch(cost._run_tokens(v, bs, False)[1]) + cost.terms.scheduler(bs))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["token-buckets", "per-batch-size"]), st.booleans(), st.integers(1, 300),
+       st.lists(st.integers(1, 9000), min_size=2, max_size=40), st.sampled_from([(), (8,), "preset"]))
+def test_executed_without_empty_steps_equals_the_one_value_rule(mode, bucketing, batch_size, values, buckets):
+    """GraphCapture.executed's path for candidates all > 0 (verify_time's) against executed_one."""
+    from echo_sim.cost.graphs import GraphCapture, sglang_batch_sizes
+
+    buckets = tuple(COSTS["h200-fitted", "separate"].graph_buckets) if buckets == "preset" else buckets
+    graphs = GraphCapture(mode, buckets, sglang_batch_sizes(1) if buckets else (), 16)
+    tokens, eager = graphs.executed(np.array(values), batch_size, bucketing)
+    assert tokens.dtype == np.int64 and eager.dtype == bool
+    assert [(int(t), bool(e)) for t, e in zip(tokens, eager)] == [graphs.executed_one(v, batch_size, bucketing)
+                                                                 for v in values]

@@ -122,6 +122,7 @@ class NetworkCost:
         self._token_terms = TokenTable(self._token_only_seconds)
         self._input_fc = TokenTable(lambda t: self._linear(t, self.fc_param_array, self.fc_act_array))
         self._logits = TokenTable(self._lm_head)
+        self._with_logits = np.zeros(0)  # _token_terms + _logits per count (verify_forward)
 
     def _roofline(self, flops, bytes_moved):
         return np.maximum(flops / self.hw.matmul_flops_per_s, bytes_moved / self.hw.memory_bytes_per_s)
@@ -235,6 +236,25 @@ class NetworkCost:
             total = total + np.where(with_input_fc, self._input_fc(tokens), 0.0)
         return np.where(tokens > 0, total, 0.0)
 
+    def verify_forward(self, tokens: np.ndarray, kv_tokens: float, pairs: np.ndarray) -> np.ndarray | None:
+        """forward(tokens, kv_tokens, pairs, tokens) of verify forwards (every token needs logits, no
+        input fc) with the token-only terms and the logits read from one summed table: the same
+        IEEE operations in the same order, without the per-table checks. Shape: [n] -> [n].
+        None when a count is not tabulated yet, not integral or < 1, or the network has an input fc."""
+        index = tokens.astype(np.int64)
+        terms, logits = self._token_terms, self._logits
+        size = min(len(terms.values), len(logits.values))
+        if (self.net.input_fc_size or index.min(initial=1) < 1 or index.max(initial=0) >= size
+                or np.any(index != tokens)):
+            return None
+        if len(self._with_logits) != size:  # the tables grew: sum them again
+            self._with_logits = terms.values[:size] + logits.values[:size]
+        flops_rate, bytes_rate = self._attention_rates()
+        attention = np.maximum(self.attention_flops_per_pair * pairs / flops_rate,
+                               ((kv_tokens + tokens) * self.kv_bytes_per_token + tokens * self.qo_bytes_per_token)
+                               / bytes_rate)
+        return self._with_logits[index] + self.net.num_layers * attention
+
     def forward_floats(self, tokens: list[float], kv_tokens: float, pairs: list[float],
                        with_input_fc: list[bool] | None = None, logits_tokens: list[float] | None = None
                        ) -> list[float] | None:
@@ -303,6 +323,10 @@ class RooflineTerms:
                                                  np.broadcast_to(np.asarray(pairs, dtype=float), tokens.shape).ravel().tolist())
             if seconds is not None:
                 return np.array(seconds).reshape(np.atleast_1d(tokens).shape)
+        elif np.ndim(tokens) == 1 and np.ndim(kv_tokens) == 0 and np.shape(pairs) == np.shape(tokens):
+            seconds = self.target.verify_forward(tokens, float(kv_tokens), pairs)  # many candidates: one table
+            if seconds is not None:
+                return seconds
         return self.target.forward(tokens, kv_tokens, pairs, tokens)
 
     def launch(self, eager):

@@ -38,6 +38,7 @@ class LatticeReader:
         self.level_prefix = None  # int [S + 1]: nodes of depth <= d in every lattice
         self.beam = None  # UniformBeam, when the layout is the generator's (echo_runtime.lattice)
         self.on_path_chain = None
+        self._frontier_rows: dict[int, np.ndarray] = {}  # read depth -> _stored_frontier's rows
         counts = np.diff(trace.node_offsets)
         if len(counts) == 0 or counts[0] == 0 or np.any(counts != counts[0]):
             return
@@ -87,8 +88,11 @@ class LatticeReader:
     def _stored_frontier(self, positions, lattices: LatticeBatch, depth: int) -> np.ndarray:
         """bool [n]: the read's nodes of levels < depth that the stored lattice expanded."""
         if self.beam is not None:
-            per = lattices.num_nodes // max(len(positions), 1)
-            return np.take(self.beam.expanded, positions, axis=0)[:, :per].ravel() & (lattices.depth < depth)
+            if depth not in self._frontier_rows:  # [P, nodes of depth <= d]: expanded, of a level < d
+                keep = int(self.level_prefix[min(depth, len(self.level_prefix) - 1)])
+                self._frontier_rows[depth] = (self.beam.expanded[:, :keep]
+                                              & (self.columns["depth"][:, :keep] < depth))
+            return np.take(self._frontier_rows[depth], positions, axis=0).ravel()
         full = self.trace.lattice_batch(positions)  # children deeper than the read are not in it
         expanded = np.zeros(full.num_nodes, dtype=bool)
         parent = full.global_parent()
