@@ -82,7 +82,7 @@ class UniformBeam:
 
     The ungated beam of a width depends only on the position, and a depth-S' beam is the depth-S
     beam cut at S' (it is grown level by level), so it is grown once per width for every position
-    of the trace (`tables`, vectorised) and a read is a row gather. The expand gate needs no regrowth:
+    of the trace (`table`, vectorised, on first use of the width) and a read is a row gather. The expand gate needs no regrowth:
     cumulative scores never increase along a path, so a node's ancestors all pass the gate iff its
     parent does, and gated-out frontier nodes only remove their own children (module docstring).
     `layout_ok(columns, k, S)` says whether a trace has this layout (else use the reference).

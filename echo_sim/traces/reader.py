@@ -7,8 +7,12 @@
   truncation pass: about 3x faster at batch 256. Other traces fall back to trace.lattice_batch.
 - LatticeReader.read_beam(positions, depth, width, expand_min_score) == beam.beam_batch_reference
   of that depth-only read: the nodes a width-k' drafter grows (beam.py), vectorised over the
-  batch on the generator's layout (beam.UniformBeam), the per-lattice reference elsewhere. With
-  width >= the trace's k and no expand gate it is the depth-only read, bit for bit.
+  batch on the generator's layout (beam.UniformBeam: one compacted table per width, a read is a
+  row gather), the per-lattice reference elsewhere. With width >= the trace's k and no expand gate
+  it is the depth-only read, bit for bit.
+- chain_acceptance(read.on_path_chain, offsets, selected) == on_path_acceptance(lattices, selected)
+  where every lattice's on-path nodes are one chain (beam.on_path_chains, precomputed per position
+  with the tables): acceptance is a prefix test on a [bs, depth] matrix (small batches: _chain_few).
 - on_path_acceptance(lattices, selected) == trees.accepted_nodes(lattices, selected), plus the
   on-path depth (what `oracle` accepts). Accepted nodes are on-path by definition, so the walk
   visits only on-path nodes (a few per request) instead of propagating over every node; up to
