@@ -76,6 +76,10 @@ class DecodeBatch:
         self.table = table
 
     @classmethod
+    def empty(cls) -> "DecodeBatch":
+        return cls(np.zeros((len(cls.FIELDS), 0), dtype=np.int64))
+
+    @classmethod
     def joining(cls, request, output_len, prompt_len, trace_start, trace_len) -> "DecodeBatch":
         """New rows at position 1 (y_0 committed by prefill), nothing lagging or counted yet."""
         table = np.zeros((len(cls.FIELDS), len(request)), dtype=np.int64)
@@ -106,6 +110,8 @@ def _field(row: int) -> property:
 
 for _row, _name in enumerate(DecodeBatch.FIELDS):
     setattr(DecodeBatch, _name, _field(_row))
+COUNTER_ROWS = slice(len(DecodeBatch.FIELDS) - len(COUNTERS), None)  # the RequestLog counters, COUNTERS order
+DECODE_STEPS = DecodeBatch.FIELDS.index("decode_steps")
 # the DecodeBatch rows a DecodePlan's counts add to, in its order: committed, accepted depth, drafted, oracle depth
 STEP_COUNTS = slice(DecodeBatch.FIELDS.index("decode_tokens"), DecodeBatch.FIELDS.index("oracle_depth") + 1)
 
@@ -163,7 +169,7 @@ class Simulation:
         self._kv_need = stream.prompt_len + stream.output_len
         self._waiting: deque[int] = deque()
         self._prefilling: deque[list[int]] = deque()  # [request, prompt tokens prefilled so far]
-        self._batch = DecodeBatch.joining(*([np.zeros(0, dtype=np.int64)] * 5))
+        self._batch = DecodeBatch.empty()
         self._kv_reserved = 0
         self._sent = 0  # requests sent (closed loop) or arrived (open loop) so far
         self._finished = 0
@@ -351,7 +357,7 @@ class Simulation:
     def _commit_decode(self, plan: DecodePlan) -> None:
         batch = self._batch
         batch.table[STEP_COUNTS] += plan.counts
-        batch.table[DecodeBatch.FIELDS.index("decode_steps")] += 1
+        batch.table[DECODE_STEPS] += 1
         batch.position += plan.committed
         if plan.verify["draft_depth"] > 0:
             batch.draft_lag[:] = plan.committed - 1
@@ -360,7 +366,7 @@ class Simulation:
         done = batch.position >= batch.output_len
         if done.any():
             finished = batch.table[:, done]
-            self.requests.count(finished[0], finished[len(DecodeBatch.FIELDS) - len(COUNTERS):])
+            self.requests.count(finished[0], finished[COUNTER_ROWS])
             for request in finished[0].tolist():
                 self._finish(request)
             self._batch = batch.keep(~done)
