@@ -29,6 +29,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,8 +38,8 @@ import simpy
 from echo_sim.config import (DEFAULT_KV_CAPACITY_TOKENS, DEFAULT_PREFILL_CHUNK, SimConfig, SimConfigError,
                              resolved_limit)
 from echo_sim.cost.model import StepShape
-from echo_sim.metrics import RequestLog, StepLog, compute_metrics, selected_extent
-from echo_sim.traces.reader import LatticeReader, empty_lattices, on_path_acceptance
+from echo_sim.metrics import COUNTERS, RequestLog, StepLog, compute_metrics, selected_extent
+from echo_sim.traces.reader import LatticeReader, chain_acceptance, empty_lattices, on_path_acceptance
 from echo_sim.policies.base import Outcome, Selection, StepContext
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch
@@ -47,12 +48,12 @@ from echo_sim.step import (StepRecord, chain_accepted, committed_counts, execute
 from echo_sim.workload import RequestStream, build_stream
 
 
-@dataclass
 class DecodeBatch:
     """Requests past prefill, in the order they finished prefill (= admission order): the batch
     row order every policy sees (its request tie-break).
 
-    Shape: every array int64 [bs].
+    One int64 table [len(FIELDS), bs], a row per field (the attributes are views of its rows), so
+    that dropping finished requests and joining new ones are one operation each.
         request      simulated request id
         position     output position t = tokens committed so far (the next lattice to read)
         output_len   L of the simulated request
@@ -63,52 +64,87 @@ class DecodeBatch:
                      request: a drafting step leaves its accepted tokens (the draft extends over all
                      it committed, as SGLang's EAGLE draft extend does), a step without drafting adds
                      everything it commits (catch-up)
+        decode_steps, decode_tokens, accepted_draft, verified_draft, oracle_depth
+                     the request's RequestLog counters, summed here while it decodes and written to
+                     the log when it finishes (a row-aligned add instead of a scatter per step)
     """
 
-    request: np.ndarray
-    position: np.ndarray
-    output_len: np.ndarray
-    prompt_len: np.ndarray
-    trace_start: np.ndarray
-    trace_len: np.ndarray
-    draft_lag: np.ndarray
+    FIELDS = ("request", "position", "output_len", "prompt_len", "trace_start", "trace_len", "draft_lag",
+              *COUNTERS)
+
+    def __init__(self, table: np.ndarray):
+        self.table = table
 
     @classmethod
     def empty(cls) -> "DecodeBatch":
-        return cls(*(np.zeros(0, dtype=np.int64) for _ in range(7)))
+        return cls(np.zeros((len(cls.FIELDS), 0), dtype=np.int64))
+
+    @classmethod
+    def joining(cls, request, output_len, prompt_len, trace_start, trace_len) -> "DecodeBatch":
+        """New rows at position 1 (y_0 committed by prefill), nothing lagging or counted yet."""
+        table = np.zeros((len(cls.FIELDS), len(request)), dtype=np.int64)
+        table[0], table[2:6] = request, (output_len, prompt_len, trace_start, trace_len)
+        table[1] = 1
+        return cls(table)
 
     @property
     def size(self) -> int:
-        return len(self.request)
-
-    def columns(self) -> tuple[np.ndarray, ...]:
-        return (self.request, self.position, self.output_len, self.prompt_len, self.trace_start, self.trace_len,
-                self.draft_lag)
+        return self.table.shape[1]
 
     def keep(self, mask: np.ndarray) -> "DecodeBatch":
-        return DecodeBatch(*(column[mask] for column in self.columns()))
+        return DecodeBatch(self.table[:, mask])
 
     def extend(self, other: "DecodeBatch") -> "DecodeBatch":
-        return DecodeBatch(*(np.concatenate(pair) for pair in zip(self.columns(), other.columns())))
+        return DecodeBatch(np.concatenate((self.table, other.table), axis=1))
+
+
+def _field(row: int) -> property:
+    """A DecodeBatch field: a view of its row (`batch.position += x` adds in place, then the setter
+    copies the row onto itself)."""
+
+    def write(self, value) -> None:
+        self.table[row] = value
+
+    return property(lambda self: self.table[row], write)
+
+
+for _row, _name in enumerate(DecodeBatch.FIELDS):
+    setattr(DecodeBatch, _name, _field(_row))
+COUNTER_ROWS = slice(len(DecodeBatch.FIELDS) - len(COUNTERS), None)  # the RequestLog counters, COUNTERS order
+DECODE_STEPS = DecodeBatch.FIELDS.index("decode_steps")
+# the DecodeBatch rows a DecodePlan's counts add to, in its order: committed, accepted depth, drafted, oracle depth
+STEP_COUNTS = slice(DecodeBatch.FIELDS.index("decode_tokens"), DecodeBatch.FIELDS.index("oracle_depth") + 1)
+
+
+class PrefillPlan(NamedTuple):
+    """The step's prefill chunk: (entry, tokens this step, tokens already cached) per prefilling
+    request served, and their totals."""
+
+    chunks: list[tuple[list[int], int, int]]
+    tokens: int
+    context: int
 
 
 @dataclass(frozen=True)
 class DecodePlan:
     """What one step verifies and what it will commit (decided before the step's time passes).
 
-    Shape (bs decoding requests, n lattice nodes): accepted_depth, committed, drafted,
-    oracle_depth int [bs]; accepted bool [n]. `verify`: the StepShape fields of the decode part.
+    Shape (bs decoding requests, n lattice nodes): accepted bool [n]; counts int64 [4, bs], the
+    rows STEP_COUNTS of each request (committed, accepted_depth, drafted, oracle_depth: the
+    DecodeBatch counters they add to). `verify`: the StepShape fields of the decode part.
     """
 
     lattices: LatticeBatch
     selection: Selection
     accepted: np.ndarray
-    accepted_depth: np.ndarray
-    committed: np.ndarray
-    drafted: np.ndarray
-    oracle_depth: np.ndarray
+    counts: np.ndarray
     verify: dict
     draft_levels: tuple[int, ...] | None  # tokens per draft level when not the uniform shape's
+
+    committed = property(lambda self: self.counts[0])
+    accepted_depth = property(lambda self: self.counts[1])
+    drafted = property(lambda self: self.counts[2])
+    oracle_depth = property(lambda self: self.counts[3])
 
 
 class Simulation:
@@ -125,6 +161,7 @@ class Simulation:
         self.requests = RequestLog(stream.prompt_len, stream.output_len, stream.trace_request)
         self.steps = StepLog(detail=config.step_log)
         self._reader = LatticeReader(trace)
+        self._lattice_depth, self._lattice_width = trace.depth, trace.width  # header reads, once
         self.inexact_reads = self.on_path_cuts = 0  # request-steps whose narrow read is inexact (beam.py)
         self._drafts = policy_drafts(policy)
         self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
@@ -217,9 +254,9 @@ class Simulation:
         observes the outcome, the step is recorded, tokens are committed and finished requests leave.
         """
         start = self.env.now
-        chunks = self._plan_prefill()
-        plan = self._plan_decode(chunks) if self._batch.size else None
-        shape = self._step_shape(plan, chunks)
+        prefill = self._plan_prefill()
+        plan = self._plan_decode(prefill) if self._batch.size else None
+        shape = self._step_shape(plan, prefill)
         ragged = plan is not None and plan.draft_levels is not None  # a ragged draft replaces the uniform one
         draft_seconds = (self.cost.ragged_draft_time(shape.batch_size, plan.draft_levels, shape.kv_tokens)
                          if ragged else None)
@@ -230,49 +267,53 @@ class Simulation:
         self._record(start, shape, plan, parts)
         if plan is not None:
             self._commit_decode(plan)
-        self._commit_prefill(chunks)
+        self._commit_prefill(prefill.chunks)
 
-    def _plan_prefill(self) -> list[tuple[list[int], int, int]]:
-        """(entry, tokens this step, tokens already cached) for each prefilling request served."""
-        budget, chunks = self.prefill_chunk, []
+    def _plan_prefill(self) -> PrefillPlan:
+        """Up to prefill_chunk prompt tokens, FIFO over the prefilling requests."""
+        budget, chunks, context = self.prefill_chunk, [], 0
         for entry in self._prefilling:
             if budget == 0:
                 break
             take = min(int(self.stream.prompt_len[entry[0]]) - entry[1], budget)
             chunks.append((entry, take, entry[1]))
             budget -= take
-        return chunks
+            context += entry[1]
+        return PrefillPlan(chunks, self.prefill_chunk - budget, context)
 
-    def _plan_decode(self, chunks) -> DecodePlan:
+    def _plan_decode(self, prefill: PrefillPlan) -> DecodePlan:
         batch = self._batch
-        draft = executed_draft(self.policy.draft, self.trace.depth, self.trace.width)
+        draft = executed_draft(self.policy.draft, self._lattice_depth, self._lattice_width)
         positions = batch.trace_start + batch.position % batch.trace_len
-        frontier = None
+        frontier = chain = None
         if draft.depth <= 0:
             lattices = empty_lattices(self.trace.spine_run[positions])
         else:
             # the nodes a width-k' drafter grows (beam-exact; a chain, width 1, replays the spine)
             read = self._reader.read_beam(positions, draft.depth, draft.width)
-            lattices, frontier = read.lattices, read.frontier
+            lattices, frontier, chain = read.lattices, read.frontier, read.on_path_chain
             if read.exactness is not None:
                 self.inexact_reads += int(np.count_nonzero(read.exactness.incomplete_level))
                 self.on_path_cuts += int(np.count_nonzero(read.exactness.on_path_cut_level))
         kv_lens = batch.prompt_len + batch.position
-        prefill_seconds = self.cost.prefill_time(sum(take for _, take, _ in chunks),
-                                                 sum(cached for _, _, cached in chunks), self._drafts)
+        prefill_seconds = self.cost.prefill_time(prefill.tokens, prefill.context, self._drafts)
 
         def on_path_depth(width: int) -> np.ndarray:  # the shape-best oracle's view of narrower drafts
-            narrow = self._reader.read_beam(positions, self.trace.depth, width).lattices
-            return on_path_acceptance(narrow, np.zeros(narrow.num_nodes, dtype=bool))[2]
+            narrow = self._reader.read_beam(positions, self._lattice_depth, width)
+            if narrow.on_path_chain is not None:
+                return np.count_nonzero(narrow.on_path_chain >= 0, axis=1).astype(np.int64)
+            return on_path_acceptance(narrow.lattices, np.zeros(narrow.lattices.num_nodes, dtype=bool))[2]
 
-        context = StepContext(batch.size, kv_lens, self.cost, draft, self.trace.depth, self.trace.width,
+        context = StepContext(batch.size, kv_lens, self.cost, draft, self._lattice_depth, self._lattice_width,
                               prefill_seconds=prefill_seconds, frontier=frontier,
                               catch_up=int(batch.draft_lag.sum()) if draft.depth > 0 else 0,
                               on_path_depth=on_path_depth)
         selection = self.policy.select(lattices, context)
         if selection.drafted is not None:
             draft = selection.drafted
-        accepted, accepted_depth, oracle_depth = on_path_acceptance(lattices, selection.nodes)
+        accepted, accepted_depth, oracle_depth = (
+            on_path_acceptance(lattices, selection.nodes) if chain is None
+            else chain_acceptance(chain, lattices.offsets, selection.nodes))
         if selection.chain is not None:
             accepted_depth = chain_accepted(lattices.spine_run, selection.chain)
         drafted = selection.draft_tokens_per_request(lattices)
@@ -288,8 +329,10 @@ class Simulation:
         )
         committed = committed_counts(accepted_depth, batch.output_len - batch.position)
         verify["draft_extend_tokens"] = batch.size + context.catch_up if draft.depth > 0 else 0
-        return DecodePlan(lattices, selection, accepted, accepted_depth.astype(np.int64), committed, drafted,
-                          oracle_depth, verify, self._draft_levels(draft, selection, context.catch_up))
+        counts = np.empty((4, batch.size), dtype=np.int64)
+        counts[0], counts[1], counts[2], counts[3] = committed, accepted_depth, drafted, oracle_depth
+        return DecodePlan(lattices, selection, accepted, counts, verify,
+                          self._draft_levels(draft, selection, context.catch_up))
 
     def _draft_levels(self, draft, selection, catch_up: int) -> tuple[int, ...] | None:
         """Tokens of each draft forward when they differ from the uniform shape's (bs, bs·k', …):
@@ -302,25 +345,19 @@ class Simulation:
         levels[0] += catch_up
         return tuple(levels)
 
-    def _step_shape(self, plan: DecodePlan | None, chunks) -> StepShape:
-        prefill_tokens = sum(take for _, take, _ in chunks)
-        prefill_context = sum(cached for _, _, cached in chunks)
-        prefill = dict(prefill_tokens=prefill_tokens, prefill_context=prefill_context, prefill_draft=self._drafts)
+    def _step_shape(self, plan: DecodePlan | None, prefill: PrefillPlan) -> StepShape:
+        chunk = dict(prefill_tokens=prefill.tokens, prefill_context=prefill.context, prefill_draft=self._drafts)
         if plan is None:
             return StepShape(batch_size=0, verify_tokens=0, kv_tokens=0, attention_pairs=0, draft_depth=0,
-                             draft_width=0, **prefill)
-        return StepShape(**plan.verify, **prefill)
+                             draft_width=0, **chunk)
+        return StepShape(**plan.verify, **chunk)
 
     # ------------------------------------------------------------------------------ commits
 
     def _commit_decode(self, plan: DecodePlan) -> None:
-        batch, log = self._batch, self.requests
-        ids = batch.request
-        log.decode_steps[ids] += 1
-        log.decode_tokens[ids] += plan.committed
-        log.accepted_draft[ids] += plan.accepted_depth
-        log.verified_draft[ids] += plan.drafted
-        log.oracle_depth[ids] += plan.oracle_depth
+        batch = self._batch
+        batch.table[STEP_COUNTS] += plan.counts
+        batch.table[DECODE_STEPS] += 1
         batch.position += plan.committed
         if plan.verify["draft_depth"] > 0:
             batch.draft_lag[:] = plan.committed - 1
@@ -328,8 +365,10 @@ class Simulation:
             batch.draft_lag += plan.committed
         done = batch.position >= batch.output_len
         if done.any():
-            for request in ids[done]:
-                self._finish(int(request))
+            finished = batch.table[:, done]
+            self.requests.count(finished[0], finished[COUNTER_ROWS])
+            for request in finished[0].tolist():
+                self._finish(request)
             self._batch = batch.keep(~done)
 
     def _commit_prefill(self, chunks) -> None:
@@ -346,11 +385,9 @@ class Simulation:
                 joined.append(request)
         if joined:
             ids = np.asarray(joined, dtype=np.int64)
-            self._batch = self._batch.extend(DecodeBatch(
-                ids, np.ones(len(ids), dtype=np.int64), self.stream.output_len[ids],
-                self.stream.prompt_len[ids], self._trace_start[ids], self._trace_len[ids],
-                np.zeros(len(ids), dtype=np.int64),
-            ))
+            self._batch = self._batch.extend(DecodeBatch.joining(
+                ids, self.stream.output_len[ids], self.stream.prompt_len[ids], self._trace_start[ids],
+                self._trace_len[ids]))
 
     def _finish(self, request: int) -> None:
         self.requests.finish[request] = self.env.now
@@ -367,13 +404,12 @@ class Simulation:
         if plan is not None:
             selection = plan.selection
             record.batch_size, record.verify_tokens = shape.batch_size, shape.verify_tokens
-            record.selected, record.padding = int(plan.drafted.sum()), int(selection.padding)
+            record.committed, record.accepted, record.selected, record.oracle_depth = plan.counts.sum(axis=1).tolist()
+            record.padding = int(selection.padding)
             record.budget = math.nan if selection.budget is None else float(selection.budget)
             record.eager, record.draft_depth, record.draft_width = shape.eager, shape.draft_depth, shape.draft_width
-            record.accepted, record.committed = int(plan.accepted_depth.sum()), int(plan.committed.sum())
             record.kv_tokens, record.attention_pairs = shape.kv_tokens, shape.attention_pairs
-            record.oracle_depth = int(plan.oracle_depth.sum())
-        self.steps.records.append(record)
+        self.steps.append(record)
         if self.steps.detail:
             self.steps.components.append(dict(parts))
             self.steps.details.append(self._detail(plan))

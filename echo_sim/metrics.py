@@ -31,13 +31,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from echo_sim.step import step_frame
+from echo_sim.step import STEP_DTYPES, STEP_FIELDS, StepRecord, step_frame, step_row
 from echo_sim.trees import LatticeBatch
 
 PERCENTILES = (50, 90, 99)
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
 OPEN_LOOP_TRIM = 0.10  # open loop: completions trimmed at each end of the steady-state window
 REQUEST_DETAIL_FIELDS = ("requests", "selected_depth", "selected_width", "accepted_depth", "oracle_depth_r")
+STEP_BLOCK = 4096  # steps per block of the step log
+COUNTERS = ("decode_steps", "decode_tokens", "accepted_draft", "verified_draft", "oracle_depth")  # RequestLog
 
 
 @dataclass
@@ -70,8 +72,13 @@ class RequestLog:
         n = len(self.output_len)
         for name in ("arrival", "admitted", "first_token", "finish"):
             setattr(self, name, np.full(n, np.nan))
-        for name in ("decode_steps", "decode_tokens", "accepted_draft", "verified_draft", "oracle_depth"):
-            setattr(self, name, np.zeros(n, dtype=np.int64))
+        self._counters = np.zeros((len(COUNTERS), n), dtype=np.int64)  # the COUNTERS fields are its rows
+        for name, row in zip(COUNTERS, self._counters):
+            setattr(self, name, row)
+
+    def count(self, requests: np.ndarray, counters: np.ndarray) -> None:
+        """Add `counters` (int64 [len(COUNTERS), k], COUNTERS order) to the `requests` (k distinct ids)."""
+        self._counters[:, requests] += counters
 
     def frame(self) -> pd.DataFrame:
         table = pd.DataFrame({name: getattr(self, name) for name in self.__dataclass_fields__})
@@ -81,16 +88,45 @@ class RequestLog:
 
 @dataclass
 class StepLog:
-    """One StepRecord per engine step (echo_sim.step); with `detail`, per-request lists
-    (REQUEST_DETAIL_FIELDS, batch row order) and the step-time components of every step."""
+    """One StepRecord per engine step (echo_sim.step), stored as rows of float64 blocks (every
+    field is a float, a bool or an integer below 2**53, exact in float64) instead of objects, so
+    that a long run's log stays small; with `detail`, per-request lists (REQUEST_DETAIL_FIELDS,
+    batch row order) and the step-time components of every step."""
 
     detail: bool = False
-    records: list = field(default_factory=list)
     details: list = field(default_factory=list)
     components: list = field(default_factory=list)
+    _blocks: list = field(default_factory=list, repr=False)  # float64 [STEP_BLOCK, len(STEP_FIELDS)] each
+    _used: int = field(default=STEP_BLOCK, repr=False)  # rows filled in the last block
+
+    def append(self, record: StepRecord) -> None:
+        if self._used == STEP_BLOCK:
+            self._blocks.append(np.empty((STEP_BLOCK, len(STEP_FIELDS))))
+            self._used = 0
+        self._blocks[-1][self._used] = step_row(record)
+        self._used += 1
+
+    def __len__(self) -> int:
+        return len(self._blocks) * STEP_BLOCK - (STEP_BLOCK - self._used) if self._blocks else 0
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """STEP_FIELDS name -> [steps], each in its StepRecord type (float64, int64 or bool)."""
+        rows = np.concatenate(self._blocks)[: len(self)] if self._blocks else np.empty((0, len(STEP_FIELDS)))
+        return {name: rows[:, i].astype(STEP_DTYPES[name]) for i, name in enumerate(STEP_FIELDS)}
+
+    @property
+    def records(self) -> list[StepRecord]:
+        """The steps as StepRecord objects (rebuilt from the columns: for callers that want objects)."""
+        values = [column.tolist() for column in self.columns().values()]
+        return [StepRecord(*row) for row in zip(*values)]
 
     def frame(self) -> pd.DataFrame:
-        table = step_frame(self.records)
+        """step_frame of the records: the same columns, dtypes and values."""
+        if len(self) == 0:
+            table = step_frame([])
+        else:
+            table = pd.DataFrame(self.columns())
+            table.insert(0, "step", np.arange(len(table)))
         if self.detail:
             for index, name in enumerate(REQUEST_DETAIL_FIELDS):
                 table[name] = [entry[index] for entry in self.details]

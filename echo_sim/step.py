@@ -109,13 +109,15 @@ class StepRecord:
 
 # The columns of a step table: every StepRecord field but the runtime's nested ones.
 STEP_FIELDS = tuple(f.name for f in fields(StepRecord) if f.name not in ("laps", "rows", "draft_levels"))
-_row_of = attrgetter(*STEP_FIELDS)
+STEP_DTYPES = {f.name: {"float": np.float64, "int": np.int64, "bool": np.bool_}[f.type]
+               for f in fields(StepRecord) if f.name in STEP_FIELDS}
+step_row = attrgetter(*STEP_FIELDS)  # record -> tuple of its STEP_FIELDS values
 
 
 def step_frame(records: list[StepRecord]) -> pd.DataFrame:
     """One row per step, STEP_FIELDS in order, with a leading `step` index; measured laps (runtime)
     become columns of their own."""
-    table = pd.DataFrame.from_records([_row_of(r) for r in records], columns=list(STEP_FIELDS))
+    table = pd.DataFrame.from_records([step_row(r) for r in records], columns=list(STEP_FIELDS))
     table.insert(0, "step", np.arange(len(table)))
     laps = sorted({name for r in records for name in r.laps})
     for name in laps:

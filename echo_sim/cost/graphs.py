@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -68,7 +69,12 @@ class GraphCapture:
         if v.shape == (1,):  # most callers ask about one V: the same rule in plain ints (tested equal)
             tokens, eager = self.executed_one(int(v[0]), batch_size, bucketing)
             return np.array([tokens], dtype=np.int64), np.array([eager])
-        graph = np.where(v == 0, 0, self._graph_tokens(v, batch_size))  # 0 where no graph holds V
+        graph = self._graph_tokens(v, batch_size)  # 0 where no graph holds V
+        if v.min(initial=1) > 0:  # no empty step (verify_time's candidates): fits = graph > 0
+            if bucketing:
+                return np.where(graph > 0, graph, v), graph == 0
+            return v.copy(), (graph == 0) | (graph != v)
+        graph = np.where(v == 0, 0, graph)
         fits = (graph > 0) | (v == 0)
         if bucketing:
             return np.where(graph > 0, graph, v), ~fits
@@ -92,13 +98,16 @@ class GraphCapture:
             return 0
         return b if v <= b else (b * self.tokens_per_request if v <= b * self.tokens_per_request else 0)
 
+    @cached_property
+    def _bucket_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(token buckets int64, the same with a trailing 0: the graph of a slot past the largest)."""
+        buckets = np.asarray(self.token_buckets, dtype=np.int64)
+        return buckets, np.append(buckets, 0)
+
     def _graph_tokens(self, v: np.ndarray, batch_size: int) -> np.ndarray:
         if self.mode == "token-buckets":
-            buckets = np.asarray(self.token_buckets, dtype=np.int64)
-            if len(buckets) == 0:
-                return np.zeros_like(v)
-            slot = np.searchsorted(buckets, v)
-            return np.where(slot < len(buckets), buckets[np.minimum(slot, len(buckets) - 1)], 0)
+            buckets, graph_of_slot = self._bucket_arrays
+            return graph_of_slot[np.searchsorted(buckets, v)]
         sizes = [b for b in self.batch_sizes if b >= batch_size]
         if not sizes:
             return np.zeros_like(v)

@@ -190,14 +190,14 @@ class CostModel:
         roots plus any catch-up tokens; level l >= 2: the frontier nodes expanded at level l-1),
         each level one graph-replayed forward. A level costs what draft_time charges a level of
         that many tokens, so uniform levels (bs, bs·k, …) give draft_time exactly."""
-        tokens = np.asarray(level_tokens, dtype=float)
-        if batch_size < 1 or len(tokens) == 0 or tokens.min() <= 0:
-            raise CostModelError(f"ragged_draft_time: impossible shape bs={batch_size} levels={tokens.tolist()}")
+        tokens = [float(t) for t in level_tokens]
+        if batch_size < 1 or len(tokens) == 0 or min(tokens) <= 0:
+            raise CostModelError(f"ragged_draft_time: impossible shape bs={batch_size} levels={tokens}")
         # Level 1 runs bs tokens here; its catch-up tokens are added below. The policy's budget
         # (without catch-up) and the engine's charge (with it) ask in one step: one computation.
-        key = (batch_size, tuple(tokens[1:].tolist()), kv_tokens)
+        key = (batch_size, tuple(tokens[1:]), kv_tokens)
         if self._last_ragged[0] != key:
-            depth, widths = len(tokens), tokens / batch_size
+            depth, widths = len(tokens), [t / batch_size for t in tokens]
             first = float(self.terms.draft(batch_size, 1, 1, kv_tokens))
             if isinstance(self.terms, RooflineTerms):  # its draft takes one width per level: one forward
                 seconds = float(self.terms.draft(batch_size, depth, widths, kv_tokens))  # level 1: bs
@@ -230,20 +230,38 @@ class CostModel:
                  "draft": 0.0, "verify": 0.0, "overhead": float(self.terms.scheduler(shape.batch_size))}
         if shape.batch_size == 0:
             return parts
-        requested = np.array([float(shape.verify_tokens)])
-        tokens, eager_mask = self._run_tokens(requested, shape.batch_size, shape.eager or mixed)
-        pairs = shape.attention_pairs * tokens / requested  # padding costs like the real tokens
+        # one shape: _run_tokens's rule in plain ints (executed_one), the same floats as the vector path
+        if shape.eager or mixed:
+            run, eager = shape.verify_tokens, True
+        else:
+            run, eager = self.graphs.executed_one(shape.verify_tokens, shape.batch_size)
+        tokens = float(run)
+        pairs = shape.attention_pairs * tokens / float(shape.verify_tokens)  # padding costs like the real tokens
         parts["draft"] = draft_seconds if draft_seconds is not None else self.draft_time(
             shape.batch_size, shape.draft_depth, shape.draft_width, shape.kv_tokens, shape.draft_extend_tokens)
         if mixed:  # one forward over the verify tokens and the chunk; the draft extends over the chunk too
-            parts["verify"] = float(self.terms.mixed_forward(tokens[0], shape.batch_size, shape.kv_tokens, pairs[0],
+            parts["verify"] = float(self.terms.mixed_forward(tokens, shape.batch_size, shape.kv_tokens, pairs,
                                                              shape.prefill_tokens, shape.prefill_context))
             if shape.prefill_draft:
                 parts["prefill"] = float(self.terms.draft_prefill(shape.prefill_tokens, shape.prefill_context))
         else:
-            parts["verify"] = float(self.terms.verify_forward(tokens, shape.batch_size, shape.kv_tokens, pairs)[0])
-        parts["overhead"] += float(self.terms.launch(eager_mask)[0])
+            parts["verify"] = self._verify_forward_one(tokens, shape.batch_size, shape.kv_tokens, pairs)
+        parts["overhead"] += self._launch_one(eager)
         return parts
+
+    def _verify_forward_one(self, tokens: float, batch_size: int, kv_tokens: int, pairs: float) -> float:
+        """terms.verify_forward of one shape; the roofline's in plain floats (forward_floats)."""
+        if isinstance(self.terms, RooflineTerms):
+            seconds = self.terms.target.forward_floats([tokens], kv_tokens, [pairs])
+            if seconds is not None:
+                return seconds[0]
+        return float(self.terms.verify_forward(np.array([tokens]), batch_size, kv_tokens, np.array([pairs]))[0])
+
+    def _launch_one(self, eager: bool) -> float:
+        """terms.launch of one shape."""
+        if isinstance(self.terms, RooflineTerms):
+            return self.terms.target_eager_s if eager else self.terms.hw.graph_launch_s
+        return float(self.terms.launch(np.array([eager]))[0])
 
     def step_time(self, shape: StepShape) -> float:
         return sum(self.components(shape).values())

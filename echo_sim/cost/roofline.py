@@ -63,7 +63,10 @@ class TokenTable:
     def holds(self, counts: list[float]) -> bool:
         """Every count is tabulated already (integral, 0 <= count < size): `floats` answers them."""
         size = len(self.floats)
-        return all(c.is_integer() and 0 <= c < size for c in counts)
+        for c in counts:
+            if not (c.is_integer() and 0 <= c < size):
+                return False
+        return True
 
 
 class NetworkCost:
@@ -119,6 +122,7 @@ class NetworkCost:
         self._token_terms = TokenTable(self._token_only_seconds)
         self._input_fc = TokenTable(lambda t: self._linear(t, self.fc_param_array, self.fc_act_array))
         self._logits = TokenTable(self._lm_head)
+        self._with_logits = np.zeros(0)  # _token_terms + _logits per count (verify_forward)
 
     def _roofline(self, flops, bytes_moved):
         return np.maximum(flops / self.hw.matmul_flops_per_s, bytes_moved / self.hw.memory_bytes_per_s)
@@ -232,14 +236,35 @@ class NetworkCost:
             total = total + np.where(with_input_fc, self._input_fc(tokens), 0.0)
         return np.where(tokens > 0, total, 0.0)
 
+    def verify_forward(self, tokens: np.ndarray, kv_tokens: float, pairs: np.ndarray) -> np.ndarray | None:
+        """forward(tokens, kv_tokens, pairs, tokens) of verify forwards (every token needs logits, no
+        input fc) with the token-only terms and the logits read from one summed table: the same
+        IEEE operations in the same order, without the per-table checks. Shape: [n] -> [n].
+        None when a count is not tabulated yet, not integral or < 1, or the network has an input fc."""
+        index = tokens.astype(np.int64)
+        terms, logits = self._token_terms, self._logits
+        size = min(len(terms.values), len(logits.values))
+        if (self.net.input_fc_size or index.min(initial=1) < 1 or index.max(initial=0) >= size
+                or np.any(index != tokens)):
+            return None
+        if len(self._with_logits) != size:  # the tables grew: sum them again
+            self._with_logits = terms.values[:size] + logits.values[:size]
+        flops_rate, bytes_rate = self._attention_rates()
+        attention = np.maximum(self.attention_flops_per_pair * pairs / flops_rate,
+                               ((kv_tokens + tokens) * self.kv_bytes_per_token + tokens * self.qo_bytes_per_token)
+                               / bytes_rate)
+        return self._with_logits[index] + self.net.num_layers * attention
+
     def forward_floats(self, tokens: list[float], kv_tokens: float, pairs: list[float],
-                       with_input_fc: list[bool] | None = None) -> list[float] | None:
-        """forward(tokens, kv_tokens, pairs, tokens, with_input_fc) for a few forwards (every token
-        needs logits) in plain floats: the same IEEE operations in the same order, several times
-        faster than numpy on a handful of values (tests compare the two). None when a count is not
-        tabulated yet (the caller then takes forward, which tabulates it)."""
+                       with_input_fc: list[bool] | None = None, logits_tokens: list[float] | None = None
+                       ) -> list[float] | None:
+        """forward(tokens, kv_tokens, pairs, logits_tokens, with_input_fc) for a few forwards in
+        plain floats (logits_tokens None: every token needs logits): the same IEEE operations in the
+        same order, several times faster than numpy on a handful of values (tests compare the two).
+        None when a count is not tabulated yet (the caller then takes forward, which tabulates it)."""
         terms, logits, fc = self._token_terms, self._logits, self._input_fc
-        if not (terms.holds(tokens) and logits.holds(tokens)):
+        logit_counts = tokens if logits_tokens is None else logits_tokens
+        if not (terms.holds(tokens) and logits.holds(logit_counts)):
             return None
         use_fc = bool(self.net.input_fc_size)
         if use_fc and not fc.holds(tokens):
@@ -254,7 +279,7 @@ class NetworkCost:
                 continue
             n = int(t)
             attention = max(per_pair * pairs[i] / flops_rate, ((kv + t) * kv_bytes + t * qo_bytes) / bytes_rate)
-            total = terms.floats[n] + logits.floats[n] + layers * attention
+            total = terms.floats[n] + logits.floats[int(logit_counts[i])] + layers * attention
             if use_fc:
                 total = total + (fc.floats[n] if with_input_fc is not None and with_input_fc[i] else 0.0)
             out.append(total)
@@ -298,6 +323,10 @@ class RooflineTerms:
                                                  np.broadcast_to(np.asarray(pairs, dtype=float), tokens.shape).ravel().tolist())
             if seconds is not None:
                 return np.array(seconds).reshape(np.atleast_1d(tokens).shape)
+        elif np.ndim(tokens) == 1 and np.ndim(kv_tokens) == 0 and np.shape(pairs) == np.shape(tokens):
+            seconds = self.target.verify_forward(tokens, float(kv_tokens), pairs)  # many candidates: one table
+            if seconds is not None:
+                return seconds
         return self.target.forward(tokens, kv_tokens, pairs, tokens)
 
     def launch(self, eager):
@@ -332,7 +361,7 @@ class RooflineTerms:
     def _draft_vector(self, batch_size: int, depth: int, width, kv_tokens: float, extend_tokens) -> float:
         """draft() over numpy arrays of levels: the reference of _draft_floats."""
         level = np.arange(1, depth + 1, dtype=float)
-        tokens = np.where(level == 1, extend_tokens or batch_size, batch_size * width).astype(float)
+        tokens = np.where(level == 1, extend_tokens or batch_size, batch_size * np.asarray(width, dtype=float))
         pairs = tokens * (kv_tokens / batch_size + level)
         seconds = self.draft_net.forward(tokens, kv_tokens, pairs, tokens, with_input_fc=level == 1)
         return float(seconds.sum() + depth * self.hw.graph_launch_s)
@@ -340,7 +369,10 @@ class RooflineTerms:
     def _draft_floats(self, batch_size: int, depth: int, width, kv_tokens: float, extend_tokens) -> float | None:
         """draft() in plain floats (NetworkCost.forward_floats); None when a count is not tabulated.
         Levels are summed left to right, as numpy sums arrays of up to SHORT_SUM values."""
-        widths = np.broadcast_to(width, (depth,)).tolist() if np.ndim(width) else [width] * depth
+        if isinstance(width, (int, float)):
+            widths = [width] * depth
+        else:  # one width per level (ragged_draft_time)
+            widths = width if isinstance(width, list) and len(width) == depth else np.broadcast_to(width, (depth,)).tolist()
         tokens = [float(extend_tokens or batch_size)] + [float(batch_size * w) for w in widths[1:]]
         share = kv_tokens / batch_size
         pairs = [t * (share + float(level)) for level, t in enumerate(tokens, start=1)]
@@ -356,16 +388,14 @@ class RooflineTerms:
         """The draft's forward over a prompt chunk, without launch costs (0 without a draft)."""
         if tokens == 0 or self.draft_net is None:
             return 0.0
-        pairs = tokens * context + tokens * (tokens + 1) / 2
-        return float(self.draft_net.forward(tokens, context, pairs, 1.0, True)[0])
+        return float(_chunk_forward(self.draft_net, tokens, context, True))
 
     def prefill(self, tokens: int, context: int, with_draft: bool = True) -> float:
         """A prompt chunk over its cached prefix, eagerly launched, plus (with_draft) the draft's
         extend over it."""
         if tokens == 0:
             return 0.0
-        pairs = tokens * context + tokens * (tokens + 1) / 2  # causal
-        seconds = self.target.forward(tokens, context, pairs, 1.0)[0] + self.target_eager_s
+        seconds = _chunk_forward(self.target, tokens, context, False) + self.target_eager_s
         if with_draft and self.draft_net is not None:
             seconds += self.draft_prefill(tokens, context) + self.draft_eager_s
         return float(seconds)
@@ -382,3 +412,11 @@ class RooflineTerms:
                 f"model {self.model.name!r} at TP {self.tp} does not fit on {self.hw.name}: "
                 f"weights need {sum(n.weight_bytes() for n in nets) / 1e9:.1f} GB per GPU")
         return int(free // sum(n.kv_cache_bytes_per_token() for n in nets))
+
+
+def _chunk_forward(net: NetworkCost, tokens: int, context: int, with_input_fc: bool) -> float:
+    """One causal forward over a prompt chunk of `tokens` after `context` cached tokens, logits for
+    its last token only: in plain floats once its counts are tabulated (forward_floats), else forward."""
+    pairs = tokens * context + tokens * (tokens + 1) / 2  # causal
+    seconds = net.forward_floats([float(tokens)], context, [pairs], [with_input_fc], [1.0])
+    return seconds[0] if seconds is not None else net.forward(tokens, context, pairs, 1.0, with_input_fc)[0]

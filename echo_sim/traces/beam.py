@@ -82,7 +82,7 @@ class UniformBeam:
 
     The ungated beam of a width depends only on the position, and a depth-S' beam is the depth-S
     beam cut at S' (it is grown level by level), so it is grown once per width for every position
-    of the trace (`tables`, vectorised) and a read is a row gather. The expand gate needs no regrowth:
+    of the trace (`table`, vectorised, on first use of the width) and a read is a row gather. The expand gate needs no regrowth:
     cumulative scores never increase along a path, so a node's ancestors all pass the gate iff its
     parent does, and gated-out frontier nodes only remove their own children (module docstring).
     `layout_ok(columns, k, S)` says whether a trace has this layout (else use the reference).
@@ -165,54 +165,111 @@ class UniformBeam:
 
 
 class BeamTable:
-    """One width k''s full-depth beam at every position, in a fixed padded layout [P, M'] with
-    M' = k' + (S-1)k'² (a lattice of the generator's shape at width k'): level l's kept nodes
-    first in their stored order, then `valid` False padding where the stored lattice lacked them.
-    A depth-d read is the first k' + (d-1)k'² columns, a row gather; padding, when a batch has
-    any, is squeezed out (compact).
+    """One width k''s full-depth beam at every position, compacted to the left in a padded layout
+    [P, M'] with M' = k' + (S-1)k'²: row p holds its kept nodes in their stored order (level order),
+    parents renumbered to that order, then zero padding. The nodes of depth <= d are the first
+    level_count[p, d] of a row, all within its first k' + (d-1)k'² columns, so a depth-d read is a
+    row gather of those columns with padding squeezed out, and what the read says about
+    exactness is precomputed per position (`_up_to`).
 
-    columns   name -> [P, M'] the node columns (parent renumbered into this layout)
-    valid, frontier, lost   bool [P, M']  a kept node; a frontier node of a level < S (expanded by
-              the drafter); a frontier node whose children the stored lattice lacks
+    columns      name -> [P, M'] the node columns of the kept nodes
+    frontier     bool [P, M']  frontier nodes of levels < S (expanded by the drafter)
+    level_count  int64 [P, S + 1]  kept nodes of depth <= d
+    incomplete, cut   int64 [P]  1 + the lowest level of a frontier node whose children the stored
+                 lattice lacks (of an on-path one, for cut), 0 if none
+    on_path_chain  int64 [P, S] or None: on_path_chains of the compacted rows
     """
 
-    def __init__(self, columns: dict, valid, frontier, lost, width: int):
-        self.columns, self.valid, self.frontier, self.lost, self.width = columns, valid, frontier, lost, width
+    def __init__(self, columns: dict, frontier, level_count, incomplete, cut, width: int, depth: int):
+        self.columns, self.frontier, self.level_count = columns, frontier, level_count
+        self.incomplete, self.cut, self.width, self.depth = incomplete, cut, width, depth
+        self.on_path_chain = on_path_chains(columns["on_path"], columns["depth"], columns["parent"], depth)
 
     @classmethod
     def build(cls, columns: dict, kept, frontier, lost, width: int, depth: int) -> "BeamTable":
-        positions, stored = kept.shape
         level = columns["depth"]  # [P, M]
-        sizes = [width] + [width * width] * (depth - 1)
-        starts = np.concatenate(([0], np.cumsum(sizes)))
-        rank = np.cumsum(kept, axis=1) - 1  # rank among kept nodes, then per level:
-        before_level = np.stack([(kept & (level < d)).sum(axis=1) for d in range(1, depth + 1)], axis=1)
-        slot = starts[level - 1] + rank - np.take_along_axis(before_level, level - 1, axis=1)
-        row, column = np.nonzero(kept)
-        target = slot[row, column]  # column of each kept node in the padded layout
-        width_total = int(starts[-1])
+        width_total = width + (depth - 1) * width * width
+        # compaction keeps the row-major order of the kept nodes: boolean masks on both sides
+        inside = np.arange(width_total) < np.count_nonzero(kept, axis=1)[:, None]
+        rank = np.cumsum(kept, axis=1) - 1  # column of each kept node in its compacted row
+        parent = columns["parent"]
+        renumbered = np.where(parent == ROOT_PARENT, ROOT_PARENT,
+                              np.take_along_axis(rank, np.maximum(parent, 0), axis=1)).astype(parent.dtype)
         out = {}
-        for name, values in columns.items():
-            padded = np.zeros((positions, width_total), dtype=values.dtype)
-            padded[row, target] = values[row, column]
-            out[name] = padded
-        stored_parent = columns["parent"][row, column]
-        out["parent"][row, target] = np.where(stored_parent == ROOT_PARENT, ROOT_PARENT,
-                                              slot[row, np.maximum(stored_parent, 0)])
-        out["depth"][:] = np.repeat(np.arange(1, depth + 1), sizes).astype(out["depth"].dtype)
-        masks = []
-        for mask in (kept, frontier, lost):
-            padded = np.zeros((positions, width_total), dtype=bool)
-            padded[row, target] = mask[row, column]
-            masks.append(padded)
-        return cls(out, *masks, width)
+        for name, values in {**columns, "parent": renumbered, "frontier": frontier}.items():
+            compact = np.zeros(inside.shape, dtype=values.dtype)
+            compact[inside] = values[kept]
+            out[name] = compact
+        compact_frontier = out.pop("frontier")
+        per_level = np.stack([np.count_nonzero(kept & (level == d), axis=1) for d in range(depth + 1)], axis=1)
+        return cls(out, compact_frontier, np.cumsum(per_level, axis=1), _lowest_level(lost, level),
+                   _lowest_level(lost & columns["on_path"], level), width, depth)
 
-    def read(self, positions: np.ndarray, depth: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-        """(columns, valid, frontier, lost), each [bs, m'] with m' = k' + (depth-1)k'²."""
+    def read(self, positions: np.ndarray, depth: int) -> tuple[dict, np.ndarray, np.ndarray, BeamKeep, np.ndarray | None]:
+        """(flat columns, offsets int64 [bs + 1], frontier bool [n], exactness, on-path chain
+        int64 [bs, depth] or None) of the depth-`depth` beam at `positions`."""
         m = self.width + (depth - 1) * self.width * self.width
-        take = lambda values: np.take(values, positions, axis=0)[:, :m]  # noqa: E731
-        return ({name: take(values) for name, values in self.columns.items()},
-                take(self.valid), take(self.frontier), take(self.lost))
+        keep = self.level_count[positions, depth]
+        rows = {name: _rows(values, positions, m) for name, values in self.columns.items()}
+        frontier = _rows(self.frontier, positions, m)
+        bs = len(positions)
+        if np.all(keep == m):
+            flat = {name: values.ravel() for name, values in rows.items()}
+            frontier = frontier.ravel()
+            offsets = np.arange(bs + 1, dtype=np.int64) * m
+        else:
+            inside = np.arange(m) < keep[:, None]
+            flat = {name: values[inside] for name, values in rows.items()}
+            frontier = frontier[inside]
+            offsets = np.zeros(bs + 1, dtype=np.int64)
+            np.cumsum(keep, out=offsets[1:])
+        if depth < self.depth:  # the drafter expands the frontier of levels < depth only
+            frontier &= flat["depth"] < depth
+        exactness = BeamKeep(_up_to(self.incomplete[positions], depth), _up_to(self.cut[positions], depth))
+        chain = None if self.on_path_chain is None else self.on_path_chain[positions, :depth]
+        return flat, offsets, frontier, exactness, chain
+
+
+def _rows(values: np.ndarray, positions: np.ndarray, m: int) -> np.ndarray:
+    """values[positions, :m], contiguous: a whole-row np.take is the fastest gather, a sliced
+    fancy index the next (both copy only what they return)."""
+    return np.take(values, positions, axis=0) if m == values.shape[1] else values[positions, :m]
+
+
+def _lowest_level(mask: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """int64 [P]: 1 + the lowest level of each row's masked nodes, 0 if none."""
+    lowest = np.where(mask, level, np.iinfo(np.int32).max).min(axis=1, initial=np.iinfo(np.int32).max)
+    return np.where(mask.any(axis=1), lowest.astype(np.int64) + 1, 0)
+
+
+def _up_to(first_level: np.ndarray, depth: int) -> np.ndarray:
+    """A full-depth BeamKeep level seen by a depth-`depth` read: the missing children of a frontier
+    node of level l only matter when the read grows level l + 1 <= depth."""
+    return np.where(first_level <= depth, first_level, 0)
+
+
+def on_path_chains(on_path: np.ndarray, depth: np.ndarray, parent: np.ndarray, max_depth: int) -> np.ndarray | None:
+    """int64 [P, max_depth]: the local index of each lattice's on-path node at levels 1 … max_depth
+    (-1 past its end), rows [P, m] of lattices in level order; None unless every lattice's on-path
+    nodes are one chain from level 1 (one per level, each the child of the one above), as the trace
+    generator's are (siblings carry distinct tokens)."""
+    positions = on_path.shape[0]
+    row, column = np.nonzero(on_path)
+    level = depth[row, column].astype(np.int64)
+    if len(level) and (level.min() < 1 or level.max() > max_depth):
+        return None
+    chain = np.full((positions, max_depth + 1), -1, dtype=np.int64)
+    chain[row, level] = column
+    if np.count_nonzero(chain[:, 1:] >= 0) != len(row):  # two on-path nodes on one level
+        return None
+    chain = chain[:, 1:]
+    present = chain >= 0
+    if np.any(present[:, 1:] & ~present[:, :-1]):  # a gap: not one chain from level 1
+        return None
+    above = np.where(level == 1, ROOT_PARENT, chain[row, np.maximum(level - 2, 0)])
+    if np.any(parent[row, column] != above):
+        return None
+    return chain
 
 
 def keep_nodes(batch: LatticeBatch, keep: np.ndarray) -> LatticeBatch:

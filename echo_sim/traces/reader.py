@@ -7,8 +7,12 @@
   truncation pass: about 3x faster at batch 256. Other traces fall back to trace.lattice_batch.
 - LatticeReader.read_beam(positions, depth, width, expand_min_score) == beam.beam_batch_reference
   of that depth-only read: the nodes a width-k' drafter grows (beam.py), vectorised over the
-  batch on the generator's layout (beam.UniformBeam), the per-lattice reference elsewhere. With
-  width >= the trace's k and no expand gate it is the depth-only read, bit for bit.
+  batch on the generator's layout (beam.UniformBeam: one compacted table per width, a read is a
+  row gather), the per-lattice reference elsewhere. With width >= the trace's k and no expand gate
+  it is the depth-only read, bit for bit.
+- chain_acceptance(read.on_path_chain, offsets, selected) == on_path_acceptance(lattices, selected)
+  where every lattice's on-path nodes are one chain (beam.on_path_chains, precomputed per position
+  with the tables): acceptance is a prefix test on a [bs, depth] matrix (small batches: _chain_few).
 - on_path_acceptance(lattices, selected) == trees.accepted_nodes(lattices, selected), plus the
   on-path depth (what `oracle` accepts). Accepted nodes are on-path by definition, so the walk
   visits only on-path nodes (a few per request) instead of propagating over every node; up to
@@ -21,7 +25,7 @@ import numpy as np
 
 from dataclasses import dataclass
 
-from echo_sim.traces.beam import BeamKeep, BeamTable, UniformBeam, beam_batch_reference
+from echo_sim.traces.beam import BeamKeep, UniformBeam, _rows, beam_batch_reference, on_path_chains
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import ROOT_PARENT, LatticeBatch
 
@@ -37,6 +41,8 @@ class LatticeReader:
         self.columns = None  # name -> array [positions, nodes per lattice], when the layout is uniform
         self.level_prefix = None  # int [S + 1]: nodes of depth <= d in every lattice
         self.beam = None  # UniformBeam, when the layout is the generator's (echo_runtime.lattice)
+        self.on_path_chain = None
+        self._frontier_rows: dict[int, np.ndarray] = {}  # read depth -> _stored_frontier's rows
         counts = np.diff(trace.node_offsets)
         if len(counts) == 0 or counts[0] == 0 or np.any(counts != counts[0]):
             return
@@ -51,15 +57,17 @@ class LatticeReader:
             layout_ok = UniformBeam.layout_ok(self.columns, trace.width, trace.depth)
             trace._cache["uniform_beam"] = UniformBeam(self.columns, trace.width, trace.depth) if layout_ok else None
         self.beam = trace._cache["uniform_beam"]
+        if "on_path_chain" not in trace._cache:
+            trace._cache["on_path_chain"] = on_path_chains(self.columns["on_path"], depth, self.columns["parent"],
+                                                           int(depth[0].max()))
+        self.on_path_chain = trace._cache["on_path_chain"]  # int64 [P, S] or None (on_path_chains)
 
     def read(self, positions: np.ndarray, max_depth: int) -> LatticeBatch:
         """The lattices at `positions` (int64 [bs], global) with nodes of depth <= max_depth."""
         if self.columns is None:
             return self.trace.lattice_batch(positions, max_depth=max_depth)
         keep = int(self.level_prefix[min(max_depth, len(self.level_prefix) - 1)])
-        # np.take on whole rows is several times faster than fancy indexing with a column slice
-        gathered = {name: np.take(column, positions, axis=0)[:, :keep].ravel()
-                    for name, column in self.columns.items()}
+        gathered = {name: _rows(column, positions, keep).ravel() for name, column in self.columns.items()}
         return LatticeBatch(
             offsets=np.arange(len(positions) + 1, dtype=np.int64) * keep,
             spine_run=self.trace.spine_run[positions],
@@ -72,66 +80,41 @@ class LatticeReader:
         depth = min(max_depth, self.trace.depth)
         if width >= self.trace.width or depth < 1 or self.trace.is_chain_only:
             lattices = self.read(positions, depth)
-            return BeamRead(lattices, self._stored_frontier(positions, lattices, depth), None)
+            chain = None if self.on_path_chain is None else self.on_path_chain[positions, :depth]
+            return BeamRead(lattices, self._stored_frontier(positions, lattices, depth), None, chain)
         if self.beam is None:
             return BeamRead(*beam_batch_reference(self.read(positions, depth), width, depth))
-        return self._read_table(positions, self.beam.table(width), depth)
+        flat, offsets, frontier, exactness, chain = self.beam.table(width).read(positions, depth)
+        lattices = LatticeBatch(offsets=offsets, spine_run=self.trace.spine_run[positions],
+                                has_confidences=self.trace.has_confidences, **flat)
+        return BeamRead(lattices, frontier, exactness, chain)
 
     def _stored_frontier(self, positions, lattices: LatticeBatch, depth: int) -> np.ndarray:
         """bool [n]: the read's nodes of levels < depth that the stored lattice expanded."""
         if self.beam is not None:
-            per = lattices.num_nodes // max(len(positions), 1)
-            return np.take(self.beam.expanded, positions, axis=0)[:, :per].ravel() & (lattices.depth < depth)
+            if depth not in self._frontier_rows:  # [P, nodes of depth <= d]: expanded, of a level < d
+                keep = int(self.level_prefix[min(depth, len(self.level_prefix) - 1)])
+                self._frontier_rows[depth] = (self.beam.expanded[:, :keep]
+                                              & (self.columns["depth"][:, :keep] < depth))
+            return np.take(self._frontier_rows[depth], positions, axis=0).ravel()
         full = self.trace.lattice_batch(positions)  # children deeper than the read are not in it
         expanded = np.zeros(full.num_nodes, dtype=bool)
         parent = full.global_parent()
         expanded[parent[parent != ROOT_PARENT]] = True
         return expanded[full.depth <= depth] & (lattices.depth < depth)  # level order: a prefix per lattice
 
-    def _read_table(self, positions: np.ndarray, table: BeamTable, depth: int) -> "BeamRead":
-        """A beam read from a width's precomputed table: a row gather, padding squeezed out."""
-        columns, valid, frontier, lost = table.read(positions, depth)
-        bs, m = valid.shape
-        inner = m - table.width * table.width if depth > 1 else 0  # nodes of levels < depth
-        frontier[:, inner:] = False
-        lost = lost[:, :inner]
-        level = columns["depth"][0, :inner]
-        exactness = BeamKeep(_first_level(lost, level), _first_level(lost & columns["on_path"][:, :inner], level))
-        if valid.all():
-            offsets = np.arange(bs + 1, dtype=np.int64) * m
-            flat = {name: values.ravel() for name, values in columns.items()}
-            flat_frontier = frontier.ravel()
-        else:
-            renumber = np.cumsum(valid, axis=1) - 1
-            parent = columns["parent"]
-            columns["parent"] = np.where(parent == ROOT_PARENT, ROOT_PARENT,
-                                         np.take_along_axis(renumber, np.maximum(parent, 0), axis=1)
-                                         ).astype(parent.dtype)
-            offsets = np.zeros(bs + 1, dtype=np.int64)
-            np.cumsum(valid.sum(axis=1), out=offsets[1:])
-            flat = {name: values[valid] for name, values in columns.items()}
-            flat_frontier = frontier[valid]
-        lattices = LatticeBatch(offsets=offsets, spine_run=self.trace.spine_run[positions],
-                                has_confidences=self.trace.has_confidences, **flat)
-        return BeamRead(lattices, flat_frontier, exactness)
-
-
-def _first_level(mask: np.ndarray, level: np.ndarray) -> np.ndarray:
-    """int64 [bs]: 1 + the level of each row's first masked column (columns in level order), 0 if none."""
-    if mask.shape[1] == 0:
-        return np.zeros(mask.shape[0], dtype=np.int64)
-    return np.where(mask.any(axis=1), level[np.argmax(mask, axis=1)] + 1, 0).astype(np.int64)
-
 
 @dataclass(frozen=True)
 class BeamRead:
     """A beam read: the grown lattices, which of their nodes the drafter expanded (bool [n]:
     frontier nodes of levels below the read's depth; echo's expand gate and the ragged draft cost
-    start from it), and where the read is inexact (None: the stored lattice itself, exact)."""
+    start from it), where the read is inexact (None: the stored lattice itself, exact), and, when
+    every lattice's on-path nodes are one chain, their local indices (chain_acceptance walks them)."""
 
     lattices: LatticeBatch
     frontier: np.ndarray
     exactness: BeamKeep | None
+    on_path_chain: np.ndarray | None = None  # int64 [bs, depth]: beam.on_path_chains of the read, if known
 
 
 def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,6 +130,8 @@ def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np
     accepted = np.zeros(lattices.num_nodes, dtype=bool)
     accepted_depth = np.zeros(bs, dtype=np.int32)
     on_path_depth = np.zeros(bs, dtype=np.int64)
+    if lattices.num_nodes == 0:  # nothing drafted (ar)
+        return accepted, accepted_depth, on_path_depth
     index = np.flatnonzero(lattices.on_path)
     if len(index) == 0:
         return accepted, accepted_depth, on_path_depth
@@ -169,6 +154,41 @@ def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np
     if len(rows_hit):
         end = np.flatnonzero(np.append(rows_hit[1:] != rows_hit[:-1], True))
         accepted_depth[rows_hit[end]] = depth_hit[end]
+    return accepted, accepted_depth, on_path_depth
+
+
+def chain_acceptance(chain: np.ndarray, offsets: np.ndarray, selected: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """on_path_acceptance(lattices, selected) when each lattice's on-path nodes are one chain from
+    level 1, given by their local indices `chain` int64 [bs, d] (-1 past its end; BeamRead): a node
+    is accepted iff it and every on-path node above it are selected."""
+    if chain.size <= FEW_ON_PATH:
+        return _chain_few(chain, offsets, selected)
+    present = chain >= 0
+    accepted = np.zeros(len(selected), dtype=bool)
+    if not present.any():
+        return accepted, np.zeros(len(chain), dtype=np.int32), np.zeros(len(chain), dtype=np.int64)
+    nodes = chain + offsets[:-1, None]
+    hit = np.logical_and.accumulate(present & selected[np.where(present, nodes, 0)], axis=1)
+    accepted[nodes[hit]] = True
+    return accepted, hit.sum(axis=1).astype(np.int32), present.sum(axis=1).astype(np.int64)
+
+
+def _chain_few(chain, offsets, selected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """chain_acceptance of a few lattices (small batches) in one plain loop."""
+    accepted = np.zeros(len(selected), dtype=bool)
+    accepted_depth = np.zeros(len(chain), dtype=np.int32)
+    on_path_depth = np.zeros(len(chain), dtype=np.int64)
+    for row, (nodes, start) in enumerate(zip(chain.tolist(), offsets.tolist())):
+        hit = True
+        for level, node in enumerate(nodes):
+            if node < 0:
+                break
+            on_path_depth[row] = level + 1
+            hit = hit and bool(selected[start + node])
+            if hit:
+                accepted[start + node] = True
+                accepted_depth[row] = level + 1
     return accepted, accepted_depth, on_path_depth
 
 
@@ -206,11 +226,12 @@ def _walk_levels(lattices, index, rows, depth, selected) -> np.ndarray:
     return accepted[index]
 
 
+_NO_INT, _NO_FLOAT, _NO_BOOL = (np.zeros(0, dtype=t) for t in (np.int32, np.float32, bool))  # shared: empty
+
+
 def empty_lattices(spine_run: np.ndarray) -> LatticeBatch:
     """Lattices with no nodes, for steps that draft nothing (the spine is kept)."""
-    none = np.zeros(0, dtype=np.int32)
     return LatticeBatch(
-        offsets=np.zeros(len(spine_run) + 1, dtype=np.int64), token=none, parent=none, depth=none,
-        cond_prob=np.zeros(0, dtype=np.float32), score=np.zeros(0, dtype=np.float32),
-        on_path=np.zeros(0, dtype=bool), spine_run=spine_run,
+        offsets=np.zeros(len(spine_run) + 1, dtype=np.int64), token=_NO_INT, parent=_NO_INT, depth=_NO_INT,
+        cond_prob=_NO_FLOAT, score=_NO_FLOAT, on_path=_NO_BOOL, spine_run=spine_run,
     )
