@@ -37,3 +37,18 @@ def test_impossible_levels_are_errors():
 
     with pytest.raises(CostModelError):
         load_cost_model().ragged_draft_time(4, [4, 0, 3])
+
+
+def test_catch_up_tokens_add_tokens_to_level_one_not_request_rows(tmp_path):
+    import json
+
+    data = json.loads(CALIBRATION.read_text())
+    data["fit"]["draft"]["per_level_request_s"] = 0.01  # a level's cost per request row
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(data))
+    cost = load_cost_model(calibration=path)
+    curve = cost.terms.fit.draft.level_curve
+    bs, kv = 8, 8 * 300
+    more = cost.ragged_draft_time(bs, [bs + 6, 2 * bs], kv) - cost.ragged_draft_time(bs, [bs, 2 * bs], kv)
+    # 8 requests bring 14 pending tokens: the level runs 14 tokens in the same 8 rows
+    assert more == pytest.approx(float(curve([bs + 6])[0] - curve([bs])[0]), rel=1e-9, abs=1e-12)

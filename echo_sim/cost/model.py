@@ -207,7 +207,11 @@ class CostModel:
             self._last_ragged = (key, seconds, first)
         _, seconds, first = self._last_ragged
         if tokens[0] != batch_size:  # catch-up tokens ride in level 1's forward
-            seconds += float(self.terms.draft(int(tokens[0]), 1, 1, kv_tokens)) - first
+            # a calibration prices the level's rows too (one per request, DraftFit.per_level_request_s);
+            # the roofline prices a level by its tokens
+            level_one = (self.terms.draft(int(tokens[0]), 1, 1, kv_tokens) if isinstance(self.terms, RooflineTerms)
+                         else self.terms.draft(batch_size, 1, 1, kv_tokens, int(tokens[0])))
+            seconds += float(level_one) - first
         return seconds
 
     def prefill_time(self, prefill_tokens: int, prefill_context: int = 0, with_draft: bool = True) -> float:
