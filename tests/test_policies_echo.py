@@ -162,9 +162,10 @@ def test_expand_threshold_is_the_budget_cut_capped_by_tau():
     assert loose.select(lattices, context(lattices)).nodes.all()
 
 
-def brute_force_budget(confidence, bs, cost, draft_seconds, bucketing):
+def brute_force_budget(confidence, bs, cost, draft_seconds, bucketing, tie=0.0):
+    """Every B's (executed budget, rate); the first B within `tie` of the best rate."""
     values = np.sort(confidence)[::-1]
-    best, best_rate = 0, -1.0
+    rated = []
     for budget in range(len(values) + 1):
         bucket = cost.graph_bucket(bs + budget)
         graph = bucketing and bucket is not None
@@ -172,28 +173,37 @@ def brute_force_budget(confidence, bs, cost, draft_seconds, bucketing):
         filled = min(tokens - bs, len(values))
         eager = not graph and (bucketing or tokens not in cost.graph_buckets)
         seconds = float(cost.verify_time([tokens], bs, 0, eager=eager)[0]) + draft_seconds
-        rate = (bs + values[:filled].sum()) / seconds
-        if rate > best_rate:
-            best, best_rate = (tokens - bs if graph else budget), rate
-    return best
+        rated.append((tokens - bs if graph else budget, (bs + values[:filled].sum()) / seconds))
+    top = max(rate for _, rate in rated)
+    return next(budget for budget, rate in rated if rate >= top * (1 - tie))
 
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 1000), bs=st.integers(1, 40), n=st.integers(0, 300),
        knee=st.sampled_from([0, 64, 10**6]),
-       bucketing=st.booleans(), buckets=st.sampled_from([(1, 2, 4, 8), (4, 16, 64, 256, 1024), (8, 32)]))
-def test_goodput_budget_is_the_exhaustive_argmax(seed, bs, n, knee, bucketing, buckets):
+       bucketing=st.booleans(), buckets=st.sampled_from([(1, 2, 4, 8), (4, 16, 64, 256, 1024), (8, 32)]),
+       tie=st.sampled_from([0.0, 0.005, 0.05]))
+def test_goodput_budget_is_the_exhaustive_argmax(seed, bs, n, knee, bucketing, buckets, tie):
     confidence = np.random.default_rng(seed).random(n) ** 2
     cost = FakeCost(knee=knee, per_token=1e-4, graph_buckets=buckets)
-    got = goodput_budget(confidence, bs, 0, 3e-3, cost, bucketing)
-    assert got == brute_force_budget(confidence, bs, cost, 3e-3, bucketing)
+    got = goodput_budget(confidence, bs, 0, 3e-3, cost, bucketing, tie=tie)
+    assert got == brute_force_budget(confidence, bs, cost, 3e-3, bucketing, tie)
+
+
+def test_budget_within_the_tie_takes_the_cheaper_step():
+    # memory-bound verify (flat time): each node adds its ĉ, so B = 2 beats B = 1 by 0.01 / 2.5
+    confidence = np.array([0.5, 0.01])
+    cost = FakeCost(knee=10**6, graph_buckets=())  # every shape eager, all at one price
+    assert goodput_budget(confidence, 2, 0, 0.0, cost, False) == 2
+    assert goodput_budget(confidence, 2, 0, 0.0, cost, False, tie=0.005) == 1  # +0.4 % is a tie
+    assert goodput_budget(confidence, 2, 0, 0.0, cost, False, tie=0.001) == 2
 
 
 def test_budget_grows_when_verify_is_flat_and_shrinks_when_tokens_cost_compute():
     lattices = full_lattices(3, 64, width=4, depth=6, alpha=1.0)  # a humble draft: dear tokens are not worth it
 
     def budget(cost, bucketing="off"):
-        policy = make_policy(f"echo:gate=off,bucketing={bucketing}")
+        policy = make_policy(f"echo:gate=off,bucketing={bucketing},tie=0")  # the argmax itself
         return policy.select(lattices, context(lattices, cost)).budget
 
     assert budget(FakeCost(knee=10**6)) == lattices.num_nodes  # memory-bound: every node is free

@@ -21,8 +21,13 @@ def top_values(values: np.ndarray, count: int) -> np.ndarray:
 
 
 def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draft_seconds: float,
-                   cost, bucketing: bool, shapes: dict | None = None) -> int:
-    """B* = argmax_B (bs + Σ_top-B ĉ) / T_step(bs + B) over the eligible nodes' ĉ (ties: smaller B).
+                   cost, bucketing: bool, shapes: dict | None = None, tie: float = 0.0) -> int:
+    """B* = the smallest B whose rate (bs + Σ_top-B ĉ) / T_step(bs + B) over the eligible nodes' ĉ
+    is within a fraction `tie` of the best rate (tie = 0: the argmax, ties to the smaller B).
+
+    The rate is flat around its maximum, so neighbouring budgets often differ by < 0.1 %: far less
+    than the cost model's error, and small enough that a live draft's last-bit score differences
+    from the trace's flip the argmax. A tie tolerance picks the cheaper step there, stably.
 
     With bucketing, a candidate B pays for (and is filled up to) its graph bucket, so B* is a
     bucket's draft capacity. Only a window of the top values is sorted (partial selection). The
@@ -42,9 +47,10 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
         budgets, executed, eager, filled = candidate_shapes(cost, batch_size, window, bucketing, shapes, first)
         seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + draft_seconds
         rates = (batch_size + gains[filled]) / seconds
-        best = int(np.argmax(rates))
-        if window == eligible or not _beyond_may_win(values, gains[-1], rates[best], batch_size, kv_tokens,
+        top = float(rates.max())
+        if window == eligible or not _beyond_may_win(values, gains[-1], top, batch_size, kv_tokens,
                                                      draft_seconds, cost, eligible):
+            best = int(np.argmax(rates >= top * (1.0 - tie)))  # the first candidate within the tie
             return int(executed[best] - batch_size) if bucketing else int(budgets[best])
         window = min(eligible, 2 * window)
 

@@ -27,7 +27,9 @@ One step, top to bottom (every part has an off switch for ablations):
                Probe steps run ungated, so the curve keeps learning below τ.
 3. budget      goodput: B* = argmax_B (bs + Σ_top-B ĉ) / (T_draft + T_verify(bucket(bs + B)) + T_prefill)
                (policies.budget; T_verify already holds launch and scheduler overheads; T_prefill is
-               the step's prefill chunk, prefill_term=off drops it); fixed: B = bs·(N − 1).
+               the step's prefill chunk, prefill_term=off drops it), the smallest B within `tie`
+               (0.5 %) of the best rate: a flat optimum's neighbours are ties, the cheaper step wins;
+               fixed: B = bs·(N − 1).
 4. top-B       trees.supertree_select: the best B eligible nodes of the whole batch by ĉ (ties:
                score desc, depth asc, request asc, node asc), prefix-closed per request.
 5. bucketing   V = bs + selected is rounded up to its captured bucket with the next-best eligible
@@ -110,6 +112,7 @@ class EchoPolicy(KnobbedPolicy):
     decay: float = 0.002
     budget: Literal["goodput", "fixed"] = "goodput"
     N: int = 16
+    tie: float = 0.005
     bucketing: bool = True
     shape: bool = True
     hysteresis: float = 0.03
@@ -129,6 +132,7 @@ class EchoPolicy(KnobbedPolicy):
         check_range(self.name, "prior", self.prior, 1e-9)
         check_range(self.name, "decay", self.decay, 0.0, 0.5)
         check_range(self.name, "N", self.N, 1)
+        check_range(self.name, "tie", self.tie, 0.0, 0.5)
         check_range(self.name, "hysteresis", self.hysteresis, 0.0)
         check_range(self.name, "probe", self.probe, 0)
         check_range(self.name, "S_max", self.S_max, 0)
@@ -217,7 +221,7 @@ class EchoPolicy(KnobbedPolicy):
                              if drafted.depth else 0.0)
         sunk = draft_seconds + (context.prefill_seconds if self.prefill_term else 0.0)
         return goodput_budget(eligible_confidence, bs, kv_tokens, sunk, context.cost, self.bucketing,
-                              self._budget_shapes)
+                              self._budget_shapes, self.tie)
 
     def _fit_bucket(self, budget: int, eligible: int, bs: int, context: StepContext) -> tuple[int, int, bool]:
         """(nodes to select, padding tokens, eager) for this budget and bucketing mode."""
