@@ -100,6 +100,25 @@ def test_tables_are_cached_and_refresh_recomputes(quick, monkeypatch):
         nd.throughput_table(nd.notebook_settings())
 
 
+def test_refresh_recomputes_the_points_too(quick, monkeypatch):
+    nd.throughput_table(quick)  # its points are in the work folders now
+    monkeypatch.setattr(nd, "_REFRESHED", set())
+    monkeypatch.setenv(nd.ENV_REFRESH, "1")
+    refresh = nd.notebook_settings()
+    found = []  # point files in the work folder when each sweep starts
+    real_run_grid = nd.run_grid
+
+    def counting_run_grid(points, out, jobs):
+        found.append(len(list(out.glob("points/*.json"))))
+        return real_run_grid(points, out, jobs)
+
+    monkeypatch.setattr(nd, "run_grid", counting_run_grid)
+    nd.throughput_table(refresh)
+    assert found and all(count == 0 for count in found)  # the older points were cleared, not resumed
+    nd.throughput_table(refresh)  # once per process: this refresh's own points are reused
+    assert found[-1] > 0
+
+
 def test_cache_is_keyed_by_trace_contents(quick, tmp_path, monkeypatch):
     other = tmp_path / "small.trace.npz"  # same name, different lattices
     write_trace(random_trace(np.random.default_rng(12), num_requests=6, output_len=(10, 24)), other)

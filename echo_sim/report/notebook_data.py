@@ -13,7 +13,7 @@ Environment, read by `notebook_settings()` (the notebooks and tests/test_noteboo
     ECHO_NOTEBOOK_TRACE=PATH   acceptance trace (default: the shipped traces/mt_bench*.trace.npz)
     ECHO_NOTEBOOK_RESULTS=DIR  results root (default notebooks/results, quick: notebooks/results/quick)
     ECHO_NOTEBOOK_JOBS=N       worker processes (default: the CPU count; quick: 1)
-    ECHO_NOTEBOOK_REFRESH=1    recompute cached tables (after a simulator change)
+    ECHO_NOTEBOOK_REFRESH=1    recompute cached tables and their points (after a simulator change)
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,9 +155,18 @@ def cached_table(settings: NotebookSettings, name: str, spec: dict, compute: Cal
     return table
 
 
+_REFRESHED: set[Path] = set()  # work folders this process has cleared for a refresh
+
+
 def workdir(settings: NotebookSettings, hardware: str, model: str) -> Path:
-    """One resumable sweep folder per cost setting: tables that share points (ar, echo) share them."""
-    return settings.results / "work" / f"{hardware}_{model}"
+    """One resumable sweep folder per cost setting: tables that share points (ar, echo) share them.
+    A refresh clears it once per process: its points were computed by the simulator as it was (a
+    point's key names its configuration, not the code), and a refresh is asked for after a change."""
+    path = settings.results / "work" / f"{hardware}_{model}"
+    if settings.refresh and path not in _REFRESHED:
+        shutil.rmtree(path, ignore_errors=True)
+        _REFRESHED.add(path)
+    return path
 
 
 def point_configs(settings: NotebookSettings, hardware: str, model: str, policies, loads,
