@@ -298,16 +298,10 @@ class Simulation:
         kv_lens = batch.prompt_len + batch.position
         prefill_seconds = self.cost.prefill_time(prefill.tokens, prefill.context, self._drafts)
 
-        def on_path_depth(width: int) -> np.ndarray:  # the shape-best oracle's view of narrower drafts
-            narrow = self._reader.read_beam(positions, self._lattice_depth, width)
-            if narrow.on_path_chain is not None:
-                return np.count_nonzero(narrow.on_path_chain >= 0, axis=1).astype(np.int64)
-            return on_path_acceptance(narrow.lattices, np.zeros(narrow.lattices.num_nodes, dtype=bool))[2]
-
         context = StepContext(batch.size, kv_lens, self.cost, draft, self._lattice_depth, self._lattice_width,
                               prefill_seconds=prefill_seconds, frontier=frontier,
                               catch_up=int(batch.draft_lag.sum()) if draft.depth > 0 else 0,
-                              on_path_depth=on_path_depth)
+                              on_path_depth=lambda width: self._reader.on_path_depth(positions, width))
         selection = self.policy.select(lattices, context)
         if selection.drafted is not None:
             draft = selection.drafted

@@ -68,7 +68,7 @@ from echo_sim.cost.fitted import FittedProfile, fitted_profile_path, load_fitted
 from echo_sim.cost.graphs import GraphCapture, sglang_batch_sizes
 from echo_sim.cost.presets import (CostModelError, HardwareSpec, ModelSpec, load_hardware,
                                    load_model)
-from echo_sim.cost.roofline import RooflineTerms
+from echo_sim.cost.roofline import FEW, RooflineTerms
 from echo_sim.cost.serving import ServingKnobs, check_cost_mode
 
 __all__ = ["StepShape", "CostModel", "CostModelError", "load_cost_model", "roofline_cost_model",
@@ -144,6 +144,10 @@ class CostModel:
         """(tokens run int64, eager bool) per candidate V: the one graph-bucket rule (echo_sim.cost.graphs)."""
         return self.graphs.executed(verify_tokens, batch_size, bucketing)
 
+    def executed_one(self, verify_tokens: int, batch_size: int, bucketing: bool = True) -> tuple[int, bool]:
+        """executed_shape of one V in plain ints: (tokens run, eager)."""
+        return self.graphs.executed_one(verify_tokens, batch_size, bucketing)
+
     def graph_bucket(self, verify_tokens: int, batch_size: int = 1) -> int | None:
         """The captured shape a verify of V tokens runs as, None when it runs eagerly."""
         tokens, eager = self.graphs.executed([verify_tokens], batch_size)
@@ -167,11 +171,38 @@ class CostModel:
         requested = np.asarray(verify_tokens, dtype=float)
         if requested.size and not requested.min() >= batch_size:  # also catches NaN
             raise CostModelError(f"verify_time: every V must be >= batch_size {batch_size} (one root each)")
+        if 0 < requested.size <= FEW and isinstance(self.terms, RooflineTerms):
+            seconds = self._verify_floats(requested.ravel().tolist(), batch_size, kv_tokens, eager)
+            if seconds is not None:
+                return np.array(seconds).reshape(requested.shape)
         tokens, eager_mask = self._run_tokens(np.atleast_1d(requested).ravel(), batch_size, eager)
         pairs = tokens * (kv_tokens + tokens) / batch_size
         seconds = (self.terms.verify_forward(tokens, batch_size, kv_tokens, pairs)
                    + self.terms.launch(eager_mask) + self.terms.scheduler(batch_size))
         return seconds.reshape(requested.shape)
+
+    def _verify_floats(self, requested: list[float], batch_size: int, kv_tokens: int, eager: bool
+                       ) -> list[float] | None:
+        """verify_time of a few candidate V (the roofline's) in plain floats: _run_tokens's rule by
+        executed_one, then the same IEEE operations in the same order as the array path (tests
+        compare them). None when a V is not integral or a count is not tabulated yet."""
+        run, launch = [], []
+        for v in requested:
+            if not v.is_integer():
+                return None
+            if eager:
+                tokens, is_eager = v, True
+            else:
+                graph, is_eager = self.graphs.executed_one(int(v), batch_size)
+                tokens = v if is_eager else float(graph)
+            run.append(tokens)
+            launch.append(self.terms.target_eager_s if is_eager else self.terms.hw.graph_launch_s)
+        pairs = [t * (kv_tokens + t) / batch_size for t in run]
+        forward = self.terms.target.forward_floats(run, kv_tokens, pairs)
+        if forward is None:
+            return None
+        scheduler = self.terms.scheduler(batch_size)
+        return [f + s + scheduler for f, s in zip(forward, launch)]
 
     def draft_time(self, batch_size: int, depth: int, width: int, kv_tokens: int = 0,
                    extend_tokens: int | None = None) -> float:
@@ -184,6 +215,18 @@ class CostModel:
         if self._last_draft[0] != key:
             self._last_draft = (key, float(self.terms.draft(batch_size, depth, width, kv_tokens, extend)))
         return self._last_draft[1]
+
+    def draft_times(self, batch_size: int, depth: int, width: int, kv_tokens: int = 0) -> list[list[float]]:
+        """[[draft_time(batch_size, d, w, kv_tokens) for d = 1 … depth] for w = 1 … width]: what the
+        shape predictors price every step, the roofline's in one pass over the levels (draft_grid)."""
+        if depth < 1 or batch_size < 1 or width < 1:
+            raise CostModelError(f"draft_times: impossible shape bs={batch_size} depth={depth} width={width}")
+        grid = (self.terms.draft_grid(batch_size, depth, width, kv_tokens)
+                if isinstance(self.terms, RooflineTerms) else None)
+        if grid is None:
+            grid = [[float(self.terms.draft(batch_size, d, w, kv_tokens, batch_size)) for d in range(1, depth + 1)]
+                    for w in range(1, width + 1)]
+        return grid
 
     def ragged_draft_time(self, batch_size: int, level_tokens, kv_tokens: int = 0) -> float:
         """Seconds of a draft whose level l forward runs level_tokens[l-1] tokens (level 1: the
