@@ -164,6 +164,7 @@ class Simulation:
         self._lattice_depth, self._lattice_width = trace.depth, trace.width  # header reads, once
         self.inexact_reads = self.on_path_cuts = 0  # request-steps whose narrow read is inexact (beam.py)
         self._drafts = policy_drafts(policy)
+        self._draft_asked = self._draft_executed = None  # policy.draft and its executed_draft, kept while it holds
         self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
         self._trace_len = trace.output_len[stream.trace_request].astype(np.int64)
         self._kv_need = stream.prompt_len + stream.output_len
@@ -283,7 +284,10 @@ class Simulation:
 
     def _plan_decode(self, prefill: PrefillPlan) -> DecodePlan:
         batch = self._batch
-        draft = executed_draft(self.policy.draft, self._lattice_depth, self._lattice_width)
+        if self.policy.draft is not self._draft_asked:  # a policy keeps its DraftShape while its shape holds
+            self._draft_asked = self.policy.draft
+            self._draft_executed = executed_draft(self._draft_asked, self._lattice_depth, self._lattice_width)
+        draft = self._draft_executed
         positions = batch.trace_start + batch.position % batch.trace_len
         frontier = chain = None
         if draft.depth <= 0:

@@ -135,3 +135,32 @@ def test_oracle_best_shape_equals_the_shape_by_shape_rule(seed, width, depth, bs
     shape, accepted = OraclePolicy()._best_shape(lattices, context)
     expected_shape, expected_accepted, _ = best_shape_reference(lattices, context)
     assert shape == expected_shape and accepted.dtype == np.int64 and np.array_equal(accepted, expected_accepted)
+
+
+def isotonic_reference(values, weights) -> np.ndarray:
+    """Pool adjacent violators as the rule reads: push every value, merge the top two blocks while
+    the lower one's mean is larger."""
+    means, masses, sizes = [], [], []
+    for value, weight in zip(np.asarray(values, float).tolist(), np.asarray(weights, float).tolist()):
+        means.append(value), masses.append(weight), sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            mass = masses[-2] + masses[-1]
+            mean = (means[-2] * masses[-2] + means[-1] * masses[-1]) / mass
+            size = sizes[-2] + sizes[-1]
+            del means[-1], masses[-1], sizes[-1]
+            means[-1], masses[-1], sizes[-1] = mean, mass, size
+    return np.repeat(means, sizes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 40), st.sampled_from(["random", "sorted", "reversed", "ties", "nan"]))
+def test_isotonic_fit_equals_the_plain_pool_adjacent_violators(seed, size, kind):
+    from echo_sim.policies.calibration import isotonic_non_decreasing
+
+    rng = np.random.default_rng(seed)
+    values = {"random": rng.random(size), "sorted": np.sort(rng.random(size)), "reversed": np.sort(rng.random(size))[::-1],
+              "ties": np.round(rng.random(size), 1), "nan": np.where(rng.random(size) < 0.2, np.nan, rng.random(size))}[kind]
+    weights = rng.random(size) * 100 + 1e-3
+    got, expected = isotonic_non_decreasing(values, weights), isotonic_reference(values, weights)
+    assert got.dtype == expected.dtype == np.float64 and got.shape == expected.shape
+    assert np.array_equal(got.view(np.int64), expected.view(np.int64))

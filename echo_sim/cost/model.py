@@ -75,6 +75,7 @@ __all__ = ["StepShape", "CostModel", "CostModelError", "load_cost_model", "roofl
            "calibrated_cost_model"]
 
 DEFAULT_HARDWARE, DEFAULT_MODEL = "h200", "llama-3.1-8b"
+GRAPH_RUNS_KEPT = 1 << 16  # (V, batch size) verify shapes a cost model remembers (_verify_floats)
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,9 @@ class StepShape:
     draft_extend_tokens: int = 0
 
     def __post_init__(self):
-        for name in _COUNT_FIELDS:
-            value = getattr(self, name)
-            try:
-                if operator.index(value) < 0:
-                    raise CostModelError(f"StepShape.{name} = {value}: must be >= 0")
-            except TypeError:
-                raise CostModelError(f"StepShape.{name} = {value!r}: must be an integer") from None
+        counts = _counts_of(self)
+        if not (set(map(type, counts)) == {int} and min(counts) >= 0):  # else: name the bad field
+            self._check_counts()
         if self.verify_tokens < self.batch_size:
             raise CostModelError(f"StepShape: verify_tokens {self.verify_tokens} < batch_size "
                                  f"{self.batch_size} (every request verifies its root)")
@@ -109,8 +106,19 @@ class StepShape:
         if self.draft_depth > 0 and self.draft_width < 1:
             raise CostModelError(f"StepShape.draft_width = {self.draft_width}: must be >= 1 when drafting")
 
+    def _check_counts(self) -> None:
+        """Every count field an integer >= 0 (numpy integers and bools pass as integers)."""
+        for name in _COUNT_FIELDS:
+            value = getattr(self, name)
+            try:
+                if operator.index(value) < 0:
+                    raise CostModelError(f"StepShape.{name} = {value}: must be >= 0")
+            except TypeError:
+                raise CostModelError(f"StepShape.{name} = {value!r}: must be an integer") from None
+
 
 _COUNT_FIELDS = tuple(f.name for f in fields(StepShape) if f.type == "int")
+_counts_of = operator.attrgetter(*_COUNT_FIELDS)  # the engine's shapes are plain ints: one check for all
 
 
 class CostModel:
@@ -131,6 +139,7 @@ class CostModel:
         self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
         self._last_ragged = (None, 0.0, 0.0)
         self._last_prefill = (None, 0.0)  # the engine asks for the step's prefill before components() does
+        self._graph_runs: dict = {}  # (V, bs) -> (tokens run, launch seconds) of a graph-rule verify (_verify_floats)
 
     def describe(self) -> dict:
         """What a result record stores about its cost source: source, hardware, model, dtype, tp, cost model."""
@@ -186,17 +195,23 @@ class CostModel:
         """verify_time of a few candidate V (the roofline's) in plain floats: _run_tokens's rule by
         executed_one, then the same IEEE operations in the same order as the array path (tests
         compare them). None when a V is not integral or a count is not tabulated yet."""
-        run, launch = [], []
+        run, launch, runs = [], [], self._graph_runs
         for v in requested:
             if not v.is_integer():
                 return None
             if eager:
-                tokens, is_eager = v, True
+                tokens, seconds = v, self.terms.target_eager_s
+            elif (v, batch_size) in runs:  # the candidates' shapes recur every step: remembered
+                tokens, seconds = runs[v, batch_size]
             else:
                 graph, is_eager = self.graphs.executed_one(int(v), batch_size)
                 tokens = v if is_eager else float(graph)
+                seconds = self.terms.target_eager_s if is_eager else self.terms.hw.graph_launch_s
+                if len(runs) >= GRAPH_RUNS_KEPT:
+                    runs.clear()
+                runs[v, batch_size] = tokens, seconds
             run.append(tokens)
-            launch.append(self.terms.target_eager_s if is_eager else self.terms.hw.graph_launch_s)
+            launch.append(seconds)
         pairs = [t * (kv_tokens + t) / batch_size for t in run]
         forward = self.terms.target.forward_floats(run, kv_tokens, pairs)
         if forward is None:
