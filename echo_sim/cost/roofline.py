@@ -60,9 +60,10 @@ class TokenTable:
             self.floats = self.values.tolist()
         return self.values[index]
 
-    def holds(self, counts: list[float]) -> bool:
-        """Every count is tabulated already (integral, 0 <= count < size): `floats` answers them."""
-        size = len(self.floats)
+    def holds(self, counts: list[float], size: int | None = None) -> bool:
+        """Every count is tabulated already (integral, 0 <= count < size): `floats` answers them.
+        `size`: a smaller bound (another table's), to check two tables in one pass."""
+        size = len(self.floats) if size is None else min(size, len(self.floats))
         for c in counts:
             if not (c.is_integer() and 0 <= c < size):
                 return False
@@ -264,7 +265,8 @@ class NetworkCost:
         None when a count is not tabulated yet (the caller then takes forward, which tabulates it)."""
         terms, logits, fc = self._token_terms, self._logits, self._input_fc
         logit_counts = tokens if logits_tokens is None else logits_tokens
-        if not (terms.holds(tokens) and logits.holds(logit_counts)):
+        if not (terms.holds(tokens, len(logits.floats)) if logits_tokens is None  # one pass, both tables
+                else terms.holds(tokens) and logits.holds(logit_counts)):
             return None
         use_fc = bool(self.net.input_fc_size)
         if use_fc and not fc.holds(tokens):
