@@ -164,6 +164,7 @@ class Simulation:
         self._lattice_depth, self._lattice_width = trace.depth, trace.width  # header reads, once
         self.inexact_reads = self.on_path_cuts = 0  # request-steps whose narrow read is inexact (beam.py)
         self._drafts = policy_drafts(policy)
+        self._draft_asked = self._draft_executed = None  # policy.draft and its executed_draft, kept while it holds
         self._trace_start = trace.position_offsets[stream.trace_request].astype(np.int64)
         self._trace_len = trace.output_len[stream.trace_request].astype(np.int64)
         self._kv_need = stream.prompt_len + stream.output_len
@@ -283,7 +284,10 @@ class Simulation:
 
     def _plan_decode(self, prefill: PrefillPlan) -> DecodePlan:
         batch = self._batch
-        draft = executed_draft(self.policy.draft, self._lattice_depth, self._lattice_width)
+        if self.policy.draft is not self._draft_asked:  # a policy keeps its DraftShape while its shape holds
+            self._draft_asked = self.policy.draft
+            self._draft_executed = executed_draft(self._draft_asked, self._lattice_depth, self._lattice_width)
+        draft = self._draft_executed
         positions = batch.trace_start + batch.position % batch.trace_len
         frontier = chain = None
         if draft.depth <= 0:
@@ -298,16 +302,10 @@ class Simulation:
         kv_lens = batch.prompt_len + batch.position
         prefill_seconds = self.cost.prefill_time(prefill.tokens, prefill.context, self._drafts)
 
-        def on_path_depth(width: int) -> np.ndarray:  # the shape-best oracle's view of narrower drafts
-            narrow = self._reader.read_beam(positions, self._lattice_depth, width)
-            if narrow.on_path_chain is not None:
-                return np.count_nonzero(narrow.on_path_chain >= 0, axis=1).astype(np.int64)
-            return on_path_acceptance(narrow.lattices, np.zeros(narrow.lattices.num_nodes, dtype=bool))[2]
-
         context = StepContext(batch.size, kv_lens, self.cost, draft, self._lattice_depth, self._lattice_width,
                               prefill_seconds=prefill_seconds, frontier=frontier,
                               catch_up=int(batch.draft_lag.sum()) if draft.depth > 0 else 0,
-                              on_path_depth=on_path_depth)
+                              on_path_depth=lambda width: self._reader.on_path_depth(positions, width))
         selection = self.policy.select(lattices, context)
         if selection.drafted is not None:
             draft = selection.drafted

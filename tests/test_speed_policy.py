@@ -39,19 +39,20 @@ def test_interp_centres_is_np_interp_bit_for_bit(seed, kind, single):
     score = awkward_scores(rng, 5000)
     score = score.astype(np.float32) if single else score
     expect = np.interp(score, BIN_CENTRES, values)
-    got = interp_centres(score, curve_segments(values))
+    got = interp_centres(score, values, curve_segments(values))
     assert got.dtype == expect.dtype and np.array_equal(got.view(np.int64), expect.view(np.int64))
+    assert np.array_equal(interp_centres(score, values).view(np.int64), expect.view(np.int64))  # segments built here
 
 
 def test_interp_centres_nan_and_empty_take_np_interp():
     values = np.linspace(0.1, 0.9, NUM_BINS)
     score = np.array([0.3, np.nan, 0.01])
     assert not within_unit(score) and not within_unit(np.array([0.5, 1.5])) and within_unit(np.array([0.0, 1.0]))
-    assert np.array_equal(interp_centres(score, curve_segments(values)),
+    assert np.array_equal(interp_centres(score, values, curve_segments(values)),
                           np.interp(score, BIN_CENTRES, values), equal_nan=True)
-    assert interp_centres(np.zeros(0), curve_segments(values)).shape == (0,)
+    assert interp_centres(np.zeros(0), values, curve_segments(values)).shape == (0,)
     small = np.linspace(0.0, 1.0, 100)  # below GRID_MIN: np.interp itself
-    assert np.array_equal(interp_centres(small, curve_segments(values)), np.interp(small, BIN_CENTRES, values))
+    assert np.array_equal(interp_centres(small, values, curve_segments(values)), np.interp(small, BIN_CENTRES, values))
 
 
 @settings(max_examples=40, deadline=None)
@@ -88,8 +89,9 @@ def test_calibration_curve_after_observations_matches_np_interp():
     for _ in range(50):
         score = (rng.random(3000) ** 3).astype(np.float32)
         curve.observe(score, rng.random(3000) < score)
-        probe = (rng.random(20000) ** 4).astype(np.float32)
-        assert np.array_equal(curve(probe), np.interp(probe, BIN_CENTRES, curve.values))
+        for size in (50, 20000, 20000):  # a small batch (no segments), then the grid path builds and reuses them
+            probe = (rng.random(size) ** 4).astype(np.float32)
+            assert np.array_equal(curve(probe), np.interp(probe, BIN_CENTRES, curve.values))
 
 
 @settings(max_examples=40, deadline=None)

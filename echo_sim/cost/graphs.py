@@ -116,8 +116,17 @@ class GraphCapture:
 
 
 class TokenBucketGraphs:
-    """Mixin for hand-written cost models (tests, benchmarks) with a `graph_buckets` attribute:
-    the same graph rule as CostModel.executed_shape, over token buckets."""
+    """Mixin for hand-written cost models (tests, benchmarks) with a `graph_buckets` attribute and
+    a `draft_time`: the same graph rule as CostModel.executed_shape / executed_one, over token
+    buckets, and CostModel.draft_times from their draft_time."""
 
     def executed_shape(self, verify_tokens, batch_size: int, bucketing: bool = True):
         return GraphCapture("token-buckets", tuple(self.graph_buckets)).executed(verify_tokens, batch_size, bucketing)
+
+    def executed_one(self, verify_tokens: int, batch_size: int, bucketing: bool = True) -> tuple[int, bool]:
+        return GraphCapture("token-buckets", tuple(self.graph_buckets)).executed_one(verify_tokens, batch_size,
+                                                                                     bucketing)
+
+    def draft_times(self, batch_size: int, depth: int, width: int, kv_tokens: int = 0) -> list[list[float]]:
+        return [[float(self.draft_time(batch_size, d, w, kv_tokens=kv_tokens)) for d in range(1, depth + 1)]
+                for w in range(1, width + 1)]

@@ -68,13 +68,14 @@ from echo_sim.cost.fitted import FittedProfile, fitted_profile_path, load_fitted
 from echo_sim.cost.graphs import GraphCapture, sglang_batch_sizes
 from echo_sim.cost.presets import (CostModelError, HardwareSpec, ModelSpec, load_hardware,
                                    load_model)
-from echo_sim.cost.roofline import RooflineTerms
+from echo_sim.cost.roofline import FEW, RooflineTerms
 from echo_sim.cost.serving import ServingKnobs, check_cost_mode
 
 __all__ = ["StepShape", "CostModel", "CostModelError", "load_cost_model", "roofline_cost_model",
            "calibrated_cost_model"]
 
 DEFAULT_HARDWARE, DEFAULT_MODEL = "h200", "llama-3.1-8b"
+GRAPH_RUNS_KEPT = 1 << 16  # (V, batch size) verify shapes a cost model remembers (_verify_floats)
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,9 @@ class StepShape:
     draft_extend_tokens: int = 0
 
     def __post_init__(self):
-        for name in _COUNT_FIELDS:
-            value = getattr(self, name)
-            try:
-                if operator.index(value) < 0:
-                    raise CostModelError(f"StepShape.{name} = {value}: must be >= 0")
-            except TypeError:
-                raise CostModelError(f"StepShape.{name} = {value!r}: must be an integer") from None
+        counts = _counts_of(self)
+        if not (set(map(type, counts)) == {int} and min(counts) >= 0):  # else: name the bad field
+            self._check_counts()
         if self.verify_tokens < self.batch_size:
             raise CostModelError(f"StepShape: verify_tokens {self.verify_tokens} < batch_size "
                                  f"{self.batch_size} (every request verifies its root)")
@@ -109,8 +106,19 @@ class StepShape:
         if self.draft_depth > 0 and self.draft_width < 1:
             raise CostModelError(f"StepShape.draft_width = {self.draft_width}: must be >= 1 when drafting")
 
+    def _check_counts(self) -> None:
+        """Every count field an integer >= 0 (numpy integers and bools pass as integers)."""
+        for name in _COUNT_FIELDS:
+            value = getattr(self, name)
+            try:
+                if operator.index(value) < 0:
+                    raise CostModelError(f"StepShape.{name} = {value}: must be >= 0")
+            except TypeError:
+                raise CostModelError(f"StepShape.{name} = {value!r}: must be an integer") from None
+
 
 _COUNT_FIELDS = tuple(f.name for f in fields(StepShape) if f.type == "int")
+_counts_of = operator.attrgetter(*_COUNT_FIELDS)  # the engine's shapes are plain ints: one check for all
 
 
 class CostModel:
@@ -131,6 +139,7 @@ class CostModel:
         self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
         self._last_ragged = (None, 0.0, 0.0)
         self._last_prefill = (None, 0.0)  # the engine asks for the step's prefill before components() does
+        self._graph_runs: dict = {}  # (V, bs) -> (tokens run, launch seconds) of a graph-rule verify (_verify_floats)
 
     def describe(self) -> dict:
         """What a result record stores about its cost source: source, hardware, model, dtype, tp, cost model."""
@@ -143,6 +152,10 @@ class CostModel:
     def executed_shape(self, verify_tokens, batch_size: int, bucketing: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(tokens run int64, eager bool) per candidate V: the one graph-bucket rule (echo_sim.cost.graphs)."""
         return self.graphs.executed(verify_tokens, batch_size, bucketing)
+
+    def executed_one(self, verify_tokens: int, batch_size: int, bucketing: bool = True) -> tuple[int, bool]:
+        """executed_shape of one V in plain ints: (tokens run, eager)."""
+        return self.graphs.executed_one(verify_tokens, batch_size, bucketing)
 
     def graph_bucket(self, verify_tokens: int, batch_size: int = 1) -> int | None:
         """The captured shape a verify of V tokens runs as, None when it runs eagerly."""
@@ -167,11 +180,44 @@ class CostModel:
         requested = np.asarray(verify_tokens, dtype=float)
         if requested.size and not requested.min() >= batch_size:  # also catches NaN
             raise CostModelError(f"verify_time: every V must be >= batch_size {batch_size} (one root each)")
+        if 0 < requested.size <= FEW and isinstance(self.terms, RooflineTerms):
+            seconds = self._verify_floats(requested.ravel().tolist(), batch_size, kv_tokens, eager)
+            if seconds is not None:
+                return np.array(seconds).reshape(requested.shape)
         tokens, eager_mask = self._run_tokens(np.atleast_1d(requested).ravel(), batch_size, eager)
         pairs = tokens * (kv_tokens + tokens) / batch_size
         seconds = (self.terms.verify_forward(tokens, batch_size, kv_tokens, pairs)
                    + self.terms.launch(eager_mask) + self.terms.scheduler(batch_size))
         return seconds.reshape(requested.shape)
+
+    def _verify_floats(self, requested: list[float], batch_size: int, kv_tokens: int, eager: bool
+                       ) -> list[float] | None:
+        """verify_time of a few candidate V (the roofline's) in plain floats: _run_tokens's rule by
+        executed_one, then the same IEEE operations in the same order as the array path (tests
+        compare them). None when a V is not integral or a count is not tabulated yet."""
+        run, launch, runs = [], [], self._graph_runs
+        for v in requested:
+            if not v.is_integer():
+                return None
+            if eager:
+                tokens, seconds = v, self.terms.target_eager_s
+            elif (v, batch_size) in runs:  # the candidates' shapes recur every step: remembered
+                tokens, seconds = runs[v, batch_size]
+            else:
+                graph, is_eager = self.graphs.executed_one(int(v), batch_size)
+                tokens = v if is_eager else float(graph)
+                seconds = self.terms.target_eager_s if is_eager else self.terms.hw.graph_launch_s
+                if len(runs) >= GRAPH_RUNS_KEPT:
+                    runs.clear()
+                runs[v, batch_size] = tokens, seconds
+            run.append(tokens)
+            launch.append(seconds)
+        pairs = [t * (kv_tokens + t) / batch_size for t in run]
+        forward = self.terms.target.forward_floats(run, kv_tokens, pairs)
+        if forward is None:
+            return None
+        scheduler = self.terms.scheduler(batch_size)
+        return [f + s + scheduler for f, s in zip(forward, launch)]
 
     def draft_time(self, batch_size: int, depth: int, width: int, kv_tokens: int = 0,
                    extend_tokens: int | None = None) -> float:
@@ -184,6 +230,18 @@ class CostModel:
         if self._last_draft[0] != key:
             self._last_draft = (key, float(self.terms.draft(batch_size, depth, width, kv_tokens, extend)))
         return self._last_draft[1]
+
+    def draft_times(self, batch_size: int, depth: int, width: int, kv_tokens: int = 0) -> list[list[float]]:
+        """[[draft_time(batch_size, d, w, kv_tokens) for d = 1 … depth] for w = 1 … width]: what the
+        shape predictors price every step, the roofline's in one pass over the levels (draft_grid)."""
+        if depth < 1 or batch_size < 1 or width < 1:
+            raise CostModelError(f"draft_times: impossible shape bs={batch_size} depth={depth} width={width}")
+        grid = (self.terms.draft_grid(batch_size, depth, width, kv_tokens)
+                if isinstance(self.terms, RooflineTerms) else None)
+        if grid is None:
+            grid = [[float(self.terms.draft(batch_size, d, w, kv_tokens, batch_size)) for d in range(1, depth + 1)]
+                    for w in range(1, width + 1)]
+        return grid
 
     def ragged_draft_time(self, batch_size: int, level_tokens, kv_tokens: int = 0) -> float:
         """Seconds of a draft whose level l forward runs level_tokens[l-1] tokens (level 1: the

@@ -60,9 +60,10 @@ class TokenTable:
             self.floats = self.values.tolist()
         return self.values[index]
 
-    def holds(self, counts: list[float]) -> bool:
-        """Every count is tabulated already (integral, 0 <= count < size): `floats` answers them."""
-        size = len(self.floats)
+    def holds(self, counts: list[float], size: int | None = None) -> bool:
+        """Every count is tabulated already (integral, 0 <= count < size): `floats` answers them.
+        `size`: a smaller bound (another table's), to check two tables in one pass."""
+        size = len(self.floats) if size is None else min(size, len(self.floats))
         for c in counts:
             if not (c.is_integer() and 0 <= c < size):
                 return False
@@ -264,7 +265,8 @@ class NetworkCost:
         None when a count is not tabulated yet (the caller then takes forward, which tabulates it)."""
         terms, logits, fc = self._token_terms, self._logits, self._input_fc
         logit_counts = tokens if logits_tokens is None else logits_tokens
-        if not (terms.holds(tokens) and logits.holds(logit_counts)):
+        if not (terms.holds(tokens, len(logits.floats)) if logits_tokens is None  # one pass, both tables
+                else terms.holds(tokens) and logits.holds(logit_counts)):
             return None
         use_fc = bool(self.net.input_fc_size)
         if use_fc and not fc.holds(tokens):
@@ -383,6 +385,33 @@ class RooflineTerms:
         for value in seconds[1:]:
             total += value
         return float(total + depth * self.hw.graph_launch_s)
+
+    def draft_grid(self, batch_size: int, depth: int, width: int, kv_tokens: float) -> list[list[float]] | None:
+        """[[draft(batch_size, d, w, kv_tokens) for d = 1 … depth] for w = 1 … width] from one
+        plain-float pass over the levels: a level's tokens and pairs depend on its width and level
+        alone (level 1 on neither), so every shape's levels are in one forward_floats list, summed
+        left to right as _draft_floats sums them. None when a count is not tabulated yet, or when
+        depth > SHORT_SUM (draft() sums such drafts pairwise, over numpy arrays)."""
+        if self.draft_net is None or depth > SHORT_SUM or depth < 1:
+            return None
+        share = kv_tokens / batch_size
+        tokens, pairs = [float(batch_size)], [float(batch_size) * (share + 1.0)]
+        for w in range(1, width + 1):
+            for level in range(2, depth + 1):
+                t = float(batch_size * w)
+                tokens.append(t)
+                pairs.append(t * (share + float(level)))
+        seconds = self.draft_net.forward_floats(tokens, kv_tokens, pairs, [True] + [False] * (len(tokens) - 1))
+        if seconds is None:
+            return None
+        launch, grid = self.hw.graph_launch_s, []
+        for w in range(width):
+            total, row = seconds[0], [float(seconds[0] + launch)]
+            for level in range(2, depth + 1):
+                total += seconds[1 + w * (depth - 1) + level - 2]
+                row.append(float(total + level * launch))
+            grid.append(row)
+        return grid
 
     def draft_prefill(self, tokens: int, context: int) -> float:
         """The draft's forward over a prompt chunk, without launch costs (0 without a draft)."""

@@ -74,19 +74,20 @@ def score_bins_reference(score: np.ndarray, edges: np.ndarray = BIN_EDGES) -> np
     return np.clip(bins, 0, len(edges) - 2)
 
 
-def interp_centres(score: np.ndarray, segments: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+def interp_centres(score: np.ndarray, values: np.ndarray,
+                   segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """float64 [n]: np.interp(score, BIN_CENTRES, values), bit for bit, at a fraction of its cost.
 
     np.interp computes slope_j · (x − x_j) + y_j on the segment x_j <= x < x_{j+1} (slope_j =
     (y_{j+1} − y_j) / (x_{j+1} − x_j)), y_0 below the first point, y_last from the last on.
     Here the same two roundings per segment, the segment by GridSearch, and below the first and
-    from the last point a zero slope: 0 · (x − x_j) + y = y. `segments` is curve_segments(values).
-    Scores outside [0, 1] or NaN, and small batches (where its dozen numpy calls cost more than
-    np.interp's search), take np.interp itself."""
+    from the last point a zero slope: 0 · (x − x_j) + y = y. `segments`: curve_segments(values),
+    when the caller keeps them (computed here otherwise). Scores outside [0, 1] or NaN, and small
+    batches (where its dozen numpy calls cost more than np.interp's search), take np.interp itself."""
     x = np.asarray(score, dtype=np.float64)  # once: mixed float32/float64 operations are slower
     if len(x) < GRID_MIN or not within_unit(x):
-        return np.interp(x, BIN_CENTRES, segments[2][1:])
-    centre, slope, value = segments
+        return np.interp(x, BIN_CENTRES, values)
+    centre, slope, value = curve_segments(values) if segments is None else segments
     count = _CENTRE_SEARCH(x)  # 0 below the first centre, j + 1 on segment j
     out = x - centre.take(count)
     out *= slope.take(count)
@@ -105,16 +106,24 @@ def curve_segments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def isotonic_non_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """float [len(values)]: weighted least-squares non-decreasing fit (pool adjacent violators)."""
-    means, masses, sizes = [], [], []
-    # plain floats: the same IEEE arithmetic as numpy scalars, several times faster per step
-    for value, weight in zip(np.asarray(values, float).tolist(), np.asarray(weights, float).tolist()):
-        means.append(value), masses.append(weight), sizes.append(1)
-        while len(means) > 1 and means[-2] > means[-1]:
-            mass = masses[-2] + masses[-1]
-            mean = (means[-2] * masses[-2] + means[-1] * masses[-1]) / mass
-            size = sizes[-2] + sizes[-1]
-            del means[-1], masses[-1], sizes[-1]
-            means[-1], masses[-1], sizes[-1] = mean, mass, size
+    values, weights = np.asarray(values, float), np.asarray(weights, float)
+    drops = np.flatnonzero(values[1:] < values[:-1])  # where a merge can first happen (NaN never merges)
+    if len(drops) == 0:
+        return values.copy()
+    # up to the first drop every block is one value (nothing merges there): start the pass after it
+    start = int(drops[0]) + 1
+    means, masses, sizes = values[:start].tolist(), weights[:start].tolist(), [1] * start
+    # plain floats: the same IEEE arithmetic as numpy scalars, several times faster per step. The
+    # newest block (mean, mass, size) stays in locals; it merges into the block below while that
+    # one's mean is larger: (m_below·w_below + m·w) / (w_below + w), in that order
+    for mean, mass in zip(values[start:].tolist(), weights[start:].tolist()):
+        size = 1
+        while means and means[-1] > mean:
+            below_mean, below_mass = means.pop(), masses.pop()
+            total = below_mass + mass
+            mean = (below_mean * below_mass + mean * mass) / total
+            mass, size = total, sizes.pop() + size
+        means.append(mean), masses.append(mass), sizes.append(size)
     return np.repeat(means, sizes)
 
 
@@ -147,10 +156,12 @@ class CalibrationCurve:
             weight = self.nodes + self.prior_weight
             posterior = (self.hits + self.prior_weight * BIN_CENTRES) / weight
             self._values = isotonic_non_decreasing(posterior, weight)
-            self._segments = curve_segments(self._values)
+            self._segments = None  # curve_segments of the new values, when a large batch asks (__call__)
         return self._values
 
     def __call__(self, score: np.ndarray) -> np.ndarray:
         """float64 [n]: ĉ of each cumulative score (np.interp over the bin centres: interp_centres)."""
-        _ = self.values  # fits the curve, and its segments, when stale
-        return interp_centres(score, self._segments)
+        values = self.values  # fits the curve when stale
+        if self._segments is None and len(score) >= GRID_MIN:  # only interp_centres's grid path reads them
+            self._segments = curve_segments(values)
+        return interp_centres(score, values, self._segments)

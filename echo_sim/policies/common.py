@@ -79,6 +79,8 @@ def step_seconds(
     cost, verify_tokens: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int
 ) -> np.ndarray:
     """float [len(V)]: cost.verify_time of each executed shape, graph or eager."""
+    if not eager.any():  # every shape a graph (most steps): one call, no split
+        return np.array(cost.verify_time(verify_tokens, batch_size, kv_tokens, eager=False), dtype=np.float64)
     seconds = np.empty(len(verify_tokens), dtype=np.float64)
     for is_eager in (False, True):
         pick = eager == is_eager
@@ -92,10 +94,10 @@ def fitted_selection(cost, nodes: np.ndarray, batch_size: int, drafts: int, **fi
 
     Fixed-shape policies run captured graphs, as SGLang pads a batch to its captured size.
     """
-    executed, eager = cost.executed_shape(np.array([batch_size + drafts]), batch_size)
+    executed, eager = cost.executed_one(batch_size + drafts, batch_size)
     return Selection(
         nodes=nodes,
-        padding=int(executed[0]) - batch_size - drafts,
-        eager=bool(eager[0]),
+        padding=int(executed) - batch_size - drafts,
+        eager=bool(eager),
         **fields,
     )

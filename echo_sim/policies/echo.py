@@ -78,8 +78,7 @@ def level_tokens(lattices: LatticeBatch, expanded: np.ndarray, depth: int, cost)
     for count in counts.tolist():
         if count == 0:
             break
-        padded, _ = cost.executed_shape(np.array([int(count)]), bs)
-        tokens.append(int(padded[0]))
+        tokens.append(int(cost.executed_one(int(count), bs)[0]))
     return tuple(tokens)
 
 
@@ -226,10 +225,10 @@ class EchoPolicy(KnobbedPolicy):
     def _fit_bucket(self, budget: int, eligible: int, bs: int, context: StepContext) -> tuple[int, int, bool]:
         """(nodes to select, padding tokens, eager) for this budget and bucketing mode."""
         drafts = min(budget, eligible)
-        executed, eager = context.cost.executed_shape(np.array([bs + drafts]), bs, self.bucketing)
-        if not self.bucketing or eager[0]:
-            return drafts, 0, bool(eager[0])
-        capacity = int(executed[0]) - bs
+        executed, eager = context.cost.executed_one(bs + drafts, bs, self.bucketing)
+        if not self.bucketing or eager:
+            return drafts, 0, bool(eager)
+        capacity = int(executed) - bs
         fill = min(capacity, eligible)
         return fill, capacity - fill, False
 

@@ -46,7 +46,7 @@ def chain_goodput(cost, alpha: float, k_max: int, batch_size: int, kv_tokens: in
     lengths = np.arange(k_max + 1)
     executed, eager = cost.executed_shape(batch_size * (1 + lengths), batch_size)
     seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + prefill_seconds
-    seconds += np.array([cost.draft_time(batch_size, int(k), 1, kv_tokens=kv_tokens) if k else 0.0 for k in lengths])
+    seconds += np.array([0.0, *cost.draft_times(batch_size, k_max, 1, kv_tokens)[0]])  # draft_time(bs, k, 1) by k
     return batch_size * expected_tokens(alpha, lengths) / seconds
 
 

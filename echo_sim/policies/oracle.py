@@ -14,6 +14,7 @@ compare policies to it per step. The only policy allowed to read `lattices.on_pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -57,13 +58,22 @@ class OraclePolicy(KnobbedPolicy):
         reach = {1: np.asarray(lattices.spine_run, dtype=np.int64)}
         for w in range(2, width + 1):
             reach[w] = full_depth if w == width else np.asarray(context.on_path_depth(w), dtype=np.int64)
-        shapes = [NO_DRAFT] + [DraftShape(d, w) for w in range(1, width + 1) for d in range(1, depth + 1)]
-        accepted = [np.zeros(bs, dtype=np.int64)] + [np.minimum(reach[s.width], s.depth) for s in shapes[1:]]
-        verify = bs + np.array([a.sum() for a in accepted])
+        shapes = self._shapes(width, depth)
+        # accepted[1 + (w - 1)·depth + d - 1] = min(reach of width w, d): every shape's row at once
+        accepted = np.zeros((1 + width * depth, bs), dtype=np.int64)
+        np.minimum(np.stack([reach[w] for w in range(1, width + 1)])[:, None, :],
+                   np.arange(1, depth + 1)[None, :, None], out=accepted[1:].reshape(width, depth, bs))
+        verify = bs + accepted.sum(axis=1)
         executed, eager = context.cost.executed_shape(verify, bs)
         seconds = step_seconds(context.cost, executed, eager, bs, kv) + context.prefill_seconds
         first, per_level = draft_levels(context.cost, bs, kv, width, depth)
-        seconds[1:] += [first + (s.depth - 1) * per_level[s.width - 1] for s in shapes[1:]]
+        seconds[1:] += (first + np.arange(depth)[None, :] * per_level[:, None]).ravel()  # shapes' order
         rates = verify / seconds  # committed tokens Σ (a_r + 1) = V
         best = int(np.argmax(rates))
         return shapes[best], accepted[best]
+
+    @staticmethod
+    @cache
+    def _shapes(width: int, depth: int) -> tuple[DraftShape, ...]:
+        """No drafting, then every (d, w), width-major: the candidates of _best_shape, in its order."""
+        return (NO_DRAFT, *(DraftShape(d, w) for w in range(1, width + 1) for d in range(1, depth + 1)))

@@ -71,10 +71,11 @@ def level_profile(lattices: LatticeBatch, confidence: np.ndarray, level: int, sl
 def draft_levels(cost, batch_size: int, kv_tokens: int, width: int, depth: int) -> tuple[float, np.ndarray]:
     """(level-1 seconds, seconds of one level 2…S for each width 1…k): T_draft(bs, S', k') is
     first + (S' − 1)·per_level[k' − 1] (levels 2…S cost alike; module docstring)."""
-    first = cost.draft_time(batch_size, 1, 1, kv_tokens=kv_tokens)
+    grid = cost.draft_times(batch_size, max(depth, 1), width, kv_tokens)  # [w - 1][d - 1]: draft_time(bs, d, w)
+    first = grid[0][0]
     if depth <= 1:
         return first, np.zeros(width)
-    full = np.array([cost.draft_time(batch_size, depth, w, kv_tokens=kv_tokens) for w in range(1, width + 1)])
+    full = np.array([row[depth - 1] for row in grid])
     return first, (full - first) / (depth - 1)
 
 

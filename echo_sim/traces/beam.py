@@ -184,6 +184,7 @@ class BeamTable:
         self.columns, self.frontier, self.level_count = columns, frontier, level_count
         self.incomplete, self.cut, self.width, self.depth = incomplete, cut, width, depth
         self.on_path_chain = on_path_chains(columns["on_path"], columns["depth"], columns["parent"], depth)
+        self._exact_up_to: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # read depth -> _up_to of incomplete, cut
 
     @classmethod
     def build(cls, columns: dict, kept, frontier, lost, width: int, depth: int) -> "BeamTable":
@@ -225,7 +226,10 @@ class BeamTable:
             np.cumsum(keep, out=offsets[1:])
         if depth < self.depth:  # the drafter expands the frontier of levels < depth only
             frontier &= flat["depth"] < depth
-        exactness = BeamKeep(_up_to(self.incomplete[positions], depth), _up_to(self.cut[positions], depth))
+        if depth not in self._exact_up_to:  # per position, what a depth-`depth` read sees of them
+            self._exact_up_to[depth] = (_up_to(self.incomplete, depth), _up_to(self.cut, depth))
+        incomplete, cut = self._exact_up_to[depth]
+        exactness = BeamKeep(incomplete[positions], cut[positions])
         chain = None if self.on_path_chain is None else self.on_path_chain[positions, :depth]
         return flat, offsets, frontier, exactness, chain
 

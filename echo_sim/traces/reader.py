@@ -38,11 +38,15 @@ class LatticeReader:
 
     def __init__(self, trace: TraceSet):
         self.trace = trace
+        # header facts, read once (each is a property of the trace: a lookup per step otherwise)
+        self.depth, self.width, self.chain_only = trace.depth, trace.width, trace.is_chain_only
+        self.has_confidences = trace.has_confidences
         self.columns = None  # name -> array [positions, nodes per lattice], when the layout is uniform
         self.level_prefix = None  # int [S + 1]: nodes of depth <= d in every lattice
         self.beam = None  # UniformBeam, when the layout is the generator's (echo_runtime.lattice)
         self.on_path_chain = None
         self._frontier_rows: dict[int, np.ndarray] = {}  # read depth -> _stored_frontier's rows
+        self._on_path_depths: dict[int, np.ndarray | None] = {}  # width -> on_path_depth column (None: read)
         counts = np.diff(trace.node_offsets)
         if len(counts) == 0 or counts[0] == 0 or np.any(counts != counts[0]):
             return
@@ -71,14 +75,14 @@ class LatticeReader:
         return LatticeBatch(
             offsets=np.arange(len(positions) + 1, dtype=np.int64) * keep,
             spine_run=self.trace.spine_run[positions],
-            has_confidences=self.trace.has_confidences,
+            has_confidences=self.has_confidences,
             **gathered,
         )
 
     def read_beam(self, positions: np.ndarray, max_depth: int, width: int) -> "BeamRead":
         """The nodes a width-`width`, depth-`max_depth` drafter grows at `positions` (beam.py)."""
-        depth = min(max_depth, self.trace.depth)
-        if width >= self.trace.width or depth < 1 or self.trace.is_chain_only:
+        depth = min(max_depth, self.depth)
+        if width >= self.width or depth < 1 or self.chain_only:
             lattices = self.read(positions, depth)
             chain = None if self.on_path_chain is None else self.on_path_chain[positions, :depth]
             return BeamRead(lattices, self._stored_frontier(positions, lattices, depth), None, chain)
@@ -86,8 +90,29 @@ class LatticeReader:
             return BeamRead(*beam_batch_reference(self.read(positions, depth), width, depth))
         flat, offsets, frontier, exactness, chain = self.beam.table(width).read(positions, depth)
         lattices = LatticeBatch(offsets=offsets, spine_run=self.trace.spine_run[positions],
-                                has_confidences=self.trace.has_confidences, **flat)
+                                has_confidences=self.has_confidences, **flat)
         return BeamRead(lattices, frontier, exactness, chain)
+
+    def on_path_depth(self, positions: np.ndarray, width: int) -> np.ndarray:
+        """int64 [bs]: the on-path depth of the full-depth width-`width` read at `positions` (the
+        shape-best oracle's view of narrower drafts): on_path_depth_reference, from a per-position
+        column counted once per width where the read's on-path chains are precomputed."""
+        if width not in self._on_path_depths:
+            chain = None
+            if width < self.width and self.depth >= 1 and not self.chain_only \
+                    and self.beam is not None:
+                chain = self.beam.table(width).on_path_chain  # int64 [P, S], the read's chains
+            self._on_path_depths[width] = (None if chain is None else
+                                           np.count_nonzero(chain >= 0, axis=1).astype(np.int64))
+        column = self._on_path_depths[width]
+        return self.on_path_depth_reference(positions, width) if column is None else column[positions]
+
+    def on_path_depth_reference(self, positions: np.ndarray, width: int) -> np.ndarray:
+        """on_path_depth by reading the lattices and walking their on-path nodes."""
+        narrow = self.read_beam(positions, self.depth, width)
+        if narrow.on_path_chain is not None:
+            return np.count_nonzero(narrow.on_path_chain >= 0, axis=1).astype(np.int64)
+        return on_path_acceptance(narrow.lattices, np.zeros(narrow.lattices.num_nodes, dtype=bool))[2]
 
     def _stored_frontier(self, positions, lattices: LatticeBatch, depth: int) -> np.ndarray:
         """bool [n]: the read's nodes of levels < depth that the stored lattice expanded."""
