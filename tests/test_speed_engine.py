@@ -176,10 +176,8 @@ def test_one_shape_components_equal_the_vector_terms(name, bs, extra, kv, eager,
        st.integers(0, 2_000_000), st.integers(0, 500))
 def test_ragged_draft_from_lists_equals_the_vector_draft(name, bs, levels, kv, catch_up):
     cost = COSTS[name, "separate"]
-    widths = np.array([1.0] + [level / bs for level in levels[1:]])
-    vector = cost.terms._draft_vector(bs, len(levels), widths, kv, None)
-    assert cost.terms.draft(bs, len(levels), widths.tolist(), kv) == vector  # a list of widths, as ragged passes
     uniform = [bs] + levels[1:]
+    vector = cost.terms._draft_vector(bs, [float(t) for t in uniform], kv)
     assert cost.ragged_draft_time(bs, uniform, kv) == vector
     with_catch_up = cost.ragged_draft_time(bs, [bs + catch_up] + levels[1:], kv)
     first = cost.terms.draft(bs, 1, 1, kv)

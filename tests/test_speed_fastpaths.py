@@ -35,13 +35,15 @@ COSTS = {name: load_cost_model(hardware, model, cost=mode) for name, (hardware, 
        st.integers(0, 2_000_000), st.integers(0, 500), st.booleans(), st.data())
 def test_plain_float_draft_equals_the_vector_draft(name, bs, depth, width, kv, catch_up, ragged, data):
     terms = COSTS[name].terms
-    if ragged:  # ragged_draft_time's widths: a float per level
-        width = np.array([1.0] + [data.draw(st.integers(1, bs * 16)) / bs for _ in range(depth - 1)])
     extend = bs + catch_up if catch_up else None
-    vector = terms._draft_vector(bs, depth, width, kv, extend)  # also tabulates the counts
-    assert terms.draft(bs, depth, width, kv, extend) == vector
-    floats = terms._draft_floats(bs, depth, width, kv, extend)
-    assert floats == vector or (ragged and floats is None)  # None: a level's count is not integral
+    tokens = [float(extend or bs)] + [float(bs * width)] * (depth - 1)
+    if ragged:  # ragged_draft_time's levels: a padded token count per level
+        tokens[1:] = [float(data.draw(st.integers(1, bs * 16))) for _ in range(depth - 1)]
+    vector = terms._draft_vector(bs, tokens, kv)  # also tabulates the counts
+    assert terms.draft_levels(bs, tokens, kv) == vector
+    if not ragged:
+        assert terms.draft(bs, depth, width, kv, extend) == vector
+    assert terms._draft_floats(bs, tokens, kv) == vector
 
 
 @settings(max_examples=80, deadline=None)

@@ -76,6 +76,7 @@ __all__ = ["StepShape", "CostModel", "CostModelError", "load_cost_model", "roofl
 
 DEFAULT_HARDWARE, DEFAULT_MODEL = "h200", "llama-3.1-8b"
 GRAPH_RUNS_KEPT = 1 << 16  # (V, batch size) verify shapes a cost model remembers (_verify_floats)
+EXECUTED_KEPT = 1 << 13  # shape lists whose fixed verify terms a cost model remembers (executed_seconds)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class CostModel:
         self._last_ragged = (None, 0.0, 0.0)
         self._last_prefill = (None, 0.0)  # the engine asks for the step's prefill before components() does
         self._graph_runs: dict = {}  # (V, bs) -> (tokens run, launch seconds) of a graph-rule verify (_verify_floats)
+        self._executed_terms: dict = {}  # (bs, shapes) -> their fixed verify terms (executed_seconds)
 
     def describe(self) -> dict:
         """What a result record stores about its cost source: source, hardware, model, dtype, tp, cost model."""
@@ -219,6 +221,49 @@ class CostModel:
         scheduler = self.terms.scheduler(batch_size)
         return [f + s + scheduler for f, s in zip(forward, launch)]
 
+    def executed_seconds(self, executed: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int
+                         ) -> np.ndarray | None:
+        """verify_time of each executed shape, graph or eager (policies.common.step_seconds_reference:
+        the same floats), for a shape list priced at step after step: its terms that do not depend on
+        ΣKV (tokens run, the token-count table, launch, scheduler) are remembered per (batch size,
+        shapes), so a step computes the attention term alone. The candidate lists of echo's budget
+        and shape predictor, the oracle and goodput recur every step of a batch size. None where the
+        reference must answer (terms not the roofline's, a count not tabulated yet, bad input)."""
+        if not isinstance(self.terms, RooflineTerms) or batch_size < 1 or kv_tokens < 0 or len(executed) == 0:
+            return None
+        key = (batch_size, executed.tobytes(), eager.tobytes())
+        fixed = self._executed_terms.get(key)
+        if fixed is None:
+            fixed = self._executed_fixed_terms(executed, eager, batch_size)
+            if fixed is None:
+                return None
+            if len(self._executed_terms) >= EXECUTED_KEPT:
+                self._executed_terms.clear()
+            self._executed_terms[key] = fixed
+        tokens, tabled, launch, scheduler = fixed
+        pairs = tokens * (kv_tokens + tokens) / batch_size
+        seconds = tabled + self.terms.target.net.num_layers * self.terms.target.verify_attention(tokens, kv_tokens, pairs)
+        seconds += launch
+        seconds += scheduler
+        return seconds
+
+    def _executed_fixed_terms(self, executed: np.ndarray, eager: np.ndarray, batch_size: int):
+        """(tokens run, token-count seconds, launch seconds, scheduler seconds) of executed_seconds,
+        by verify_time's own rules (_run_tokens per group, terms.launch); None where it must not answer."""
+        requested = np.asarray(executed, dtype=float)
+        if not requested.min() >= batch_size:
+            return None
+        tokens, launch = np.empty(len(requested)), np.empty(len(requested))
+        for is_eager in (False, True):
+            pick = eager == is_eager
+            if pick.any():
+                run, mask = self._run_tokens(requested[pick], batch_size, is_eager)
+                tokens[pick], launch[pick] = run, self.terms.launch(mask)
+        tabled = self.terms.target.verify_token_seconds(tokens)
+        if tabled is None:
+            return None
+        return tokens, tabled, launch, float(self.terms.scheduler(batch_size))
+
     def draft_time(self, batch_size: int, depth: int, width: int, kv_tokens: int = 0,
                    extend_tokens: int | None = None) -> float:
         """Seconds to draft `depth` levels of `width` for `batch_size` requests (0 when depth is 0).
@@ -257,8 +302,8 @@ class CostModel:
         if self._last_ragged[0] != key:
             depth, widths = len(tokens), [t / batch_size for t in tokens]
             first = float(self.terms.draft(batch_size, 1, 1, kv_tokens))
-            if isinstance(self.terms, RooflineTerms):  # its draft takes one width per level: one forward
-                seconds = float(self.terms.draft(batch_size, depth, widths, kv_tokens))  # level 1: bs
+            if isinstance(self.terms, RooflineTerms):  # its levels priced by their token counts: one forward
+                seconds = float(self.terms.draft_levels(batch_size, [float(batch_size), *tokens[1:]], kv_tokens))
             else:  # a calibration's levels 2…S cost alike: each level is what it adds at its width
                 seconds = first + sum(float(self.terms.draft(batch_size, 2, w, kv_tokens)) - first
                                       for w in widths[1:])

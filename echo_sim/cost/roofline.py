@@ -242,6 +242,14 @@ class NetworkCost:
         input fc) with the token-only terms and the logits read from one summed table: the same
         IEEE operations in the same order, without the per-table checks. Shape: [n] -> [n].
         None when a count is not tabulated yet, not integral or < 1, or the network has an input fc."""
+        tabled = self.verify_token_seconds(tokens)
+        if tabled is None:
+            return None
+        return tabled + self.net.num_layers * self.verify_attention(tokens, kv_tokens, pairs)
+
+    def verify_token_seconds(self, tokens: np.ndarray) -> np.ndarray | None:
+        """float [n]: the terms of a verify forward that depend on its token count alone (token-only
+        terms + logits, one summed table), None where verify_forward is None."""
         index = tokens.astype(np.int64)
         terms, logits = self._token_terms, self._logits
         size = min(len(terms.values), len(logits.values))
@@ -250,11 +258,14 @@ class NetworkCost:
             return None
         if len(self._with_logits) != size:  # the tables grew: sum them again
             self._with_logits = terms.values[:size] + logits.values[:size]
+        return self._with_logits[index]
+
+    def verify_attention(self, tokens: np.ndarray, kv_tokens: float, pairs: np.ndarray) -> np.ndarray:
+        """float [n]: one layer's attention seconds of verify forwards (_attention, without its casts)."""
         flops_rate, bytes_rate = self._attention_rates()
-        attention = np.maximum(self.attention_flops_per_pair * pairs / flops_rate,
-                               ((kv_tokens + tokens) * self.kv_bytes_per_token + tokens * self.qo_bytes_per_token)
-                               / bytes_rate)
-        return self._with_logits[index] + self.net.num_layers * attention
+        return np.maximum(self.attention_flops_per_pair * pairs / flops_rate,
+                          ((kv_tokens + tokens) * self.kv_bytes_per_token + tokens * self.qo_bytes_per_token)
+                          / bytes_rate)
 
     def forward_floats(self, tokens: list[float], kv_tokens: float, pairs: list[float],
                        with_input_fc: list[bool] | None = None, logits_tokens: list[float] | None = None
@@ -354,28 +365,33 @@ class RooflineTerms:
             return 0.0
         if self.draft_net is None:
             raise CostModelError(f"model preset {self.model.name!r} has no draft")
-        if depth <= SHORT_SUM:
-            seconds = self._draft_floats(batch_size, depth, width, kv_tokens, extend_tokens)
+        widths = [width] * depth if isinstance(width, (int, float)) else list(width)  # one width per level
+        tokens = [float(extend_tokens or batch_size)] + [float(batch_size * w) for w in widths[1:]]
+        return self.draft_levels(batch_size, tokens, kv_tokens)
+
+    def draft_levels(self, batch_size: int, tokens: list[float], kv_tokens: float) -> float:
+        """A draft whose level l forward runs tokens[l − 1] tokens (draft(): bs·k' per level; a
+        ragged draft: its levels' padded counts, integers as they are, not bs·(count / bs))."""
+        if self.draft_net is None:
+            raise CostModelError(f"model preset {self.model.name!r} has no draft")
+        if len(tokens) <= SHORT_SUM:
+            seconds = self._draft_floats(batch_size, tokens, kv_tokens)
             if seconds is not None:
                 return seconds
-        return self._draft_vector(batch_size, depth, width, kv_tokens, extend_tokens)
+        return self._draft_vector(batch_size, tokens, kv_tokens)
 
-    def _draft_vector(self, batch_size: int, depth: int, width, kv_tokens: float, extend_tokens) -> float:
-        """draft() over numpy arrays of levels: the reference of _draft_floats."""
-        level = np.arange(1, depth + 1, dtype=float)
-        tokens = np.where(level == 1, extend_tokens or batch_size, batch_size * np.asarray(width, dtype=float))
-        pairs = tokens * (kv_tokens / batch_size + level)
-        seconds = self.draft_net.forward(tokens, kv_tokens, pairs, tokens, with_input_fc=level == 1)
-        return float(seconds.sum() + depth * self.hw.graph_launch_s)
+    def _draft_vector(self, batch_size: int, tokens: list[float], kv_tokens: float) -> float:
+        """draft_levels over numpy arrays of levels: the reference of _draft_floats."""
+        level = np.arange(1, len(tokens) + 1, dtype=float)
+        counts = np.array(tokens, dtype=float)
+        pairs = counts * (kv_tokens / batch_size + level)
+        seconds = self.draft_net.forward(counts, kv_tokens, pairs, counts, with_input_fc=level == 1)
+        return float(seconds.sum() + len(tokens) * self.hw.graph_launch_s)
 
-    def _draft_floats(self, batch_size: int, depth: int, width, kv_tokens: float, extend_tokens) -> float | None:
-        """draft() in plain floats (NetworkCost.forward_floats); None when a count is not tabulated.
-        Levels are summed left to right, as numpy sums arrays of up to SHORT_SUM values."""
-        if isinstance(width, (int, float)):
-            widths = [width] * depth
-        else:  # one width per level (ragged_draft_time)
-            widths = width if isinstance(width, list) and len(width) == depth else np.broadcast_to(width, (depth,)).tolist()
-        tokens = [float(extend_tokens or batch_size)] + [float(batch_size * w) for w in widths[1:]]
+    def _draft_floats(self, batch_size: int, tokens: list[float], kv_tokens: float) -> float | None:
+        """draft_levels in plain floats (NetworkCost.forward_floats); None when a count is not
+        tabulated. Levels are summed left to right, as numpy sums arrays of up to SHORT_SUM values."""
+        depth = len(tokens)
         share = kv_tokens / batch_size
         pairs = [t * (share + float(level)) for level, t in enumerate(tokens, start=1)]
         seconds = self.draft_net.forward_floats(tokens, kv_tokens, pairs, [True] + [False] * (depth - 1))
