@@ -13,7 +13,7 @@ from echo_sim.cost.model import load_cost_model
 from echo_sim.cost.roofline import FEW, SHORT_SUM
 from echo_sim.paths import TRACES_DIR
 from echo_sim.policies.base import DraftShape, StepContext
-from echo_sim.policies.common import step_seconds
+from echo_sim.policies.common import step_seconds, step_seconds_reference
 from echo_sim.policies.oracle import OraclePolicy
 from echo_sim.policies.shape import NO_DRAFT, draft_levels
 from echo_sim.testing import random_trace
@@ -58,6 +58,19 @@ def test_step_seconds_of_graphs_only_equals_the_split(name, bs, kv, shapes):
                 expected[pick] = cost.verify_time(executed[pick], bs, kv, eager=is_eager)
         got = step_seconds(cost, executed, mask, bs, kv)
         assert got.dtype == np.float64 and got.tolist() == expected.tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(COSTS)), st.integers(1, 300), st.lists(st.integers(0, 2_000_000), min_size=2, max_size=5),
+       st.integers(1, 12_000), st.booleans(), st.booleans())
+def test_remembered_shape_lists_price_as_verify_time(name, bs, kvs, span, bucketing, cold):
+    """A budget's candidate list priced step after step at changing ΣKV (CostModel.executed_seconds
+    remembers its fixed terms after the first) equals the per-group verify_time rule every time."""
+    cost = load_cost_model("h200", cost="roofline") if cold and name != "calibration" else COSTS[name]
+    executed, eager = cost.executed_shape(bs + np.arange(span + 1), bs, bucketing)
+    for kv in kvs:
+        expected = step_seconds_reference(cost, executed, eager, bs, kv)
+        assert step_seconds(cost, executed, eager, bs, kv).tolist() == expected.tolist()
 
 
 @settings(max_examples=60, deadline=None)

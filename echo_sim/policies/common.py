@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from echo_sim.cost.model import CostModel
 from echo_sim.policies.base import PolicyError, Selection
 from echo_sim.trees import LatticeBatch
 
@@ -78,7 +79,19 @@ def _top_ragged(lattices: LatticeBatch, quota: np.ndarray, eligible: np.ndarray 
 def step_seconds(
     cost, verify_tokens: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int
 ) -> np.ndarray:
-    """float [len(V)]: cost.verify_time of each executed shape, graph or eager."""
+    """float [len(V)]: cost.verify_time of each executed shape, graph or eager; a CostModel's
+    remembered shape lists (CostModel.executed_seconds) where it answers."""
+    if isinstance(cost, CostModel):
+        seconds = cost.executed_seconds(verify_tokens, eager, batch_size, kv_tokens)
+        if seconds is not None:
+            return seconds
+    return step_seconds_reference(cost, verify_tokens, eager, batch_size, kv_tokens)
+
+
+def step_seconds_reference(
+    cost, verify_tokens: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int
+) -> np.ndarray:
+    """step_seconds by cost.verify_time, one call per group (graph, eager)."""
     if not eager.any():  # every shape a graph (most steps): one call, no split
         return np.array(cost.verify_time(verify_tokens, batch_size, kv_tokens, eager=False), dtype=np.float64)
     seconds = np.empty(len(verify_tokens), dtype=np.float64)
