@@ -44,8 +44,10 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
     while True:
         values = top_values(confidence, window)
         gains = np.concatenate(([0.0], np.cumsum(values)))
-        budgets, executed, eager, filled = candidate_shapes(cost, batch_size, window, bucketing, shapes, first)
-        seconds = step_seconds(cost, executed, eager, batch_size, kv_tokens) + draft_seconds
+        known = _known_shapes(cost, batch_size, window, bucketing, shapes, first)
+        budgets, executed, eager, filled = _window_shapes(known, batch_size, window)
+        # priced over every remembered candidate (a list that recurs: CostModel.executed_seconds), then cut
+        seconds = step_seconds(cost, known[3], known[4], batch_size, kv_tokens)[: len(executed)] + draft_seconds
         rates = (batch_size + gains[filled]) / seconds
         top = float(rates.max())
         if window == eligible or not _beyond_may_win(values, gains[-1], top, batch_size, kv_tokens,
@@ -65,6 +67,12 @@ def candidate_shapes(cost, batch_size: int, window: int, bucketing: bool, shapes
     graph rule's, elementwise in B, so those of a smaller window are a prefix: `shapes` (a dict
     the caller keeps) remembers them per batch size for B up to max(window, span) (span: the
     windows to come, whatever this step's eligible count)."""
+    return _window_shapes(_known_shapes(cost, batch_size, window, bucketing, shapes, span), batch_size, window)
+
+
+def _known_shapes(cost, batch_size: int, window: int, bucketing: bool, shapes: dict | None, span: int) -> tuple:
+    """(cost, length, budgets, executed, eager) of the candidates B = 0 … length >= window, from
+    `shapes` when it has them (candidate_shapes)."""
     key = (id(cost), batch_size, bucketing)
     known = shapes.get(key) if shapes is not None else None
     if known is None or known[0] is not cost or known[1] < window:
@@ -79,8 +87,13 @@ def candidate_shapes(cost, batch_size: int, window: int, bucketing: bool, shapes
             if len(shapes) >= SHAPES_KEPT:
                 shapes.clear()
             shapes[key] = known
+    return known
+
+
+def _window_shapes(known: tuple, batch_size: int, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """candidate_shapes's answer: the known candidates B <= window, and the nodes each fills."""
     _, _, budgets, executed, eager = known
-    count = int(np.searchsorted(budgets, window, side="right"))  # the candidates B <= window
+    count = int(np.searchsorted(budgets, window, side="right"))
     budgets, executed, eager = budgets[:count], executed[:count], eager[:count]
     return budgets, executed, eager, np.minimum(executed - batch_size, window)
 

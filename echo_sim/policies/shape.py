@@ -122,6 +122,7 @@ class ShapeChooser:
     profiles: dict = field(default_factory=dict)  # (k', level) -> float [slots]
     current: DraftShape | None = None
     _draft_cache: dict = field(default_factory=dict, repr=False)
+    _shape_cache: dict = field(default_factory=dict, repr=False)  # _verify_shapes
 
     @staticmethod
     def slots(width: int, level: int) -> int:
@@ -149,8 +150,7 @@ class ShapeChooser:
               ) -> dict[DraftShape, float]:
         """Predicted committed tokens per second of every shape with statistics, and of no drafting."""
         sunk = prefill_seconds if self.prefill_term else 0.0
-        most = self.width + (self.depth - 1) * self.width * self.width  # nodes of the full shape
-        executed, eager = cost.executed_shape(batch_size * (1 + np.arange(most + 1)), batch_size, bucketing)
+        executed, eager = self._verify_shapes(cost, batch_size, bucketing)
         verify = step_seconds(cost, executed, eager, batch_size, kv_tokens) + sunk  # by nodes m per request
         rates = {NO_DRAFT: batch_size / verify[0]}
         first, per_level = self._draft_levels(cost, batch_size, kv_tokens)
@@ -162,6 +162,15 @@ class ShapeChooser:
                                                          batch_size), start=1):
                     rates[DraftShape(depth, width)] = rate
         return rates
+
+    def _verify_shapes(self, cost, batch_size: int, bucketing: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The executed verify shape of bs·(1 + m) tokens for every m up to the full shape's nodes,
+        per cost model, batch size and bucketing (they depend on nothing else)."""
+        key = (id(cost), batch_size, bucketing)
+        if key not in self._shape_cache:
+            most = self.width + (self.depth - 1) * self.width * self.width  # nodes of the full shape
+            self._shape_cache[key] = cost.executed_shape(batch_size * (1 + np.arange(most + 1)), batch_size, bucketing)
+        return self._shape_cache[key]
 
     def _draft_levels(self, cost, batch_size: int, kv_tokens: int) -> tuple[float, np.ndarray]:
         """draft_levels, cached per cost model, batch size and ΣKV to 2 significant digits: the
