@@ -82,6 +82,9 @@ def test_draft_times_equal_draft_time_per_shape(name, bs, depth, width, kv, warm
     expected = [[cost.draft_time(bs, d, w, kv_tokens=kv) for d in range(1, depth + 1)] for w in range(1, width + 1)]
     assert grid == expected and all(type(x) is float for row in grid for x in row)
     assert cost.draft_times(bs, depth, width, kv) == expected  # tabulated now: the one-pass path
+    other = kv // 3 + 17  # the shape's remembered token terms, at another ΣKV
+    assert cost.draft_times(bs, depth, width, other) == [
+        [cost.draft_time(bs, d, w, kv_tokens=other) for d in range(1, depth + 1)] for w in range(1, width + 1)]
 
 
 def test_draft_levels_reads_the_grid():

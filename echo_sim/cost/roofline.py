@@ -33,6 +33,7 @@ from echo_sim.cost.routing import ExpertRouting, UNIFORM
 EXTRA_KERNELS = 4  # per forward outside the layers: embedding, final norm, LM head, argmax
 TABLE_LIMIT = 1 << 17  # token counts tabulated at most (verify and draft forwards stay far below)
 FEW = 32  # up to this many forwards, plain floats beat numpy's per-call overhead (NetworkCost.forward_floats)
+GRID_TERMS_KEPT = 4096  # draft_grid shapes whose fixed terms a cost model remembers
 SHORT_SUM = 7  # numpy sums a float64 array of up to 7 values left to right (pairwise from 8 on)
 
 
@@ -274,6 +275,14 @@ class NetworkCost:
         plain floats (logits_tokens None: every token needs logits): the same IEEE operations in the
         same order, several times faster than numpy on a handful of values (tests compare the two).
         None when a count is not tabulated yet (the caller then takes forward, which tabulates it)."""
+        fixed = self.token_floats(tokens, with_input_fc, logits_tokens)
+        return None if fixed is None else self.floats_with_attention(tokens, kv_tokens, pairs, fixed)
+
+    def token_floats(self, tokens: list[float], with_input_fc: list[bool] | None = None,
+                     logits_tokens: list[float] | None = None) -> tuple[list, list] | None:
+        """forward_floats's terms that do not depend on ΣKV, per forward: (token-only + logits
+        seconds, None where tokens <= 0; input-fc seconds or None), for callers that price one
+        token list at step after step (draft_grid). None when a count is not tabulated yet."""
         terms, logits, fc = self._token_terms, self._logits, self._input_fc
         logit_counts = tokens if logits_tokens is None else logits_tokens
         if not (terms.holds(tokens, len(logits.floats)) if logits_tokens is None  # one pass, both tables
@@ -282,20 +291,26 @@ class NetworkCost:
         use_fc = bool(self.net.input_fc_size)
         if use_fc and not fc.holds(tokens):
             return None
+        base, extra = [], []
+        for i, t in enumerate(tokens):
+            n = int(t)
+            base.append(terms.floats[n] + logits.floats[int(logit_counts[i])] if t > 0 else None)
+            extra.append((fc.floats[n] if with_input_fc is not None and with_input_fc[i] else 0.0) if use_fc else None)
+        return base, extra
+
+    def floats_with_attention(self, tokens: list[float], kv_tokens: float, pairs: list[float],
+                              fixed: tuple[list, list]) -> list[float]:
+        """forward_floats from token_floats's terms: adds the attention term, in forward's order."""
         layers, kv = self.net.num_layers, float(kv_tokens)
         flops_rate, bytes_rate = self._attention_rates()
         per_pair, kv_bytes, qo_bytes = self.attention_flops_per_pair, self.kv_bytes_per_token, self.qo_bytes_per_token
         out = []
-        for i, t in enumerate(tokens):
-            if t <= 0:
+        for t, pair, base, extra in zip(tokens, pairs, *fixed):
+            if base is None:
                 out.append(0.0)
                 continue
-            n = int(t)
-            attention = max(per_pair * pairs[i] / flops_rate, ((kv + t) * kv_bytes + t * qo_bytes) / bytes_rate)
-            total = terms.floats[n] + logits.floats[int(logit_counts[i])] + layers * attention
-            if use_fc:
-                total = total + (fc.floats[n] if with_input_fc is not None and with_input_fc[i] else 0.0)
-            out.append(total)
+            total = base + layers * max(per_pair * pair / flops_rate, ((kv + t) * kv_bytes + t * qo_bytes) / bytes_rate)
+            out.append(total if extra is None else total + extra)
         return out
 
     def _attention_rates(self) -> tuple[float, float]:
@@ -327,6 +342,7 @@ class RooflineTerms:
                           if model.draft is not None else None)
         self.target_eager_s = self.target.eager_s
         self.draft_eager_s = self.draft_net.eager_s if self.draft_net else 0.0
+        self._grid_terms: dict = {}  # (bs, depth, width) -> draft_grid's token counts and their fixed terms
 
     def verify_forward(self, tokens, batch_size: int, kv_tokens: float, pairs):
         """Seconds [n] of the target forward over `tokens` [n] (every token needs logits)."""
@@ -410,16 +426,23 @@ class RooflineTerms:
         depth > SHORT_SUM (draft() sums such drafts pairwise, over numpy arrays)."""
         if self.draft_net is None or depth > SHORT_SUM or depth < 1:
             return None
+        key = (batch_size, depth, width)
+        if key not in self._grid_terms:  # the grid's token counts: fixed per shape, priced once
+            tokens, levels = [float(batch_size)], [1.0]
+            for w in range(1, width + 1):
+                for level in range(2, depth + 1):
+                    tokens.append(float(batch_size * w))
+                    levels.append(float(level))
+            fixed = self.draft_net.token_floats(tokens, [True] + [False] * (len(tokens) - 1))
+            if fixed is None:
+                return None
+            if len(self._grid_terms) >= GRID_TERMS_KEPT:
+                self._grid_terms.clear()
+            self._grid_terms[key] = (tokens, levels, fixed)
+        tokens, levels, fixed = self._grid_terms[key]
         share = kv_tokens / batch_size
-        tokens, pairs = [float(batch_size)], [float(batch_size) * (share + 1.0)]
-        for w in range(1, width + 1):
-            for level in range(2, depth + 1):
-                t = float(batch_size * w)
-                tokens.append(t)
-                pairs.append(t * (share + float(level)))
-        seconds = self.draft_net.forward_floats(tokens, kv_tokens, pairs, [True] + [False] * (len(tokens) - 1))
-        if seconds is None:
-            return None
+        pairs = [t * (share + level) for t, level in zip(tokens, levels)]
+        seconds = self.draft_net.floats_with_attention(tokens, kv_tokens, pairs, fixed)
         launch, grid = self.hw.graph_launch_s, []
         for w in range(width):
             total, row = seconds[0], [float(seconds[0] + launch)]
