@@ -181,7 +181,8 @@ class BeamTable:
     """
 
     def __init__(self, columns: dict, frontier, level_count, incomplete, cut, width: int, depth: int):
-        self.columns, self.frontier, self.level_count = columns, frontier, level_count
+        self.columns, self.frontier, self.level_count = read_only(columns), frontier, level_count
+        frontier.flags.writeable = False
         self.incomplete, self.cut, self.width, self.depth = incomplete, cut, width, depth
         self.on_path_chain = on_path_chains(columns["on_path"], columns["depth"], columns["parent"], depth)
         self._exact_up_to: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # read depth -> _up_to of incomplete, cut
@@ -225,7 +226,7 @@ class BeamTable:
             offsets = np.zeros(bs + 1, dtype=np.int64)
             np.cumsum(keep, out=offsets[1:])
         if depth < self.depth:  # the drafter expands the frontier of levels < depth only
-            frontier &= flat["depth"] < depth
+            frontier = frontier & (flat["depth"] < depth)
         if depth not in self._exact_up_to:  # per position, what a depth-`depth` read sees of them
             self._exact_up_to[depth] = (_up_to(self.incomplete, depth), _up_to(self.cut, depth))
         incomplete, cut = self._exact_up_to[depth]
@@ -236,8 +237,18 @@ class BeamTable:
 
 def _rows(values: np.ndarray, positions: np.ndarray, m: int) -> np.ndarray:
     """values[positions, :m], contiguous: a whole-row np.take is the fastest gather, a sliced
-    fancy index the next (both copy only what they return)."""
+    fancy index the next (both copy only what they return); one position's row is a view (a
+    read of one request: no copy at all), read-only as the tables are (read_only)."""
+    if len(positions) == 1:
+        return values[int(positions[0]), :m][None]
     return np.take(values, positions, axis=0) if m == values.shape[1] else values[positions, :m]
+
+
+def read_only(arrays: dict) -> dict:
+    """The tables' arrays, marked read-only: reads hand out views of single rows (_rows)."""
+    for values in arrays.values():
+        values.flags.writeable = False
+    return arrays
 
 
 def _lowest_level(mask: np.ndarray, level: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 
 from dataclasses import dataclass
 
-from echo_sim.traces.beam import BeamKeep, UniformBeam, _rows, beam_batch_reference, on_path_chains
+from echo_sim.traces.beam import BeamKeep, UniformBeam, _rows, beam_batch_reference, on_path_chains, read_only
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import ROOT_PARENT, LatticeBatch
 
@@ -55,7 +55,8 @@ class LatticeReader:
         if np.any(depth != depth[0]):
             return
         self.level_prefix = np.searchsorted(depth[0], np.arange(int(depth[0].max()) + 1), side="right")
-        self.columns = {name: getattr(trace, f"node_{name}").reshape(-1, per) for name in NODE_COLUMNS}
+        # read-only views of the trace's columns (a one-request read hands out views of their rows)
+        self.columns = read_only({name: getattr(trace, f"node_{name}").reshape(-1, per) for name in NODE_COLUMNS})
         # the beam tables depend on the trace alone: simulations of one trace in a process share them
         if "uniform_beam" not in trace._cache:
             layout_ok = UniformBeam.layout_ok(self.columns, trace.width, trace.depth)
