@@ -82,9 +82,15 @@ def draft_levels(cost, batch_size: int, kv_tokens: int, width: int, depth: int) 
 def depth_rates(levels: list[np.ndarray], verify: np.ndarray, first: float, per_level: float,
                 batch_size: int) -> list[float]:
     """The predicted rate of depths 1…len(levels) of one width (module docstring): depth d merges
-    the profiles of levels 1…d, best first, and takes the best m. All depths in one 2-D pass: row
-    d holds the levels <= d (the rest -inf, sorted last), so its cumulative sums over the first n_d
-    columns are the merged profile's, summed in the same order (depth_rates_reference, tested equal)."""
+    the profiles of levels 1…d, best first, and takes the best m. All depths in one 2-D pass
+    (depth_gains, which depends on the profiles alone; depth_rates_reference, tested equal)."""
+    return rates_of_gains(depth_gains(levels), verify, first, per_level, batch_size)
+
+
+def depth_gains(levels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(gains float [D, n + 1], beyond bool [D, n + 1]) of depth_rates: row d holds the levels <= d
+    (the rest -inf, sorted last), so its cumulative sums over the first n_d columns are the merged
+    profile's, summed in the same order; `beyond`: the columns past depth d's nodes."""
     sizes = np.cumsum([len(level) for level in levels])
     values = np.concatenate(levels)
     level_of = np.repeat(np.arange(len(levels)), [len(level) for level in levels])
@@ -92,9 +98,16 @@ def depth_rates(levels: list[np.ndarray], verify: np.ndarray, first: float, per_
     ordered = np.sort(table, axis=1)[:, ::-1]
     gains = np.zeros((len(levels), len(values) + 1))
     np.cumsum(np.where(np.isfinite(ordered), ordered, 0.0), axis=1, out=gains[:, 1:])
-    seconds = (verify[: len(values) + 1] + first) + (np.arange(len(levels)) * per_level)[:, None]
+    return gains, np.arange(len(values) + 1)[None, :] > sizes[:, None]
+
+
+def rates_of_gains(depth_gains: tuple[np.ndarray, np.ndarray], verify: np.ndarray, first: float, per_level: float,
+                   batch_size: int) -> list[float]:
+    """depth_rates from its depth_gains: the step times of this step's batch and ΣKV."""
+    gains, beyond = depth_gains
+    seconds = (verify[: gains.shape[1]] + first) + (np.arange(len(gains)) * per_level)[:, None]
     rates = batch_size * (1 + gains) / seconds
-    rates[np.arange(len(values) + 1)[None, :] > sizes[:, None]] = -np.inf  # beyond depth d's nodes
+    rates[beyond] = -np.inf
     return rates.max(axis=1).tolist()
 
 
@@ -119,10 +132,11 @@ class ShapeChooser:
     beta: float = 0.1
     hysteresis: float = 0.03
     prefill_term: bool = True
-    profiles: dict = field(default_factory=dict)  # (k', level) -> float [slots]
+    profiles: dict = field(default_factory=dict)  # (k', level) -> float [slots]; changed by observe (rates caches on it)
     current: DraftShape | None = None
     _draft_cache: dict = field(default_factory=dict, repr=False)
     _shape_cache: dict = field(default_factory=dict, repr=False)  # _verify_shapes
+    _gains_cache: dict = field(default_factory=dict, repr=False)  # width -> _depth_gains, until observe
 
     @staticmethod
     def slots(width: int, level: int) -> int:
@@ -133,6 +147,7 @@ class ShapeChooser:
         if drafted.depth <= 0 or lattices.batch_size == 0:
             return
         columns = uniform_levels(lattices)
+        self._gains_cache.clear()
         for level in range(1, min(drafted.depth, self.depth) + 1):
             key = (drafted.width, level)
             fresh = level_profile(lattices, confidence, level, self.slots(drafted.width, level), columns)
@@ -155,13 +170,21 @@ class ShapeChooser:
         rates = {NO_DRAFT: batch_size / verify[0]}
         first, per_level = self._draft_levels(cost, batch_size, kv_tokens)
         for width in range(1, self.width + 1):
-            levels = [self._profile(width, level) for level in range(1, self.depth + 1)]
-            known = next((i for i, level in enumerate(levels) if level is None), len(levels))
-            if known:
-                for depth, rate in enumerate(depth_rates(levels[:known], verify, first, per_level[width - 1],
-                                                         batch_size), start=1):
+            gains = self._depth_gains(width)
+            if gains is not None:
+                for depth, rate in enumerate(rates_of_gains(gains, verify, first, per_level[width - 1], batch_size),
+                                             start=1):
                     rates[DraftShape(depth, width)] = rate
         return rates
+
+    def _depth_gains(self, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """depth_gains of the width's known profiles (levels 1 … the first without statistics), None
+        without any; remembered until the profiles change (observe)."""
+        if width not in self._gains_cache:
+            levels = [self._profile(width, level) for level in range(1, self.depth + 1)]
+            known = next((i for i, level in enumerate(levels) if level is None), len(levels))
+            self._gains_cache[width] = depth_gains(levels[:known]) if known else None
+        return self._gains_cache[width]
 
     def _verify_shapes(self, cost, batch_size: int, bucketing: bool) -> tuple[np.ndarray, np.ndarray]:
         """The executed verify shape of bs·(1 + m) tokens for every m up to the full shape's nodes,
