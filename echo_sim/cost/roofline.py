@@ -33,7 +33,7 @@ from echo_sim.cost.routing import ExpertRouting, UNIFORM
 EXTRA_KERNELS = 4  # per forward outside the layers: embedding, final norm, LM head, argmax
 TABLE_LIMIT = 1 << 17  # token counts tabulated at most (verify and draft forwards stay far below)
 FEW = 32  # up to this many forwards, plain floats beat numpy's per-call overhead (NetworkCost.forward_floats)
-GRID_TERMS_KEPT = 4096  # draft_grid shapes whose fixed terms a cost model remembers
+GRID_TERMS_KEPT = 4096  # draft shapes (grids, level lists) whose fixed terms a cost model remembers
 SHORT_SUM = 7  # numpy sums a float64 array of up to 7 values left to right (pairwise from 8 on)
 
 
@@ -343,6 +343,7 @@ class RooflineTerms:
         self.target_eager_s = self.target.eager_s
         self.draft_eager_s = self.draft_net.eager_s if self.draft_net else 0.0
         self._grid_terms: dict = {}  # (bs, depth, width) -> draft_grid's token counts and their fixed terms
+        self._level_terms: dict = {}  # a draft's level token counts -> their fixed terms (_draft_floats)
 
     def verify_forward(self, tokens, batch_size: int, kv_tokens: float, pairs):
         """Seconds [n] of the target forward over `tokens` [n] (every token needs logits)."""
@@ -408,11 +409,18 @@ class RooflineTerms:
         """draft_levels in plain floats (NetworkCost.forward_floats); None when a count is not
         tabulated. Levels are summed left to right, as numpy sums arrays of up to SHORT_SUM values."""
         depth = len(tokens)
+        key = tuple(tokens)  # a step's draft shape recurs step after step: its token terms once
+        fixed = self._level_terms.get(key)
+        if fixed is None:
+            fixed = self.draft_net.token_floats(tokens, [True] + [False] * (depth - 1))
+            if fixed is None:
+                return None
+            if len(self._level_terms) >= GRID_TERMS_KEPT:
+                self._level_terms.clear()
+            self._level_terms[key] = fixed
         share = kv_tokens / batch_size
         pairs = [t * (share + float(level)) for level, t in enumerate(tokens, start=1)]
-        seconds = self.draft_net.forward_floats(tokens, kv_tokens, pairs, [True] + [False] * (depth - 1))
-        if seconds is None:
-            return None
+        seconds = self.draft_net.floats_with_attention(tokens, kv_tokens, pairs, fixed)
         total = seconds[0]
         for value in seconds[1:]:
             total += value
