@@ -33,7 +33,7 @@ from echo_sim.cost.routing import ExpertRouting, UNIFORM
 EXTRA_KERNELS = 4  # per forward outside the layers: embedding, final norm, LM head, argmax
 TABLE_LIMIT = 1 << 17  # token counts tabulated at most (verify and draft forwards stay far below)
 FEW = 32  # up to this many forwards, plain floats beat numpy's per-call overhead (NetworkCost.forward_floats)
-GRID_TERMS_KEPT = 4096  # draft shapes (grids, level lists) whose fixed terms a cost model remembers
+FLOATS_KEPT = 1 << 15  # token lists (and grid shapes) whose fixed terms a network remembers
 SHORT_SUM = 7  # numpy sums a float64 array of up to 7 values left to right (pairwise from 8 on)
 
 
@@ -125,6 +125,7 @@ class NetworkCost:
         self._input_fc = TokenTable(lambda t: self._linear(t, self.fc_param_array, self.fc_act_array))
         self._logits = TokenTable(self._lm_head)
         self._with_logits = np.zeros(0)  # _token_terms + _logits per count (verify_forward)
+        self._token_terms_of: dict = {}  # forward_floats's token lists -> their token_floats
 
     def _roofline(self, flops, bytes_moved):
         return np.maximum(flops / self.hw.matmul_flops_per_s, bytes_moved / self.hw.memory_bytes_per_s)
@@ -275,14 +276,26 @@ class NetworkCost:
         plain floats (logits_tokens None: every token needs logits): the same IEEE operations in the
         same order, several times faster than numpy on a handful of values (tests compare the two).
         None when a count is not tabulated yet (the caller then takes forward, which tabulates it)."""
-        fixed = self.token_floats(tokens, with_input_fc, logits_tokens)
-        return None if fixed is None else self.floats_with_attention(tokens, kv_tokens, pairs, fixed)
+        # the token-count terms of a token list, remembered: a step's verify, draft levels, grids and
+        # prefill chunks recur step after step, and only their attention term changes with ΣKV
+        key = (tuple(tokens), None if with_input_fc is None else tuple(with_input_fc),
+               None if logits_tokens is None else tuple(logits_tokens))
+        fixed = self._token_terms_of.get(key)
+        if fixed is None:
+            fixed = self.token_floats(tokens, with_input_fc, logits_tokens)
+            if fixed is None:
+                return None
+            if len(self._token_terms_of) >= FLOATS_KEPT:
+                self._token_terms_of.clear()
+            self._token_terms_of[key] = fixed
+        return self.floats_with_attention(tokens, kv_tokens, pairs, fixed)
 
     def token_floats(self, tokens: list[float], with_input_fc: list[bool] | None = None,
                      logits_tokens: list[float] | None = None) -> tuple[list, list] | None:
         """forward_floats's terms that do not depend on ΣKV, per forward: (token-only + logits
         seconds, None where tokens <= 0; input-fc seconds or None), for callers that price one
-        token list at step after step (draft_grid). None when a count is not tabulated yet."""
+        token list at step after step (forward_floats remembers them). None when a count is not
+        tabulated yet."""
         terms, logits, fc = self._token_terms, self._logits, self._input_fc
         logit_counts = tokens if logits_tokens is None else logits_tokens
         if not (terms.holds(tokens, len(logits.floats)) if logits_tokens is None  # one pass, both tables
@@ -342,8 +355,7 @@ class RooflineTerms:
                           if model.draft is not None else None)
         self.target_eager_s = self.target.eager_s
         self.draft_eager_s = self.draft_net.eager_s if self.draft_net else 0.0
-        self._grid_terms: dict = {}  # (bs, depth, width) -> draft_grid's token counts and their fixed terms
-        self._level_terms: dict = {}  # a draft's level token counts -> their fixed terms (_draft_floats)
+        self._grid_levels: dict = {}  # (bs, depth, width) -> draft_grid's token counts, levels, input-fc flags
 
     def verify_forward(self, tokens, batch_size: int, kv_tokens: float, pairs):
         """Seconds [n] of the target forward over `tokens` [n] (every token needs logits)."""
@@ -409,18 +421,11 @@ class RooflineTerms:
         """draft_levels in plain floats (NetworkCost.forward_floats); None when a count is not
         tabulated. Levels are summed left to right, as numpy sums arrays of up to SHORT_SUM values."""
         depth = len(tokens)
-        key = tuple(tokens)  # a step's draft shape recurs step after step: its token terms once
-        fixed = self._level_terms.get(key)
-        if fixed is None:
-            fixed = self.draft_net.token_floats(tokens, [True] + [False] * (depth - 1))
-            if fixed is None:
-                return None
-            if len(self._level_terms) >= GRID_TERMS_KEPT:
-                self._level_terms.clear()
-            self._level_terms[key] = fixed
         share = kv_tokens / batch_size
         pairs = [t * (share + float(level)) for level, t in enumerate(tokens, start=1)]
-        seconds = self.draft_net.floats_with_attention(tokens, kv_tokens, pairs, fixed)
+        seconds = self.draft_net.forward_floats(tokens, kv_tokens, pairs, [True] + [False] * (depth - 1))
+        if seconds is None:
+            return None
         total = seconds[0]
         for value in seconds[1:]:
             total += value
@@ -435,22 +440,21 @@ class RooflineTerms:
         if self.draft_net is None or depth > SHORT_SUM or depth < 1:
             return None
         key = (batch_size, depth, width)
-        if key not in self._grid_terms:  # the grid's token counts: fixed per shape, priced once
+        if key not in self._grid_levels:  # the grid's token counts and levels: fixed per shape
             tokens, levels = [float(batch_size)], [1.0]
             for w in range(1, width + 1):
                 for level in range(2, depth + 1):
                     tokens.append(float(batch_size * w))
                     levels.append(float(level))
-            fixed = self.draft_net.token_floats(tokens, [True] + [False] * (len(tokens) - 1))
-            if fixed is None:
-                return None
-            if len(self._grid_terms) >= GRID_TERMS_KEPT:
-                self._grid_terms.clear()
-            self._grid_terms[key] = (tokens, levels, fixed)
-        tokens, levels, fixed = self._grid_terms[key]
+            if len(self._grid_levels) >= FLOATS_KEPT:
+                self._grid_levels.clear()
+            self._grid_levels[key] = (tokens, levels, [True] + [False] * (len(tokens) - 1))
+        tokens, levels, with_fc = self._grid_levels[key]
         share = kv_tokens / batch_size
         pairs = [t * (share + level) for t, level in zip(tokens, levels)]
-        seconds = self.draft_net.floats_with_attention(tokens, kv_tokens, pairs, fixed)
+        seconds = self.draft_net.forward_floats(tokens, kv_tokens, pairs, with_fc)
+        if seconds is None:
+            return None
         launch, grid = self.hw.graph_launch_s, []
         for w in range(width):
             total, row = seconds[0], [float(seconds[0] + launch)]
