@@ -72,8 +72,7 @@ def level_tokens(lattices: LatticeBatch, expanded: np.ndarray, depth: int, cost)
     frontier nodes expanded at level l, padded as the cost model's graph rule pads a forward; ends at the first
     level where nothing is expanded."""
     bs = lattices.batch_size
-    # counts per level as a bincount weighted by the mask: exact integers, one pass fewer than depth[expanded]
-    counts = np.bincount(lattices.depth, weights=expanded, minlength=depth + 1)[1:depth]
+    counts = np.bincount(lattices.depth.compress(expanded), minlength=depth + 1)[1:depth]  # compress: no mask index
     tokens = [bs]
     for count in counts.tolist():
         if count == 0:
