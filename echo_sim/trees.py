@@ -26,7 +26,8 @@ node's parent is selected or is the root.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -47,6 +48,10 @@ class LatticeBatch:
     on_path: np.ndarray
     spine_run: np.ndarray
     has_confidences: bool = True
+    # () -> calibration.score_segments(score), gathered from the reader's per-node columns on call
+    # (echo's ĉ of a large batch); None where not precomputed
+    score_segments: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, compare=False,
+                                                                                repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -124,6 +129,7 @@ class LatticeBatch:
             cond_prob=self.cond_prob[keep],
             score=self.score[keep],
             on_path=self.on_path[keep],
+            score_segments=None,
         )
 
 

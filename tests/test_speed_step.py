@@ -13,6 +13,7 @@ from echo_sim.cost.model import load_cost_model
 from echo_sim.cost.roofline import FEW, SHORT_SUM
 from echo_sim.paths import TRACES_DIR
 from echo_sim.policies.base import DraftShape, StepContext
+from echo_sim.policies.calibration import BIN_CENTRES, CalibrationCurve, curve_segments, score_segments
 from echo_sim.policies.common import step_seconds, step_seconds_reference
 from echo_sim.policies.oracle import OraclePolicy
 from echo_sim.policies.shape import NO_DRAFT, draft_levels
@@ -180,3 +181,30 @@ def test_isotonic_fit_equals_the_plain_pool_adjacent_violators(seed, size, kind)
     got, expected = isotonic_non_decreasing(values, weights), isotonic_reference(values, weights)
     assert got.dtype == expected.dtype == np.float64 and got.shape == expected.shape
     assert np.array_equal(got.view(np.int64), expected.view(np.int64))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**16), st.integers(2, 4), st.integers(2, 5), st.sampled_from([1, 3, 40, 300]),
+       st.integers(1, 5), st.integers(1, 4))
+def test_calibrated_confidence_from_read_segments_equals_the_curve(seed, width, depth, bs, read_depth, read_width):
+    """ĉ of a read (full or beam, one request or many, ragged rows) from its precomputed score
+    segments (LatticeBatch.score_segments) equals the curve of its scores, and the segments equal
+    score_segments of those scores; a curve fitted to real counts, with flat runs (ties)."""
+    rng = np.random.default_rng(seed)
+    trace = random_trace(rng, num_requests=4, width=width, depth=depth, agreement=0.8)
+    reader = LatticeReader(trace)
+    curve = CalibrationCurve(decay=0.01)
+    seen = trace.node_score[:500]
+    curve.observe(seen, rng.random(len(seen)) < 0.3)
+    positions = rng.integers(0, trace.num_positions, bs)
+    read = reader.read_beam(positions, min(read_depth, depth), min(read_width, width)).lattices
+    assert read.score_segments is not None
+    count, offset = read.score_segments()
+    expected_count, expected_offset = score_segments(read.score)
+    assert np.array_equal(count, expected_count) and np.array_equal(offset, expected_offset)
+    plain = curve(read.score)
+    assert curve(read.score, read.score_segments).tolist() == plain.tolist()
+    # the scored grid path itself, whatever the size (interp_centres takes it from GRID_MIN scores on)
+    values = curve.values
+    grid = offset * curve_segments(values)[1].take(count) + curve_segments(values)[2].take(count)
+    assert grid.tolist() == np.interp(read.score.astype(np.float64), BIN_CENTRES, values).tolist()

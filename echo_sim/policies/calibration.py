@@ -74,8 +74,25 @@ def score_bins_reference(score: np.ndarray, edges: np.ndarray = BIN_EDGES) -> np
     return np.clip(bins, 0, len(edges) - 2)
 
 
+SEGMENT_CENTRES = np.concatenate((BIN_CENTRES[:1], BIN_CENTRES))  # x_j per GridSearch count (curve_segments)
+SEGMENT_CENTRES.flags.writeable = False
+
+
+def score_segments(score: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(count intp [n], offset float64 [n]): what interp_centres's grid path computes from the
+    scores alone, whatever the curve: each score's GridSearch count over the centres and its
+    distance x − x_j from that segment's start. None for scores outside [0, 1] or NaN (no grid
+    path). Precomputed per trace node by the reader (LatticeBatch.score_segments)."""
+    x = np.asarray(score, dtype=np.float64)
+    if not within_unit(x):
+        return None
+    count = _CENTRE_SEARCH(x)
+    return count, x - SEGMENT_CENTRES.take(count)
+
+
 def interp_centres(score: np.ndarray, values: np.ndarray,
-                   segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                   segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                   scored: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """float64 [n]: np.interp(score, BIN_CENTRES, values), bit for bit, at a fraction of its cost.
 
     np.interp computes slope_j · (x − x_j) + y_j on the segment x_j <= x < x_{j+1} (slope_j =
@@ -83,7 +100,15 @@ def interp_centres(score: np.ndarray, values: np.ndarray,
     Here the same two roundings per segment, the segment by GridSearch, and below the first and
     from the last point a zero slope: 0 · (x − x_j) + y = y. `segments`: curve_segments(values),
     when the caller keeps them (computed here otherwise). Scores outside [0, 1] or NaN, and small
-    batches (where its dozen numpy calls cost more than np.interp's search), take np.interp itself."""
+    batches (where its dozen numpy calls cost more than np.interp's search), take np.interp itself.
+    `scored`: score_segments(score), when the caller has it (the same floats, two numpy passes
+    fewer than the grid search: only the curve's slope and value are read per node)."""
+    if scored is not None and len(score) >= GRID_MIN:
+        count, offset = scored
+        _, slope, value = curve_segments(values) if segments is None else segments
+        out = offset * slope.take(count)  # = (x − x_j) · slope_j, as out *= slope below
+        out += value.take(count)
+        return out
     x = np.asarray(score, dtype=np.float64)  # once: mixed float32/float64 operations are slower
     if len(x) < GRID_MIN or not within_unit(x):
         return np.interp(x, BIN_CENTRES, values)
@@ -100,8 +125,7 @@ def curve_segments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     "below the first centre" (slope 0, y_0), count j + 1 the segment from centre j, the last
     count "from the last centre on" (slope 0); np.interp's slopes, elementwise alike."""
     slopes = np.diff(values) / np.diff(BIN_CENTRES)
-    return (np.concatenate((BIN_CENTRES[:1], BIN_CENTRES)), np.concatenate(([0.0], slopes, [0.0])),
-            np.concatenate((values[:1], values)))
+    return SEGMENT_CENTRES, np.concatenate(([0.0], slopes, [0.0])), np.concatenate((values[:1], values))
 
 
 def isotonic_non_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -159,9 +183,13 @@ class CalibrationCurve:
             self._segments = None  # curve_segments of the new values, when a large batch asks (__call__)
         return self._values
 
-    def __call__(self, score: np.ndarray) -> np.ndarray:
-        """float64 [n]: ĉ of each cumulative score (np.interp over the bin centres: interp_centres)."""
+    def __call__(self, score: np.ndarray, scored=None) -> np.ndarray:
+        """float64 [n]: ĉ of each cumulative score (np.interp over the bin centres: interp_centres).
+        `scored`: a callable giving score_segments(score) (LatticeBatch.score_segments), called
+        only where the grid path runs."""
         values = self.values  # fits the curve when stale
-        if self._segments is None and len(score) >= GRID_MIN:  # only interp_centres's grid path reads them
+        if len(score) < GRID_MIN:
+            return interp_centres(score, values)
+        if self._segments is None:  # only interp_centres's grid path reads them
             self._segments = curve_segments(values)
-        return interp_centres(score, values, self._segments)
+        return interp_centres(score, values, self._segments, None if scored is None else scored())

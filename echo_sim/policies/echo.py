@@ -181,7 +181,7 @@ class EchoPolicy(KnobbedPolicy):
         by a probability <= 1 cannot round up), so no running minimum is needed."""
         if not self.calibration:
             return lattices.score.astype(np.float64)
-        return self.curve(lattices.score)
+        return self.curve(lattices.score, lattices.score_segments)
 
     def _gate(self, lattices: LatticeBatch, confidence: np.ndarray, context: StepContext, probing: bool
               ) -> tuple[np.ndarray, tuple[int, ...] | None]:

@@ -164,6 +164,9 @@ class UniformBeam:
         return kept, frontier_mask, lost_mask
 
 
+SEGMENT_COLUMNS = ("score_segment", "score_offset")  # calibration.score_segments per node, [P, M]
+
+
 class BeamTable:
     """One width k''s full-depth beam at every position, compacted to the left in a padded layout
     [P, M'] with M' = k' + (S-1)k'²: row p holds its kept nodes in their stored order (level order),
@@ -181,6 +184,9 @@ class BeamTable:
     """
 
     def __init__(self, columns: dict, frontier, level_count, incomplete, cut, width: int, depth: int):
+        # the calibration's score segments of the kept nodes, when the reader has them: gathered on demand
+        self.segments = (tuple(read_only({name: columns.pop(name)})[name] for name in SEGMENT_COLUMNS)
+                         if SEGMENT_COLUMNS[0] in columns else None)
         self.columns, self.frontier, self.level_count = read_only(columns), frontier, level_count
         frontier.flags.writeable = False
         self.incomplete, self.cut, self.width, self.depth = incomplete, cut, width, depth
@@ -207,14 +213,16 @@ class BeamTable:
         return cls(out, compact_frontier, np.cumsum(per_level, axis=1), _lowest_level(lost, level),
                    _lowest_level(lost & columns["on_path"], level), width, depth)
 
-    def read(self, positions: np.ndarray, depth: int) -> tuple[dict, np.ndarray, np.ndarray, BeamKeep, np.ndarray | None]:
+    def read(self, positions: np.ndarray, depth: int) -> tuple:
         """(flat columns, offsets int64 [bs + 1], frontier bool [n], exactness, on-path chain
-        int64 [bs, depth] or None) of the depth-`depth` beam at `positions`."""
+        int64 [bs, depth] or None, score segments on demand or None) of the depth-`depth` beam at
+        `positions`."""
         m = self.width + (depth - 1) * self.width * self.width
         keep = self.level_count[positions, depth]
         rows = {name: _rows(values, positions, m) for name, values in self.columns.items()}
         frontier = _rows(self.frontier, positions, m)
         bs = len(positions)
+        inside = None
         if np.all(keep == m):
             flat = {name: values.ravel() for name, values in rows.items()}
             frontier = frontier.ravel()
@@ -232,7 +240,8 @@ class BeamTable:
         incomplete, cut = self._exact_up_to[depth]
         exactness = BeamKeep(incomplete[positions], cut[positions])
         chain = None if self.on_path_chain is None else self.on_path_chain[positions, :depth]
-        return flat, offsets, frontier, exactness, chain
+        segments = None if self.segments is None else lazy_rows(self.segments, positions, m, inside)
+        return flat, offsets, frontier, exactness, chain, segments
 
 
 def _rows(values: np.ndarray, positions: np.ndarray, m: int) -> np.ndarray:
@@ -242,6 +251,15 @@ def _rows(values: np.ndarray, positions: np.ndarray, m: int) -> np.ndarray:
     if len(positions) == 1:
         return values[int(positions[0]), :m][None]
     return np.take(values, positions, axis=0) if m == values.shape[1] else values[positions, :m]
+
+
+def lazy_rows(columns: tuple, positions: np.ndarray, m: int, inside: np.ndarray | None = None):
+    """() -> each column's rows[positions, :m] flattened (only the `inside` cells, when given), as a
+    read gathers its node columns, but gathered when called (LatticeBatch.score_segments)."""
+    def gather() -> tuple:
+        rows = [_rows(values, positions, m) for values in columns]
+        return tuple(r.ravel() if inside is None else r[inside] for r in rows)
+    return gather
 
 
 def read_only(arrays: dict) -> dict:
@@ -298,7 +316,7 @@ def keep_nodes(batch: LatticeBatch, keep: np.ndarray) -> LatticeBatch:
                             new_global[np.maximum(parent, 0)] - offsets[rows]).astype(batch.parent.dtype)
     return replace(batch, offsets=offsets, token=batch.token[keep], parent=local_parent,
                    depth=batch.depth[keep], cond_prob=batch.cond_prob[keep], score=batch.score[keep],
-                   on_path=batch.on_path[keep])
+                   on_path=batch.on_path[keep], score_segments=None)
 
 
 def beam_batch_reference(batch: LatticeBatch, width: int, max_depth: int, expand_min_score: float = -np.inf

@@ -25,7 +25,8 @@ import numpy as np
 
 from dataclasses import dataclass
 
-from echo_sim.traces.beam import BeamKeep, UniformBeam, _rows, beam_batch_reference, on_path_chains, read_only
+from echo_sim.traces.beam import (SEGMENT_COLUMNS, BeamKeep, UniformBeam, _rows, beam_batch_reference, lazy_rows,
+                                 on_path_chains, read_only)
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import ROOT_PARENT, LatticeBatch
 
@@ -57,10 +58,18 @@ class LatticeReader:
         self.level_prefix = np.searchsorted(depth[0], np.arange(int(depth[0].max()) + 1), side="right")
         # read-only views of the trace's columns (a one-request read hands out views of their rows)
         self.columns = read_only({name: getattr(trace, f"node_{name}").reshape(-1, per) for name in NODE_COLUMNS})
+        if "score_segments" not in trace._cache:  # echo's calibration reads them for large batches
+            from echo_sim.policies.calibration import score_segments  # here: the policies import this module
+
+            segments = score_segments(trace.node_score) if self.has_confidences else None
+            trace._cache["score_segments"] = None if segments is None else read_only(
+                {name: values.reshape(-1, per) for name, values in zip(SEGMENT_COLUMNS, segments)})
+        self.segments = trace._cache["score_segments"]  # name -> [P, per] or None; gathered on demand
         # the beam tables depend on the trace alone: simulations of one trace in a process share them
         if "uniform_beam" not in trace._cache:
             layout_ok = UniformBeam.layout_ok(self.columns, trace.width, trace.depth)
-            trace._cache["uniform_beam"] = UniformBeam(self.columns, trace.width, trace.depth) if layout_ok else None
+            trace._cache["uniform_beam"] = (UniformBeam({**self.columns, **(self.segments or {})}, trace.width,
+                                                        trace.depth) if layout_ok else None)
         self.beam = trace._cache["uniform_beam"]
         if "on_path_chain" not in trace._cache:
             trace._cache["on_path_chain"] = on_path_chains(self.columns["on_path"], depth, self.columns["parent"],
@@ -77,6 +86,8 @@ class LatticeReader:
             offsets=np.arange(len(positions) + 1, dtype=np.int64) * keep,
             spine_run=self.trace.spine_run[positions],
             has_confidences=self.has_confidences,
+            score_segments=(None if self.segments is None else
+                            lazy_rows(tuple(self.segments[name] for name in SEGMENT_COLUMNS), positions, keep)),
             **gathered,
         )
 
@@ -89,9 +100,9 @@ class LatticeReader:
             return BeamRead(lattices, self._stored_frontier(positions, lattices, depth), None, chain)
         if self.beam is None:
             return BeamRead(*beam_batch_reference(self.read(positions, depth), width, depth))
-        flat, offsets, frontier, exactness, chain = self.beam.table(width).read(positions, depth)
+        flat, offsets, frontier, exactness, chain, segments = self.beam.table(width).read(positions, depth)
         lattices = LatticeBatch(offsets=offsets, spine_run=self.trace.spine_run[positions],
-                                has_confidences=self.has_confidences, **flat)
+                                has_confidences=self.has_confidences, score_segments=segments, **flat)
         return BeamRead(lattices, frontier, exactness, chain)
 
     def on_path_depth(self, positions: np.ndarray, width: int) -> np.ndarray:
