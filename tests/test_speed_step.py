@@ -72,6 +72,8 @@ def test_remembered_shape_lists_price_as_verify_time(name, bs, kvs, span, bucket
     for kv in kvs:
         expected = step_seconds_reference(cost, executed, eager, bs, kv)
         assert step_seconds(cost, executed, eager, bs, kv).tolist() == expected.tolist()
+        cut = kv % len(executed) + 1  # a prefix of the remembered list (a budget's window)
+        assert step_seconds(cost, executed, eager, bs, kv, cut).tolist() == expected[:cut].tolist()
 
 
 @settings(max_examples=60, deadline=None)

@@ -221,14 +221,15 @@ class CostModel:
         scheduler = self.terms.scheduler(batch_size)
         return [f + s + scheduler for f, s in zip(forward, launch)]
 
-    def executed_seconds(self, executed: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int
-                         ) -> np.ndarray | None:
+    def executed_seconds(self, executed: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int,
+                         count: int | None = None) -> np.ndarray | None:
         """verify_time of each executed shape, graph or eager (policies.common.step_seconds_reference:
         the same floats), for a shape list priced at step after step: its terms that do not depend on
         ΣKV (tokens run, the token-count table, launch, scheduler) are remembered per (batch size,
         shapes), so a step computes the attention term alone. The candidate lists of echo's budget
         and shape predictor, the oracle and goodput recur every step of a batch size. None where the
-        reference must answer (terms not the roofline's, a count not tabulated yet, bad input)."""
+        reference must answer (terms not the roofline's, a count not tabulated yet, bad input).
+        `count`: price only the first `count` shapes of the remembered list."""
         if not isinstance(self.terms, RooflineTerms) or batch_size < 1 or kv_tokens < 0 or len(executed) == 0:
             return None
         key = (batch_size, executed.tobytes(), eager.tobytes())
@@ -241,6 +242,8 @@ class CostModel:
                 self._executed_terms.clear()
             self._executed_terms[key] = fixed
         tokens, tabled, launch, scheduler = fixed
+        if count is not None:
+            tokens, tabled, launch = tokens[:count], tabled[:count], launch[:count]
         pairs = tokens * (kv_tokens + tokens) / batch_size
         seconds = tabled + self.terms.target.net.num_layers * self.terms.target.verify_attention(tokens, kv_tokens, pairs)
         seconds += launch

@@ -46,8 +46,8 @@ def goodput_budget(confidence: np.ndarray, batch_size: int, kv_tokens: int, draf
         gains = np.concatenate(([0.0], np.cumsum(values)))
         known = _known_shapes(cost, batch_size, window, bucketing, shapes, first)
         budgets, executed, eager, filled = _window_shapes(known, batch_size, window)
-        # priced over every remembered candidate (a list that recurs: CostModel.executed_seconds), then cut
-        seconds = step_seconds(cost, known[3], known[4], batch_size, kv_tokens)[: len(executed)] + draft_seconds
+        # the window's candidates, a prefix of a list that recurs (CostModel.executed_seconds remembers it)
+        seconds = step_seconds(cost, known[3], known[4], batch_size, kv_tokens, len(executed)) + draft_seconds
         rates = (batch_size + gains[filled]) / seconds
         top = float(rates.max())
         if window == eligible or not _beyond_may_win(values, gains[-1], top, batch_size, kv_tokens,

@@ -77,15 +77,15 @@ def _top_ragged(lattices: LatticeBatch, quota: np.ndarray, eligible: np.ndarray 
 
 
 def step_seconds(
-    cost, verify_tokens: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int
+    cost, verify_tokens: np.ndarray, eager: np.ndarray, batch_size: int, kv_tokens: int, count: int | None = None
 ) -> np.ndarray:
-    """float [len(V)]: cost.verify_time of each executed shape, graph or eager; a CostModel's
-    remembered shape lists (CostModel.executed_seconds) where it answers."""
+    """float [len(V)]: cost.verify_time of each executed shape, graph or eager (of the first `count`
+    only, when given); a CostModel's remembered shape lists (CostModel.executed_seconds) where it answers."""
     if isinstance(cost, CostModel):
-        seconds = cost.executed_seconds(verify_tokens, eager, batch_size, kv_tokens)
+        seconds = cost.executed_seconds(verify_tokens, eager, batch_size, kv_tokens, count)
         if seconds is not None:
             return seconds
-    return step_seconds_reference(cost, verify_tokens, eager, batch_size, kv_tokens)
+    return step_seconds_reference(cost, verify_tokens[:count], eager[:count], batch_size, kv_tokens)
 
 
 def step_seconds_reference(
