@@ -68,7 +68,7 @@ from echo_sim.cost.fitted import FittedProfile, fitted_profile_path, load_fitted
 from echo_sim.cost.graphs import GraphCapture, sglang_batch_sizes
 from echo_sim.cost.presets import (CostModelError, HardwareSpec, ModelSpec, load_hardware,
                                    load_model)
-from echo_sim.cost.roofline import FEW, RooflineTerms
+from echo_sim.cost.roofline import FEW, RooflineTerms, remembered
 from echo_sim.cost.serving import ServingKnobs, check_cost_mode
 
 __all__ = ["StepShape", "CostModel", "CostModelError", "load_cost_model", "roofline_cost_model",
@@ -232,15 +232,10 @@ class CostModel:
         `count`: price only the first `count` shapes of the remembered list."""
         if not isinstance(self.terms, RooflineTerms) or batch_size < 1 or kv_tokens < 0 or len(executed) == 0:
             return None
-        key = (batch_size, executed.tobytes(), eager.tobytes())
-        fixed = self._executed_terms.get(key)
+        fixed = remembered(self._executed_terms, (batch_size, executed.tobytes(), eager.tobytes()),
+                           lambda: self._executed_fixed_terms(executed, eager, batch_size), EXECUTED_KEPT)
         if fixed is None:
-            fixed = self._executed_fixed_terms(executed, eager, batch_size)
-            if fixed is None:
-                return None
-            if len(self._executed_terms) >= EXECUTED_KEPT:
-                self._executed_terms.clear()
-            self._executed_terms[key] = fixed
+            return None
         tokens, tabled, launch, scheduler = fixed
         if count is not None:
             tokens, tabled, launch = tokens[:count], tabled[:count], launch[:count]

@@ -37,6 +37,19 @@ FLOATS_KEPT = 1 << 15  # token lists (and grid shapes) whose fixed terms a netwo
 SHORT_SUM = 7  # numpy sums a float64 array of up to 7 values left to right (pairwise from 8 on)
 
 
+def remembered(cache: dict, key, compute, limit: int):
+    """cache[key], computed by compute() when missing and kept (the cache emptied once it holds
+    `limit` entries); a None answer (not computable yet) is not kept."""
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        if value is not None:
+            if len(cache) >= limit:
+                cache.clear()
+            cache[key] = value
+    return value
+
+
 class TokenTable:
     """An elementwise function of a token count, tabulated over 0…size−1 on first use.
 
@@ -280,15 +293,9 @@ class NetworkCost:
         # prefill chunks recur step after step, and only their attention term changes with ΣKV
         key = (tuple(tokens), None if with_input_fc is None else tuple(with_input_fc),
                None if logits_tokens is None else tuple(logits_tokens))
-        fixed = self._token_terms_of.get(key)
-        if fixed is None:
-            fixed = self.token_floats(tokens, with_input_fc, logits_tokens)
-            if fixed is None:
-                return None
-            if len(self._token_terms_of) >= FLOATS_KEPT:
-                self._token_terms_of.clear()
-            self._token_terms_of[key] = fixed
-        return self.floats_with_attention(tokens, kv_tokens, pairs, fixed)
+        fixed = remembered(self._token_terms_of, key, lambda: self.token_floats(tokens, with_input_fc, logits_tokens),
+                           FLOATS_KEPT)
+        return None if fixed is None else self.floats_with_attention(tokens, kv_tokens, pairs, fixed)
 
     def token_floats(self, tokens: list[float], with_input_fc: list[bool] | None = None,
                      logits_tokens: list[float] | None = None) -> tuple[list, list] | None:
