@@ -26,6 +26,7 @@ The engine fills two records: a lifecycle per request (RequestLog) and one row p
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,7 +105,7 @@ class StepLog:
     def append(self, record: StepRecord) -> None:
         self._pending.append(step_row(record))
         if len(self._pending) == STEP_BLOCK:
-            self._blocks.append(np.array(self._pending, dtype=np.float64))
+            self._blocks.append(_rows_of(self._pending))
             self._pending = []
 
     def __len__(self) -> int:
@@ -112,8 +113,7 @@ class StepLog:
 
     def columns(self) -> dict[str, np.ndarray]:
         """STEP_FIELDS name -> [steps], each in its StepRecord type (float64, int64 or bool)."""
-        pending = np.array(self._pending, dtype=np.float64).reshape(len(self._pending), len(STEP_FIELDS))
-        rows = np.concatenate([*self._blocks, pending])
+        rows = np.concatenate([*self._blocks, _rows_of(self._pending)])
         return {name: rows[:, i].astype(STEP_DTYPES[name]) for i, name in enumerate(STEP_FIELDS)}
 
     @property
@@ -135,6 +135,12 @@ class StepLog:
             parts = pd.DataFrame.from_records(self.components).add_prefix("time_")
             table = pd.concat([table, parts.set_index(table.index)], axis=1)
         return table
+
+
+def _rows_of(rows: list[tuple]) -> np.ndarray:
+    """float64 [len(rows), len(STEP_FIELDS)] of step_row tuples (one conversion for all of them)."""
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * len(STEP_FIELDS))
+    return flat.reshape(len(rows), len(STEP_FIELDS))
 
 
 def percentiles(values: np.ndarray, prefix: str, weights: np.ndarray | None = None) -> dict:

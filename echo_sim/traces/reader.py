@@ -191,10 +191,10 @@ def chain_acceptance(chain: np.ndarray, offsets: np.ndarray, selected: np.ndarra
         return _chain_few(chain, offsets, selected)
     present = chain >= 0
     accepted = np.zeros(len(selected), dtype=bool)
-    if not present.any():
+    if not np.count_nonzero(present):
         return accepted, np.zeros(len(chain), dtype=np.int32), np.zeros(len(chain), dtype=np.int64)
-    nodes = chain + offsets[:-1, None]
-    hit = np.logical_and.accumulate(present & selected[np.where(present, nodes, 0)], axis=1)
+    nodes = chain + offsets[:-1, None]  # past a chain's end: its offset - 1 >= -1, a valid index, masked
+    hit = np.logical_and.accumulate(present & selected[nodes], axis=1)
     accepted[nodes[hit]] = True
     return accepted, hit.sum(axis=1).astype(np.int32), present.sum(axis=1).astype(np.int64)
 
