@@ -309,8 +309,8 @@ class Simulation:
         drafted = selection.draft_tokens_per_request(lattices)
         counts = np.empty((5, bs), dtype=np.int64)
         counts[0] = 1
-        counts[1] = committed_counts(accepted_depth, batch.output_len - batch.position)
         counts[2], counts[3], counts[4] = accepted_depth, drafted, oracle_depth
+        counts[1] = committed_counts(counts[2], batch.output_len - batch.position)  # int64 in, no cast
         verify_tokens, attention_pairs = verify_shape(kv_lens, drafted, selection.padding)
         shape = StepShape(bs, verify_tokens, int_sum(kv_lens), attention_pairs, draft.depth, draft.width,
                           prefill_tokens=prefill.tokens, prefill_context=prefill.context,

@@ -61,11 +61,12 @@ def verify_shape(kv_lens: np.ndarray, drafted: np.ndarray, padding: int) -> tupl
 
     Each request verifies its root plus its n_r selected draft tokens against its KV cache of
     kv_lens tokens: V = Σ (1 + n_r) + graph padding; pairs = Σ (1 + n_r)·(kv_r + 1 + n_r)."""
+    if len(drafted) <= FEW_ROWS:  # the same integer sums in plain ints
+        verified = [1 + n for n in np.asarray(drafted, dtype=np.int64).tolist()]
+        kv = np.asarray(kv_lens, dtype=np.int64).tolist()
+        return sum(verified) + int(padding), sum(n * (k + n) for n, k in zip(verified, kv))
     verified = 1 + np.asarray(drafted, dtype=np.int64)
     kv_lens = np.asarray(kv_lens, dtype=np.int64)
-    if len(verified) <= FEW_ROWS:  # the same integer sums in plain ints
-        counts = verified.tolist()
-        return sum(counts) + int(padding), sum(n * (kv + n) for n, kv in zip(counts, kv_lens.tolist()))
     return int(verified.sum() + padding), int(np.dot(verified, kv_lens + verified))
 
 
