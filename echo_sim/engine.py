@@ -71,8 +71,8 @@ class DecodeBatch:
                      the log when it finishes (a row-aligned add instead of a scatter per step)
     """
 
-    FIELDS = ("request", "position", "output_len", "prompt_len", "trace_start", "trace_len", "draft_lag",
-              *COUNTERS)
+    FIELDS = ("request", "output_len", "prompt_len", "trace_start", "trace_len", "draft_lag", "position",
+              *COUNTERS)  # position and the counters last: the rows every step adds to (STEP_ROWS)
     __slots__ = ("table", "size", *FIELDS)
 
     def __init__(self, table: np.ndarray):
@@ -89,8 +89,8 @@ class DecodeBatch:
     def joining(cls, request, output_len, prompt_len, trace_start, trace_len) -> "DecodeBatch":
         """New rows at position 1 (y_0 committed by prefill), nothing lagging or counted yet."""
         table = np.zeros((len(cls.FIELDS), len(request)), dtype=np.int64)
-        table[0], table[2:6] = request, (output_len, prompt_len, trace_start, trace_len)
-        table[1] = 1
+        table[:5] = request, output_len, prompt_len, trace_start, trace_len
+        table[cls.FIELDS.index("position")] = 1
         return cls(table)
 
     def keep(self, mask: np.ndarray) -> "DecodeBatch":
@@ -101,6 +101,7 @@ class DecodeBatch:
 
 
 COUNTER_ROWS = slice(len(DecodeBatch.FIELDS) - len(COUNTERS), None)  # the RequestLog counters, COUNTERS order
+STEP_ROWS = slice(DecodeBatch.FIELDS.index("position"), None)  # position, then COUNTER_ROWS
 
 
 class PrefillPlan(NamedTuple):
@@ -119,10 +120,10 @@ NO_PREFILL = PrefillPlan([], 0, 0)  # a step with no prefilling request (its chu
 class DecodePlan:
     """What one step verifies and what it will commit (decided before the step's time passes).
 
-    Shape (bs decoding requests, n lattice nodes): accepted bool [n]; counts int64 [5, bs], the
-    DecodeBatch COUNTER_ROWS each request adds to, in their order (decode steps: 1, committed,
-    accepted depth, drafted, oracle depth), so one add commits them all. `shape`: the step's
-    StepShape (its prefill chunk included).
+    Shape (bs decoding requests, n lattice nodes): accepted bool [n]; counts int64 [6, bs], what
+    each request adds to its DecodeBatch STEP_ROWS, in their order (position: committed; decode
+    steps: 1; decode tokens: committed; accepted depth; drafted; oracle depth), so one add commits
+    them all. `shape`: the step's StepShape (its prefill chunk included).
     """
 
     lattices: LatticeBatch
@@ -132,10 +133,10 @@ class DecodePlan:
     shape: StepShape
     draft_levels: tuple[int, ...] | None  # tokens per draft level when not the uniform shape's
 
-    committed = property(lambda self: self.counts[1])
-    accepted_depth = property(lambda self: self.counts[2])
-    drafted = property(lambda self: self.counts[3])
-    oracle_depth = property(lambda self: self.counts[4])
+    committed = property(lambda self: self.counts[0])
+    accepted_depth = property(lambda self: self.counts[3])
+    drafted = property(lambda self: self.counts[4])
+    oracle_depth = property(lambda self: self.counts[5])
 
 
 class Simulation:
@@ -307,10 +308,11 @@ class Simulation:
         if selection.chain is not None:
             accepted_depth = chain_accepted(lattices.spine_run, selection.chain)
         drafted = selection.draft_tokens_per_request(lattices)
-        counts = np.empty((5, bs), dtype=np.int64)
-        counts[0] = 1
-        counts[2], counts[3], counts[4] = accepted_depth, drafted, oracle_depth
-        counts[1] = committed_counts(counts[2], batch.output_len - batch.position)  # int64 in, no cast
+        counts = np.empty((6, bs), dtype=np.int64)
+        counts[1] = 1
+        counts[3], counts[4], counts[5] = accepted_depth, drafted, oracle_depth
+        counts[0] = committed_counts(counts[3], batch.output_len - batch.position)  # int64 in, no cast
+        counts[2] = counts[0]
         verify_tokens, attention_pairs = verify_shape(kv_lens, drafted, selection.padding)
         shape = StepShape(bs, verify_tokens, int_sum(kv_lens), attention_pairs, draft.depth, draft.width,
                           prefill_tokens=prefill.tokens, prefill_context=prefill.context,
@@ -339,8 +341,7 @@ class Simulation:
 
     def _commit_decode(self, plan: DecodePlan) -> None:
         batch = self._batch
-        batch.table[COUNTER_ROWS] += plan.counts
-        batch.position += plan.committed
+        batch.table[STEP_ROWS] += plan.counts
         if plan.shape.draft_depth > 0:
             batch.draft_lag[:] = plan.committed - 1
         elif self._drafts:  # the draft model did not run: it has the committed tokens to catch up on
@@ -386,7 +387,7 @@ class Simulation:
         if plan is not None:
             selection = plan.selection
             record.batch_size, record.verify_tokens = shape.batch_size, shape.verify_tokens
-            _, record.committed, record.accepted, record.selected, record.oracle_depth = int_sums(plan.counts)
+            _, _, record.committed, record.accepted, record.selected, record.oracle_depth = int_sums(plan.counts)
             record.padding = int(selection.padding)
             record.budget = math.nan if selection.budget is None else float(selection.budget)
             record.eager, record.draft_depth, record.draft_width = shape.eager, shape.draft_depth, shape.draft_width
