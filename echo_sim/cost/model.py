@@ -97,11 +97,7 @@ class StepShape:
 
     def __post_init__(self):
         counts = _counts_of(self)
-        try:  # the sum of plain ints (and bools) alone is a plain int
-            plain = type(sum(counts)) is int and min(counts) >= 0
-        except TypeError:
-            plain = False
-        if not plain:  # name the bad field
+        if not (set(map(type, counts)) == {int} and min(counts) >= 0):  # else: name the bad field
             self._check_counts()
         if self.verify_tokens < self.batch_size:
             raise CostModelError(f"StepShape: verify_tokens {self.verify_tokens} < batch_size "
