@@ -57,7 +57,6 @@ class DecodeBatch:
     (set once per table, not a property per read): update it in place (`batch.position += x`,
     `batch.draft_lag[:] = y`), never rebind it to a new array.
         request      simulated request id
-        position     output position t = tokens committed so far (the next lattice to read)
         output_len   L of the simulated request
         prompt_len   prompt tokens
         trace_start  global trace position of its trace request's position 0
@@ -66,6 +65,7 @@ class DecodeBatch:
                      request: a drafting step leaves its accepted tokens (the draft extends over all
                      it committed, as SGLang's EAGLE draft extend does), a step without drafting adds
                      everything it commits (catch-up)
+        position     output position t = tokens committed so far (the next lattice to read)
         decode_steps, decode_tokens, accepted_draft, verified_draft, oracle_depth
                      the request's RequestLog counters, summed here while it decodes and written to
                      the log when it finishes (a row-aligned add instead of a scatter per step)
