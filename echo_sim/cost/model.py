@@ -226,6 +226,8 @@ class CostModel:
         Level 1 extends over `extend_tokens` (default batch_size: one per request)."""
         if depth < 0 or (depth > 0 and (batch_size < 1 or width < 1)):
             raise CostModelError(f"draft_time: impossible shape bs={batch_size} depth={depth} width={width}")
+        if depth == 0:  # what every terms' draft answers, without a cache key (steps that draft nothing)
+            return 0.0
         extend = batch_size if not extend_tokens else max(int(extend_tokens), batch_size)
         key = (batch_size, depth, width, kv_tokens, extend)
         if self._last_draft[0] != key:
@@ -278,6 +280,8 @@ class CostModel:
         (target, plus the draft's prefill of the same chunk when `with_draft`), as its own forward."""
         if prefill_tokens < 0 or prefill_context < 0:
             raise CostModelError(f"prefill_time: negative tokens ({prefill_tokens}, {prefill_context})")
+        if prefill_tokens == 0:  # what every terms' prefill answers, without a cache key (most steps)
+            return 0.0
         key = (prefill_tokens, prefill_context, with_draft)
         if self._last_prefill[0] != key:
             self._last_prefill = (key, float(self.terms.prefill(prefill_tokens, prefill_context, with_draft)))
