@@ -43,8 +43,8 @@ from echo_sim.traces.reader import LatticeReader, chain_acceptance, empty_lattic
 from echo_sim.policies.base import Outcome, Selection, StepContext
 from echo_sim.traces.format import TraceSet
 from echo_sim.trees import LatticeBatch
-from echo_sim.step import (StepRecord, chain_accepted, committed_counts, executed_draft, policy_drafts,
-                           verify_shape)
+from echo_sim.step import (StepRecord, chain_accepted, committed_counts, executed_draft, int_sum, int_sums,
+                           policy_drafts, verify_shape)
 from echo_sim.workload import RequestStream, build_stream
 
 
@@ -52,10 +52,11 @@ class DecodeBatch:
     """Requests past prefill, in the order they finished prefill (= admission order): the batch
     row order every policy sees (its request tie-break).
 
-    One int64 table [len(FIELDS), bs], a row per field (the attributes are views of its rows), so
-    that dropping finished requests and joining new ones are one operation each.
+    One int64 table [len(FIELDS), bs], a row per field, so that dropping finished requests and
+    joining new ones are one operation each. Each field is an attribute holding a view of its row
+    (set once per table, not a property per read): update it in place (`batch.position += x`,
+    `batch.draft_lag[:] = y`), never rebind it to a new array.
         request      simulated request id
-        position     output position t = tokens committed so far (the next lattice to read)
         output_len   L of the simulated request
         prompt_len   prompt tokens
         trace_start  global trace position of its trace request's position 0
@@ -64,16 +65,21 @@ class DecodeBatch:
                      request: a drafting step leaves its accepted tokens (the draft extends over all
                      it committed, as SGLang's EAGLE draft extend does), a step without drafting adds
                      everything it commits (catch-up)
+        position     output position t = tokens committed so far (the next lattice to read)
         decode_steps, decode_tokens, accepted_draft, verified_draft, oracle_depth
                      the request's RequestLog counters, summed here while it decodes and written to
                      the log when it finishes (a row-aligned add instead of a scatter per step)
     """
 
-    FIELDS = ("request", "position", "output_len", "prompt_len", "trace_start", "trace_len", "draft_lag",
-              *COUNTERS)
+    FIELDS = ("request", "output_len", "prompt_len", "trace_start", "trace_len", "draft_lag", "position",
+              *COUNTERS)  # position and the counters last: the rows every step adds to (STEP_ROWS)
+    __slots__ = ("table", "size", *FIELDS)
 
     def __init__(self, table: np.ndarray):
         self.table = table
+        self.size = table.shape[1]
+        for name, row in zip(self.FIELDS, table):
+            setattr(self, name, row)
 
     @classmethod
     def empty(cls) -> "DecodeBatch":
@@ -83,13 +89,9 @@ class DecodeBatch:
     def joining(cls, request, output_len, prompt_len, trace_start, trace_len) -> "DecodeBatch":
         """New rows at position 1 (y_0 committed by prefill), nothing lagging or counted yet."""
         table = np.zeros((len(cls.FIELDS), len(request)), dtype=np.int64)
-        table[0], table[2:6] = request, (output_len, prompt_len, trace_start, trace_len)
-        table[1] = 1
+        table[:5] = request, output_len, prompt_len, trace_start, trace_len
+        table[cls.FIELDS.index("position")] = 1
         return cls(table)
-
-    @property
-    def size(self) -> int:
-        return self.table.shape[1]
 
     def keep(self, mask: np.ndarray) -> "DecodeBatch":
         return DecodeBatch(self.table[:, mask])
@@ -98,22 +100,8 @@ class DecodeBatch:
         return DecodeBatch(np.concatenate((self.table, other.table), axis=1))
 
 
-def _field(row: int) -> property:
-    """A DecodeBatch field: a view of its row (`batch.position += x` adds in place, then the setter
-    copies the row onto itself)."""
-
-    def write(self, value) -> None:
-        self.table[row] = value
-
-    return property(lambda self: self.table[row], write)
-
-
-for _row, _name in enumerate(DecodeBatch.FIELDS):
-    setattr(DecodeBatch, _name, _field(_row))
 COUNTER_ROWS = slice(len(DecodeBatch.FIELDS) - len(COUNTERS), None)  # the RequestLog counters, COUNTERS order
-DECODE_STEPS = DecodeBatch.FIELDS.index("decode_steps")
-# the DecodeBatch rows a DecodePlan's counts add to, in its order: committed, accepted depth, drafted, oracle depth
-STEP_COUNTS = slice(DecodeBatch.FIELDS.index("decode_tokens"), DecodeBatch.FIELDS.index("oracle_depth") + 1)
+STEP_ROWS = slice(DecodeBatch.FIELDS.index("position"), None)  # position, then COUNTER_ROWS
 
 
 class PrefillPlan(NamedTuple):
@@ -125,26 +113,30 @@ class PrefillPlan(NamedTuple):
     context: int
 
 
-@dataclass(frozen=True)
+NO_PREFILL = PrefillPlan([], 0, 0)  # a step with no prefilling request (its chunk list stays empty)
+
+
+@dataclass(slots=True)
 class DecodePlan:
     """What one step verifies and what it will commit (decided before the step's time passes).
 
-    Shape (bs decoding requests, n lattice nodes): accepted bool [n]; counts int64 [4, bs], the
-    rows STEP_COUNTS of each request (committed, accepted_depth, drafted, oracle_depth: the
-    DecodeBatch counters they add to). `verify`: the StepShape fields of the decode part.
+    Shape (bs decoding requests, n lattice nodes): accepted bool [n]; counts int64 [6, bs], what
+    each request adds to its DecodeBatch STEP_ROWS, in their order (position: committed; decode
+    steps: 1; decode tokens: committed; accepted depth; drafted; oracle depth), so one add commits
+    them all. `shape`: the step's StepShape (its prefill chunk included).
     """
 
     lattices: LatticeBatch
     selection: Selection
     accepted: np.ndarray
     counts: np.ndarray
-    verify: dict
+    shape: StepShape
     draft_levels: tuple[int, ...] | None  # tokens per draft level when not the uniform shape's
 
     committed = property(lambda self: self.counts[0])
-    accepted_depth = property(lambda self: self.counts[1])
-    drafted = property(lambda self: self.counts[2])
-    oracle_depth = property(lambda self: self.counts[3])
+    accepted_depth = property(lambda self: self.counts[3])
+    drafted = property(lambda self: self.counts[4])
+    oracle_depth = property(lambda self: self.counts[5])
 
 
 class Simulation:
@@ -257,7 +249,7 @@ class Simulation:
         start = self.env.now
         prefill = self._plan_prefill()
         plan = self._plan_decode(prefill) if self._batch.size else None
-        shape = self._step_shape(plan, prefill)
+        shape = self._prefill_only_shape(prefill) if plan is None else plan.shape
         ragged = plan is not None and plan.draft_levels is not None  # a ragged draft replaces the uniform one
         draft_seconds = (self.cost.ragged_draft_time(shape.batch_size, plan.draft_levels, shape.kv_tokens)
                          if ragged else None)
@@ -272,6 +264,8 @@ class Simulation:
 
     def _plan_prefill(self) -> PrefillPlan:
         """Up to prefill_chunk prompt tokens, FIFO over the prefilling requests."""
+        if not self._prefilling:
+            return NO_PREFILL
         budget, chunks, context = self.prefill_chunk, [], 0
         for entry in self._prefilling:
             if budget == 0:
@@ -283,7 +277,7 @@ class Simulation:
         return PrefillPlan(chunks, self.prefill_chunk - budget, context)
 
     def _plan_decode(self, prefill: PrefillPlan) -> DecodePlan:
-        batch = self._batch
+        batch, bs = self._batch, self._batch.size
         if self.policy.draft is not self._draft_asked:  # a policy keeps its DraftShape while its shape holds
             self._draft_asked = self.policy.draft
             self._draft_executed = executed_draft(self._draft_asked, self._lattice_depth, self._lattice_width)
@@ -301,10 +295,9 @@ class Simulation:
                 self.on_path_cuts += int(np.count_nonzero(read.exactness.on_path_cut_level))
         kv_lens = batch.prompt_len + batch.position
         prefill_seconds = self.cost.prefill_time(prefill.tokens, prefill.context, self._drafts)
-
-        context = StepContext(batch.size, kv_lens, self.cost, draft, self._lattice_depth, self._lattice_width,
-                              prefill_seconds=prefill_seconds, frontier=frontier,
-                              catch_up=int(batch.draft_lag.sum()) if draft.depth > 0 else 0,
+        catch_up = int_sum(batch.draft_lag) if draft.depth > 0 else 0
+        context = StepContext(bs, kv_lens, self.cost, draft, self._lattice_depth, self._lattice_width,
+                              prefill_seconds=prefill_seconds, frontier=frontier, catch_up=catch_up,
                               on_path_depth=lambda width: self._reader.on_path_depth(positions, width))
         selection = self.policy.select(lattices, context)
         if selection.drafted is not None:
@@ -315,22 +308,17 @@ class Simulation:
         if selection.chain is not None:
             accepted_depth = chain_accepted(lattices.spine_run, selection.chain)
         drafted = selection.draft_tokens_per_request(lattices)
+        counts = np.empty((6, bs), dtype=np.int64)
+        counts[1] = 1
+        counts[3], counts[4], counts[5] = accepted_depth, drafted, oracle_depth
+        counts[0] = committed_counts(counts[3], batch.output_len - batch.position)  # int64 in, no cast
+        counts[2] = counts[0]
         verify_tokens, attention_pairs = verify_shape(kv_lens, drafted, selection.padding)
-        verify = dict(
-            batch_size=batch.size,
-            verify_tokens=verify_tokens,
-            kv_tokens=int(kv_lens.sum()),
-            attention_pairs=attention_pairs,
-            draft_depth=draft.depth,
-            draft_width=draft.width,
-            eager=bool(selection.eager),
-        )
-        committed = committed_counts(accepted_depth, batch.output_len - batch.position)
-        verify["draft_extend_tokens"] = batch.size + context.catch_up if draft.depth > 0 else 0
-        counts = np.empty((4, batch.size), dtype=np.int64)
-        counts[0], counts[1], counts[2], counts[3] = committed, accepted_depth, drafted, oracle_depth
-        return DecodePlan(lattices, selection, accepted, counts, verify,
-                          self._draft_levels(draft, selection, context.catch_up))
+        shape = StepShape(bs, verify_tokens, int_sum(kv_lens), attention_pairs, draft.depth, draft.width,
+                          prefill_tokens=prefill.tokens, prefill_context=prefill.context,
+                          eager=bool(selection.eager), prefill_draft=self._drafts,
+                          draft_extend_tokens=bs + catch_up if draft.depth > 0 else 0)
+        return DecodePlan(lattices, selection, accepted, counts, shape, self._draft_levels(draft, selection, catch_up))
 
     def _draft_levels(self, draft, selection, catch_up: int) -> tuple[int, ...] | None:
         """Tokens of each draft forward when they differ from the uniform shape's (bs, bs·k', …):
@@ -343,26 +331,23 @@ class Simulation:
         levels[0] += catch_up
         return tuple(levels)
 
-    def _step_shape(self, plan: DecodePlan | None, prefill: PrefillPlan) -> StepShape:
-        chunk = dict(prefill_tokens=prefill.tokens, prefill_context=prefill.context, prefill_draft=self._drafts)
-        if plan is None:
-            return StepShape(batch_size=0, verify_tokens=0, kv_tokens=0, attention_pairs=0, draft_depth=0,
-                             draft_width=0, **chunk)
-        return StepShape(**plan.verify, **chunk)
+    def _prefill_only_shape(self, prefill: PrefillPlan) -> StepShape:
+        """The shape of a step with no decoding request (its prefill chunk alone)."""
+        return StepShape(batch_size=0, verify_tokens=0, kv_tokens=0, attention_pairs=0, draft_depth=0,
+                         draft_width=0, prefill_tokens=prefill.tokens, prefill_context=prefill.context,
+                         prefill_draft=self._drafts)
 
     # ------------------------------------------------------------------------------ commits
 
     def _commit_decode(self, plan: DecodePlan) -> None:
         batch = self._batch
-        batch.table[STEP_COUNTS] += plan.counts
-        batch.table[DECODE_STEPS] += 1
-        batch.position += plan.committed
-        if plan.verify["draft_depth"] > 0:
+        batch.table[STEP_ROWS] += plan.counts
+        if plan.shape.draft_depth > 0:
             batch.draft_lag[:] = plan.committed - 1
         elif self._drafts:  # the draft model did not run: it has the committed tokens to catch up on
             batch.draft_lag += plan.committed
         done = batch.position >= batch.output_len
-        if done.any():
+        if np.count_nonzero(done):
             finished = batch.table[:, done]
             self.requests.count(finished[0], finished[COUNTER_ROWS])
             for request in finished[0].tolist():
@@ -402,7 +387,7 @@ class Simulation:
         if plan is not None:
             selection = plan.selection
             record.batch_size, record.verify_tokens = shape.batch_size, shape.verify_tokens
-            record.committed, record.accepted, record.selected, record.oracle_depth = plan.counts.sum(axis=1).tolist()
+            _, _, record.committed, record.accepted, record.selected, record.oracle_depth = int_sums(plan.counts)
             record.padding = int(selection.padding)
             record.budget = math.nan if selection.budget is None else float(selection.budget)
             record.eager, record.draft_depth, record.draft_width = shape.eager, shape.draft_depth, shape.draft_width

@@ -26,6 +26,7 @@ The engine fills two records: a lifecycle per request (RequestLog) and one row p
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,28 +91,29 @@ class RequestLog:
 class StepLog:
     """One StepRecord per engine step (echo_sim.step), stored as rows of float64 blocks (every
     field is a float, a bool or an integer below 2**53, exact in float64) instead of objects, so
-    that a long run's log stays small; with `detail`, per-request lists (REQUEST_DETAIL_FIELDS,
-    batch row order) and the step-time components of every step."""
+    that a long run's log stays small: the newest rows wait as tuples until a block's worth is
+    converted in one call (a row assignment per step costs more than the conversion); with
+    `detail`, per-request lists (REQUEST_DETAIL_FIELDS, batch row order) and the step-time
+    components of every step."""
 
     detail: bool = False
     details: list = field(default_factory=list)
     components: list = field(default_factory=list)
     _blocks: list = field(default_factory=list, repr=False)  # float64 [STEP_BLOCK, len(STEP_FIELDS)] each
-    _used: int = field(default=STEP_BLOCK, repr=False)  # rows filled in the last block
+    _pending: list = field(default_factory=list, repr=False)  # step_row tuples of the newest steps
 
     def append(self, record: StepRecord) -> None:
-        if self._used == STEP_BLOCK:
-            self._blocks.append(np.empty((STEP_BLOCK, len(STEP_FIELDS))))
-            self._used = 0
-        self._blocks[-1][self._used] = step_row(record)
-        self._used += 1
+        self._pending.append(step_row(record))
+        if len(self._pending) == STEP_BLOCK:
+            self._blocks.append(_rows_of(self._pending))
+            self._pending = []
 
     def __len__(self) -> int:
-        return len(self._blocks) * STEP_BLOCK - (STEP_BLOCK - self._used) if self._blocks else 0
+        return len(self._blocks) * STEP_BLOCK + len(self._pending)
 
     def columns(self) -> dict[str, np.ndarray]:
         """STEP_FIELDS name -> [steps], each in its StepRecord type (float64, int64 or bool)."""
-        rows = np.concatenate(self._blocks)[: len(self)] if self._blocks else np.empty((0, len(STEP_FIELDS)))
+        rows = np.concatenate([*self._blocks, _rows_of(self._pending)])
         return {name: rows[:, i].astype(STEP_DTYPES[name]) for i, name in enumerate(STEP_FIELDS)}
 
     @property
@@ -133,6 +135,12 @@ class StepLog:
             parts = pd.DataFrame.from_records(self.components).add_prefix("time_")
             table = pd.concat([table, parts.set_index(table.index)], axis=1)
         return table
+
+
+def _rows_of(rows: list[tuple]) -> np.ndarray:
+    """float64 [len(rows), len(STEP_FIELDS)] of step_row tuples (one conversion for all of them)."""
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * len(STEP_FIELDS))
+    return flat.reshape(len(rows), len(STEP_FIELDS))
 
 
 def percentiles(values: np.ndarray, prefix: str, weights: np.ndarray | None = None) -> dict:

@@ -18,7 +18,7 @@ bucketing=False (a policy that does not pad): V runs as is, eagerly unless V equ
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -31,6 +31,7 @@ VERIFY_GRAPHS = ("token-buckets", "per-batch-size")
 # 512 at TP >= 4 on 80-160 GB GPUs.
 SGLANG_BATCH_SIZES = (1, 2, 4, 8, 12, *range(16, 257, 8), *range(272, 513, 16))
 DEFAULT_TOKENS_PER_REQUEST = 16  # N: SGLang's EAGLE verify graphs in the presets' note (256 x 16 = 4096)
+ONE_RUNS_KEPT = 1 << 16  # (V, bs, bucketing) answers GraphCapture.executed_one remembers
 
 
 def sglang_batch_sizes(tp: int) -> tuple[int, ...]:
@@ -47,6 +48,8 @@ class GraphCapture:
     token_buckets: tuple[int, ...] = ()
     batch_sizes: tuple[int, ...] = ()
     tokens_per_request: int = DEFAULT_TOKENS_PER_REQUEST
+    # executed_one's answers: the same few shapes are asked every step (the policy's fit, the step's price)
+    _one_runs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.mode not in VERIFY_GRAPHS:
@@ -81,7 +84,16 @@ class GraphCapture:
         return v.copy(), ~(fits & ((graph == v) | (v == 0)))
 
     def executed_one(self, v: int, batch_size: int, bucketing: bool = True) -> tuple[int, bool]:
-        """executed() of one V, without arrays: (tokens the forward runs, eager)."""
+        """executed() of one V, without arrays: (tokens the forward runs, eager); remembered."""
+        key = (v, batch_size, bucketing)
+        runs = self._one_runs
+        if key not in runs:
+            if len(runs) >= ONE_RUNS_KEPT:
+                runs.clear()
+            runs[key] = self._executed_one(v, batch_size, bucketing)
+        return runs[key]
+
+    def _executed_one(self, v: int, batch_size: int, bucketing: bool) -> tuple[int, bool]:
         graph = 0 if v == 0 else self._graph_tokens_one(v, batch_size)
         fits = graph > 0 or v == 0
         if bucketing:

@@ -164,11 +164,11 @@ def on_path_acceptance(lattices: LatticeBatch, selected: np.ndarray) -> tuple[np
     its lattice is unselected; a lattice that breaks this is walked level by level instead.
     """
     bs = lattices.batch_size
+    if lattices.num_nodes == 0:  # nothing drafted (ar): the same zeros every step
+        return _nothing_accepted(bs)
     accepted = np.zeros(lattices.num_nodes, dtype=bool)
     accepted_depth = np.zeros(bs, dtype=np.int32)
     on_path_depth = np.zeros(bs, dtype=np.int64)
-    if lattices.num_nodes == 0:  # nothing drafted (ar)
-        return accepted, accepted_depth, on_path_depth
     index = np.flatnonzero(lattices.on_path)
     if len(index) == 0:
         return accepted, accepted_depth, on_path_depth
@@ -203,10 +203,10 @@ def chain_acceptance(chain: np.ndarray, offsets: np.ndarray, selected: np.ndarra
         return _chain_few(chain, offsets, selected)
     present = chain >= 0
     accepted = np.zeros(len(selected), dtype=bool)
-    if not present.any():
+    if not np.count_nonzero(present):
         return accepted, np.zeros(len(chain), dtype=np.int32), np.zeros(len(chain), dtype=np.int64)
-    nodes = chain + offsets[:-1, None]
-    hit = np.logical_and.accumulate(present & selected[np.where(present, nodes, 0)], axis=1)
+    nodes = chain + offsets[:-1, None]  # past a chain's end: its offset - 1 >= -1, a valid index, masked
+    hit = np.logical_and.accumulate(present & selected[nodes], axis=1)
     accepted[nodes[hit]] = True
     return accepted, hit.sum(axis=1).astype(np.int32), present.sum(axis=1).astype(np.int64)
 
@@ -264,11 +264,29 @@ def _walk_levels(lattices, index, rows, depth, selected) -> np.ndarray:
 
 
 _NO_INT, _NO_FLOAT, _NO_BOOL = (np.zeros(0, dtype=t) for t in (np.int32, np.float32, bool))  # shared: empty
+_EMPTY: dict[int, tuple] = {}  # batch size -> read-only zeros of the steps that draft nothing
+
+
+def _shared_zeros(bs: int) -> tuple[np.ndarray, ...]:
+    """(offsets int64 [bs + 1], accepted depth int32 [bs], on-path depth int64 [bs]), all zero and
+    read-only: what every step without nodes has, built once per batch size."""
+    if bs not in _EMPTY:
+        arrays = (np.zeros(bs + 1, dtype=np.int64), np.zeros(bs, dtype=np.int32), np.zeros(bs, dtype=np.int64))
+        for array in arrays:
+            array.flags.writeable = False
+        _EMPTY[bs] = arrays
+    return _EMPTY[bs]
+
+
+def _nothing_accepted(bs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """on_path_acceptance of lattices without nodes (read-only zeros)."""
+    _, accepted_depth, on_path_depth = _shared_zeros(bs)
+    return _NO_BOOL, accepted_depth, on_path_depth
 
 
 def empty_lattices(spine_run: np.ndarray) -> LatticeBatch:
     """Lattices with no nodes, for steps that draft nothing (the spine is kept)."""
     return LatticeBatch(
-        offsets=np.zeros(len(spine_run) + 1, dtype=np.int64), token=_NO_INT, parent=_NO_INT, depth=_NO_INT,
+        offsets=_shared_zeros(len(spine_run))[0], token=_NO_INT, parent=_NO_INT, depth=_NO_INT,
         cond_prob=_NO_FLOAT, score=_NO_FLOAT, on_path=_NO_BOOL, spine_run=spine_run,
     )
