@@ -18,7 +18,7 @@ from echo_sim.cost.calibration_fit import CalibrationPoint, fit_calibration
 from echo_sim.config import SimConfig
 from echo_sim.cost.model import CostModelError, StepShape, load_cost_model
 from echo_sim.engine import simulate
-from echo_sim.cost.piecewise import PiecewiseLinear
+from echo_sim.cost.piecewise import PiecewiseLinear, hat_basis
 from echo_sim.testing import random_trace
 
 # seconds of a forward of n tokens, as measured on the 2-core machine (shape, not exact values)
@@ -54,6 +54,10 @@ def test_piecewise_curve_interpolates_like_numpy_and_continues_past_the_ends():
     np.testing.assert_allclose(curve(inside), np.interp(inside, [1, 2, 4, 8], [0.3, 0.6, 0.5, 0.7]), atol=1e-12)
     np.testing.assert_allclose(curve([12, 0.5]), [0.7 + 4 * 0.05, 0.3 - 0.5 * 0.3], atol=1e-12)
     assert curve([-100])[0] == 0.0  # never negative
+    np.testing.assert_allclose(curve(inside), hat_basis(inside, curve.knots) @ np.array(curve.seconds), rtol=1e-15)
+    # one point's seconds do not depend on the array it is priced in (its position, the length)
+    single = [curve([x])[0] for x in inside]
+    assert curve(inside).tolist() == single == curve(np.concatenate(([3.3], inside)))[1:].tolist()
     with pytest.raises(ValueError, match="strictly increasing"):
         PiecewiseLinear((1, 1), (0.1, 0.2))
 

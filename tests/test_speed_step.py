@@ -69,6 +69,10 @@ def test_remembered_shape_lists_price_as_verify_time(name, bs, kvs, span, bucket
     remembers its fixed terms after the first) equals the per-group verify_time rule every time."""
     cost = load_cost_model("h200", cost="roofline") if cold and name != "calibration" else COSTS[name]
     executed, eager = cost.executed_shape(bs + np.arange(span + 1), bs, bucketing)
+    first = step_seconds(cost, executed, eager, bs, kvs[0], 1)  # a cold list first priced by a prefix ...
+    assert first.tolist() == step_seconds_reference(cost, executed[:1], eager[:1], bs, kvs[0]).tolist()
+    if name != "calibration":  # ... is remembered whole from then on (its counts tabulated)
+        assert cost.executed_seconds(executed, eager, bs, kvs[0]) is not None
     for kv in kvs:
         expected = step_seconds_reference(cost, executed, eager, bs, kv)
         assert step_seconds(cost, executed, eager, bs, kv).tolist() == expected.tolist()

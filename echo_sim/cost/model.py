@@ -259,6 +259,9 @@ class CostModel:
                 run, mask = self._run_tokens(requested[pick], batch_size, is_eager)
                 tokens[pick], launch[pick] = run, self.terms.launch(mask)
         tabled = self.terms.target.verify_token_seconds(tokens)
+        if tabled is None:  # counts not tabulated yet (a budget's window prices a prefix): tabulate them all
+            self.terms.target.tabulate(tokens)
+            tabled = self.terms.target.verify_token_seconds(tokens)
         if tabled is None:
             return None
         return tokens, tabled, launch, float(self.terms.scheduler(batch_size))

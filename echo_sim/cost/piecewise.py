@@ -44,8 +44,17 @@ class PiecewiseLinear:
             raise ValueError(f"piecewise curve: knots {list(self.knots)} must be strictly increasing")
 
     def __call__(self, x) -> np.ndarray:
-        """Shape: x scalar or [n] -> [n]."""
-        return np.maximum(hat_basis(x, self.knots) @ np.asarray(self.seconds, dtype=float), 0.0)
+        """Shape: x scalar or [n] -> [n]. The hat-basis interpolation (hat_basis @ seconds) written
+        out per point, (1 − t)·s_j + t·s_{j+1}: the same value up to rounding, and always the same
+        rounding (a BLAS product's depends on the array's alignment and length: the same x gave
+        last-bit different seconds from one call to the next)."""
+        x = np.atleast_1d(np.asarray(x, dtype=float))
+        knots, seconds = np.asarray(self.knots, dtype=float), np.asarray(self.seconds, dtype=float)
+        if len(knots) == 1:
+            return np.maximum(np.full(x.shape, seconds[0]), 0.0)
+        segment = np.clip(np.searchsorted(knots, x, side="right") - 1, 0, len(knots) - 2)
+        t = (x - knots[segment]) / (knots[segment + 1] - knots[segment])
+        return np.maximum((1.0 - t) * seconds[segment] + t * seconds[segment + 1], 0.0)
 
     def to_dict(self) -> dict:
         return {"knots": list(self.knots), "seconds": list(self.seconds)}

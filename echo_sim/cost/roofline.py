@@ -275,6 +275,11 @@ class NetworkCost:
             self._with_logits = terms.values[:size] + logits.values[:size]
         return self._with_logits[index]
 
+    def tabulate(self, tokens: np.ndarray) -> None:
+        """Tabulate the token-only and logits terms of these counts (what forward does on first use)."""
+        self._token_terms(tokens)
+        self._logits(tokens)
+
     def verify_attention(self, tokens: np.ndarray, kv_tokens: float, pairs: np.ndarray) -> np.ndarray:
         """float [n]: one layer's attention seconds of verify forwards (_attention, without its casts)."""
         flops_rate, bytes_rate = self._attention_rates()
