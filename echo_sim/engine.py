@@ -25,6 +25,8 @@ One engine process steps the whole running batch; per-request state lives in num
 
 from __future__ import annotations
 
+import functools
+
 import math
 import time
 from collections import deque
@@ -137,6 +139,22 @@ class DecodePlan:
     accepted_depth = property(lambda self: self.counts[3])
     drafted = property(lambda self: self.counts[4])
     oracle_depth = property(lambda self: self.counts[5])
+
+
+def bonus_only(lattices: LatticeBatch, selection: Selection) -> bool:
+    """The step verifies no draft token (no lattice nodes, no chain): every request commits its
+    bonus token alone, one token of output left or more (finished requests left the batch)."""
+    return lattices.num_nodes == 0 and selection.chain is None
+
+
+@functools.lru_cache(maxsize=1024)
+def _bonus_counts(batch_size: int) -> np.ndarray:
+    """DecodePlan.counts of a bonus-only step (read-only, shared): committed 1, a decode step,
+    1 token, nothing accepted, drafted or on-path: what _decode_counts gives such a step."""
+    counts = np.zeros((6, batch_size), dtype=np.int64)
+    counts[:3] = 1
+    counts.flags.writeable = False
+    return counts
 
 
 class Simulation:
@@ -302,23 +320,33 @@ class Simulation:
         selection = self.policy.select(lattices, context)
         if selection.drafted is not None:
             draft = selection.drafted
+        kv_tokens = int_sum(kv_lens)
+        if bonus_only(lattices, selection):  # each request verifies its root alone and commits it
+            accepted, counts = lattices.on_path, _bonus_counts(bs)  # on_path: the empty bool [0]
+            verify_tokens, attention_pairs = bs + int(selection.padding), kv_tokens + bs  # verify_shape, n_r = 0
+        else:
+            accepted, counts = self._decode_counts(lattices, selection, chain)
+            verify_tokens, attention_pairs = verify_shape(kv_lens, counts[4], selection.padding)
+        shape = StepShape(bs, verify_tokens, kv_tokens, attention_pairs, draft.depth, draft.width,
+                          prefill_tokens=prefill.tokens, prefill_context=prefill.context,
+                          eager=bool(selection.eager), prefill_draft=self._drafts,
+                          draft_extend_tokens=bs + catch_up if draft.depth > 0 else 0)
+        return DecodePlan(lattices, selection, accepted, counts, shape, self._draft_levels(draft, selection, catch_up))
+
+    def _decode_counts(self, lattices: LatticeBatch, selection: Selection, chain) -> tuple[np.ndarray, np.ndarray]:
+        """(accepted bool [n], DecodePlan.counts int64 [6, bs]) of a step that verifies drafts."""
+        batch = self._batch
         accepted, accepted_depth, oracle_depth = (
             on_path_acceptance(lattices, selection.nodes) if chain is None
             else chain_acceptance(chain, lattices.offsets, selection.nodes))
         if selection.chain is not None:
             accepted_depth = chain_accepted(lattices.spine_run, selection.chain)
-        drafted = selection.draft_tokens_per_request(lattices)
-        counts = np.empty((6, bs), dtype=np.int64)
+        counts = np.empty((6, batch.size), dtype=np.int64)
         counts[1] = 1
-        counts[3], counts[4], counts[5] = accepted_depth, drafted, oracle_depth
+        counts[3], counts[4], counts[5] = accepted_depth, selection.draft_tokens_per_request(lattices), oracle_depth
         counts[0] = committed_counts(counts[3], batch.output_len - batch.position)  # int64 in, no cast
         counts[2] = counts[0]
-        verify_tokens, attention_pairs = verify_shape(kv_lens, drafted, selection.padding)
-        shape = StepShape(bs, verify_tokens, int_sum(kv_lens), attention_pairs, draft.depth, draft.width,
-                          prefill_tokens=prefill.tokens, prefill_context=prefill.context,
-                          eager=bool(selection.eager), prefill_draft=self._drafts,
-                          draft_extend_tokens=bs + catch_up if draft.depth > 0 else 0)
-        return DecodePlan(lattices, selection, accepted, counts, shape, self._draft_levels(draft, selection, catch_up))
+        return accepted, counts
 
     def _draft_levels(self, draft, selection, catch_up: int) -> tuple[int, ...] | None:
         """Tokens of each draft forward when they differ from the uniform shape's (bs, bs·k', …):

@@ -185,3 +185,22 @@ def test_engine_steps_of_ar_are_priced_as_before():
         graph, eager = simulation.cost.executed_one(row.batch_size, row.batch_size)
         assert (row.verify_tokens, row.padding, row.eager) == (graph, graph - row.batch_size, eager)
         assert row.committed == row.batch_size and row.accepted == row.selected == row.oracle_depth == 0
+
+
+@pytest.mark.parametrize("policy, concurrency", [("ar", 1), ("ar", 24), ("goodput", 4), ("echo", 2), ("static-chain", 3)])
+def test_bonus_only_steps_equal_the_general_step(monkeypatch, policy, concurrency):
+    """Steps that verify no draft token (ar; goodput's length 0; echo's no-draft shape) take the
+    bonus-only path (engine.bonus_only): its step and request tables equal the general path's."""
+    import echo_sim.engine as engine
+
+    def run():
+        simulation = build_simulation(SimConfig(policy=policy, concurrency=concurrency, requests=40, step_log=True))
+        simulation.run()
+        return simulation.steps.frame(), simulation.requests.frame()
+
+    fast_steps, fast_requests = run()
+    taken = []
+    monkeypatch.setattr(engine, "bonus_only", lambda lattices, selection: taken.append(1) and False)
+    slow_steps, slow_requests = run()
+    assert taken  # the general path ran every step
+    assert fast_steps.equals(slow_steps) and fast_requests.equals(slow_requests)
