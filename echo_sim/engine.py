@@ -26,7 +26,6 @@ One engine process steps the whole running batch; per-request state lives in num
 from __future__ import annotations
 
 import functools
-
 import math
 import time
 from collections import deque

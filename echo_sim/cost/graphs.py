@@ -23,6 +23,7 @@ from functools import cached_property
 
 import numpy as np
 
+from echo_sim.cost.memo import remembered
 from echo_sim.cost.presets import CostModelError
 
 VERIFY_GRAPHS = ("token-buckets", "per-batch-size")
@@ -86,12 +87,9 @@ class GraphCapture:
     def executed_one(self, v: int, batch_size: int, bucketing: bool = True) -> tuple[int, bool]:
         """executed() of one V, without arrays: (tokens the forward runs, eager); remembered."""
         key = (v, batch_size, bucketing)
-        runs = self._one_runs
-        if key not in runs:
-            if len(runs) >= ONE_RUNS_KEPT:
-                runs.clear()
-            runs[key] = self._executed_one(v, batch_size, bucketing)
-        return runs[key]
+        return self._one_runs.get(key) or remembered(self._one_runs, key,  # a hit without building the lambda
+                                                     lambda: self._executed_one(v, batch_size, bucketing),
+                                                     ONE_RUNS_KEPT)
 
     def _executed_one(self, v: int, batch_size: int, bucketing: bool) -> tuple[int, bool]:
         graph = 0 if v == 0 else self._graph_tokens_one(v, batch_size)

@@ -68,14 +68,14 @@ from echo_sim.cost.fitted import FittedProfile, fitted_profile_path, load_fitted
 from echo_sim.cost.graphs import GraphCapture, sglang_batch_sizes
 from echo_sim.cost.presets import (CostModelError, HardwareSpec, ModelSpec, load_hardware,
                                    load_model)
-from echo_sim.cost.roofline import FEW, RooflineTerms, remembered
+from echo_sim.cost.memo import remembered
+from echo_sim.cost.roofline import FEW, RooflineTerms
 from echo_sim.cost.serving import ServingKnobs, check_cost_mode
 
 __all__ = ["StepShape", "CostModel", "CostModelError", "load_cost_model", "roofline_cost_model",
            "calibrated_cost_model"]
 
 DEFAULT_HARDWARE, DEFAULT_MODEL = "h200", "llama-3.1-8b"
-GRAPH_RUNS_KEPT = 1 << 16  # (V, batch size) verify shapes a cost model remembers (_verify_floats)
 EXECUTED_KEPT = 1 << 13  # shape lists whose fixed verify terms a cost model remembers (executed_seconds)
 
 
@@ -141,7 +141,6 @@ class CostModel:
         self._last_draft = (None, 0.0)  # a step's policy and engine ask for the same draft shape
         self._last_ragged = (None, 0.0, 0.0)
         self._last_prefill = (None, 0.0)  # the engine asks for the step's prefill before components() does
-        self._graph_runs: dict = {}  # (V, bs) -> (tokens run, launch seconds) of a graph-rule verify (_verify_floats)
         self._executed_terms: dict = {}  # (bs, shapes) -> their fixed verify terms (executed_seconds)
 
     def describe(self) -> dict:
@@ -198,23 +197,17 @@ class CostModel:
         """verify_time of a few candidate V (the roofline's) in plain floats: _run_tokens's rule by
         executed_one, then the same IEEE operations in the same order as the array path (tests
         compare them). None when a V is not integral or a count is not tabulated yet."""
-        run, launch, runs = [], [], self._graph_runs
+        run, launch = [], []
         for v in requested:
             if not v.is_integer():
                 return None
             if eager:
-                tokens, seconds = v, self.terms.target_eager_s
-            elif (v, batch_size) in runs:  # the candidates' shapes recur every step: remembered
-                tokens, seconds = runs[v, batch_size]
-            else:
+                tokens, is_eager = v, True
+            else:  # executed_one remembers its answers: the candidates' shapes recur every step
                 graph, is_eager = self.graphs.executed_one(int(v), batch_size)
                 tokens = v if is_eager else float(graph)
-                seconds = self.terms.target_eager_s if is_eager else self.terms.hw.graph_launch_s
-                if len(runs) >= GRAPH_RUNS_KEPT:
-                    runs.clear()
-                runs[v, batch_size] = tokens, seconds
             run.append(tokens)
-            launch.append(seconds)
+            launch.append(self.terms.target_eager_s if is_eager else self.terms.hw.graph_launch_s)
         pairs = [t * (kv_tokens + t) / batch_size for t in run]
         forward = self.terms.target.forward_floats(run, kv_tokens, pairs)
         if forward is None:
@@ -304,13 +297,12 @@ class CostModel:
         # (without catch-up) and the engine's charge (with it) ask in one step: one computation.
         key = (batch_size, tuple(tokens[1:]), kv_tokens)
         if self._last_ragged[0] != key:
-            depth, widths = len(tokens), [t / batch_size for t in tokens]
             first = float(self.terms.draft(batch_size, 1, 1, kv_tokens))
             if isinstance(self.terms, RooflineTerms):  # its levels priced by their token counts: one forward
                 seconds = float(self.terms.draft_levels(batch_size, [float(batch_size), *tokens[1:]], kv_tokens))
             else:  # a calibration's levels 2…S cost alike: each level is what it adds at its width
-                seconds = first + sum(float(self.terms.draft(batch_size, 2, w, kv_tokens)) - first
-                                      for w in widths[1:])
+                seconds = first + sum(float(self.terms.draft(batch_size, 2, t / batch_size, kv_tokens)) - first
+                                      for t in tokens[1:])
             self._last_ragged = (key, seconds, first)
         _, seconds, first = self._last_ragged
         if tokens[0] != batch_size:  # catch-up tokens ride in level 1's forward

@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from echo_sim.cost.fitted import FittedRates
+from echo_sim.cost.memo import remembered
 from echo_sim.cost.presets import CostModelError, HardwareSpec, ModelSpec, NetworkSpec
 from echo_sim.cost.routing import ExpertRouting, UNIFORM
 
@@ -35,19 +36,6 @@ TABLE_LIMIT = 1 << 17  # token counts tabulated at most (verify and draft forwar
 FEW = 32  # up to this many forwards, plain floats beat numpy's per-call overhead (NetworkCost.forward_floats)
 FLOATS_KEPT = 1 << 15  # token lists (and grid shapes) whose fixed terms a network remembers
 SHORT_SUM = 7  # numpy sums a float64 array of up to 7 values left to right (pairwise from 8 on)
-
-
-def remembered(cache: dict, key, compute, limit: int):
-    """cache[key], computed by compute() when missing and kept (the cache emptied once it holds
-    `limit` entries); a None answer (not computable yet) is not kept."""
-    value = cache.get(key)
-    if value is None:
-        value = compute()
-        if value is not None:
-            if len(cache) >= limit:
-                cache.clear()
-            cache[key] = value
-    return value
 
 
 class TokenTable:
@@ -451,17 +439,8 @@ class RooflineTerms:
         depth > SHORT_SUM (draft() sums such drafts pairwise, over numpy arrays)."""
         if self.draft_net is None or depth > SHORT_SUM or depth < 1:
             return None
-        key = (batch_size, depth, width)
-        if key not in self._grid_levels:  # the grid's token counts and levels: fixed per shape
-            tokens, levels = [float(batch_size)], [1.0]
-            for w in range(1, width + 1):
-                for level in range(2, depth + 1):
-                    tokens.append(float(batch_size * w))
-                    levels.append(float(level))
-            if len(self._grid_levels) >= FLOATS_KEPT:
-                self._grid_levels.clear()
-            self._grid_levels[key] = (tokens, levels, [True] + [False] * (len(tokens) - 1))
-        tokens, levels, with_fc = self._grid_levels[key]
+        tokens, levels, with_fc = remembered(self._grid_levels, (batch_size, depth, width),
+                                             lambda: _grid_levels(batch_size, depth, width), FLOATS_KEPT)
         share = kv_tokens / batch_size
         pairs = [t * (share + level) for t, level in zip(tokens, levels)]
         seconds = self.draft_net.forward_floats(tokens, kv_tokens, pairs, with_fc)
@@ -504,6 +483,17 @@ class RooflineTerms:
                 f"model {self.model.name!r} at TP {self.tp} does not fit on {self.hw.name}: "
                 f"weights need {sum(n.weight_bytes() for n in nets) / 1e9:.1f} GB per GPU")
         return int(free // sum(n.kv_cache_bytes_per_token() for n in nets))
+
+
+def _grid_levels(batch_size: int, depth: int, width: int) -> tuple[list[float], list[float], list[bool]]:
+    """draft_grid's forwards: (token counts, levels, input-fc flags): level 1 once, then levels 2…S
+    of every width 1…k, width-major."""
+    tokens, levels = [float(batch_size)], [1.0]
+    for w in range(1, width + 1):
+        for level in range(2, depth + 1):
+            tokens.append(float(batch_size * w))
+            levels.append(float(level))
+    return tokens, levels, [True] + [False] * (len(tokens) - 1)
 
 
 def _chunk_forward(net: NetworkCost, tokens: int, context: int, with_input_fc: bool) -> float:

@@ -185,8 +185,8 @@ class BeamTable:
 
     def __init__(self, columns: dict, frontier, level_count, incomplete, cut, width: int, depth: int):
         # the calibration's score segments of the kept nodes, when the reader has them: gathered on demand
-        self.segments = (tuple(read_only({name: columns.pop(name)})[name] for name in SEGMENT_COLUMNS)
-                         if SEGMENT_COLUMNS[0] in columns else None)
+        segments = read_only({name: columns.pop(name) for name in SEGMENT_COLUMNS if name in columns})
+        self.segments = tuple(segments.values()) or None
         self.columns, self.frontier, self.level_count = read_only(columns), frontier, level_count
         frontier.flags.writeable = False
         self.incomplete, self.cut, self.width, self.depth = incomplete, cut, width, depth

@@ -21,9 +21,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
+import functools
 from dataclasses import dataclass
+
+import numpy as np
 
 from echo_sim.traces.beam import (SEGMENT_COLUMNS, BeamKeep, UniformBeam, _rows, beam_batch_reference, lazy_rows,
                                  on_path_chains, read_only)
@@ -264,18 +265,14 @@ def _walk_levels(lattices, index, rows, depth, selected) -> np.ndarray:
 
 
 _NO_INT, _NO_FLOAT, _NO_BOOL = (np.zeros(0, dtype=t) for t in (np.int32, np.float32, bool))  # shared: empty
-_EMPTY: dict[int, tuple] = {}  # batch size -> read-only zeros of the steps that draft nothing
-
-
+@functools.lru_cache(maxsize=1024)
 def _shared_zeros(bs: int) -> tuple[np.ndarray, ...]:
     """(offsets int64 [bs + 1], accepted depth int32 [bs], on-path depth int64 [bs]), all zero and
     read-only: what every step without nodes has, built once per batch size."""
-    if bs not in _EMPTY:
-        arrays = (np.zeros(bs + 1, dtype=np.int64), np.zeros(bs, dtype=np.int32), np.zeros(bs, dtype=np.int64))
-        for array in arrays:
-            array.flags.writeable = False
-        _EMPTY[bs] = arrays
-    return _EMPTY[bs]
+    arrays = (np.zeros(bs + 1, dtype=np.int64), np.zeros(bs, dtype=np.int32), np.zeros(bs, dtype=np.int64))
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
 
 
 def _nothing_accepted(bs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
